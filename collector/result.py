@@ -1,0 +1,104 @@
+"""The result file: one JSON document per capture, read by ``ingest``, ``ab`` and ``report``.
+
+Layout (``schema`` is bumped on any incompatible change; readers refuse newer majors)::
+
+    {"schema": 1, "kind": "who-calls" | "overhead" | "top-live" | ...,
+     "host": {HostMetadata}, "start": <unix time>, "duration": <seconds>,
+     "settings": {...what was asked...}, "payload": {...kind-specific...}}
+
+Captures interrupted by Ctrl-C are still written, with ``settings.interrupted = true``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from allocscope.collector.atomic import write_text_atomic
+from allocscope.collector.errors import InputError
+from allocscope.collector.host import HostMetadata
+
+RESULT_SCHEMA = 1
+KINDS = ("who-calls", "overhead", "top-live", "ab", "ab-toggle")
+
+
+@dataclass(slots=True)
+class Result:
+    kind: str
+    host: HostMetadata
+    start: float
+    duration: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
+    schema: int = RESULT_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "kind": self.kind,
+            "host": self.host.to_dict(),
+            "start": self.start,
+            "duration": self.duration,
+            "settings": self.settings,
+            "payload": self.payload,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def write(self, path: str) -> None:
+        """Write atomically: a crash leaves the old file or the whole new one."""
+        write_text_atomic(path, self.to_json())
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "<result>") -> Result:
+        if not isinstance(data, dict):
+            raise InputError(path, None, "not a result file (top level is not a JSON object)")
+        for key in ("schema", "kind", "host", "start", "duration", "payload"):
+            if key not in data:
+                raise InputError(path, None, f"not a result file (no {key!r} field)")
+        if not isinstance(data["schema"], int) or data["schema"] > RESULT_SCHEMA:
+            raise InputError(
+                path, None, f"result schema {data['schema']!r} is newer than this allocscope "
+                f"understands ({RESULT_SCHEMA}); upgrade allocscope"
+            )
+        if data["kind"] not in KINDS:
+            raise InputError(path, None, f"unknown result kind {data['kind']!r}")
+        try:
+            host = HostMetadata.from_dict(data["host"])
+        except (TypeError, ValueError, AttributeError) as e:
+            raise InputError(path, None, f"bad host metadata: {e}") from None
+        if not isinstance(data["payload"], dict):
+            raise InputError(path, None, "payload is not an object")
+        return cls(
+            kind=data["kind"],
+            host=host,
+            start=float(data["start"]),
+            duration=float(data["duration"]),
+            settings=dict(data.get("settings") or {}),
+            payload=data["payload"],
+            schema=data["schema"],
+        )
+
+
+def read_result(path: str, expect_kind: str | None = None) -> Result:
+    """Read and validate a result file; errors name the file (and line, for bad JSON)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise InputError(path, None, "no such file") from None
+    except json.JSONDecodeError as e:
+        raise InputError(path, e.lineno, f"bad JSON: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, None, str(e)) from None
+    result = Result.from_dict(data, path)
+    if expect_kind is not None and result.kind != expect_kind:
+        raise InputError(path, None, f"is a {result.kind!r} result, expected {expect_kind!r}")
+    return result
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,228 @@
+"""The one probe loader: compile a ``.bpf.c`` with ``-D`` settings, attach, always detach.
+
+Every capture goes through :class:`Probe`:
+
+* it compiles ``probes/<name>.bpf.c`` against the header tree :func:`resolve_headers` picked,
+  passing ``-DALLOCSCOPE_HEADERS_MATCH=0|1`` plus the caller's defines;
+* it attaches by backend (fentry, kprobe, raw tracepoint, tracepoint, perf event) and records
+  what it attached, so the output can say which backend ran;
+* it detaches on every exit path: ``with Probe(...)``, ``close()``, interpreter exit, and
+  SIGTERM (turned into :class:`KeyboardInterrupt` by :func:`interruptible`, so the same
+  ``except KeyboardInterrupt`` path that handles Ctrl-C writes partial results).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from types import FrameType, TracebackType
+from typing import Any
+
+from allocscope.collector.errors import CapabilityError
+from allocscope.probes.headers import HeaderTree, resolve_headers
+
+BACKENDS = ("fentry", "kprobe", "raw_tracepoint", "tracepoint", "perf_event")
+
+
+def program_path(name: str) -> str:
+    """Path of ``<name>.bpf.c`` shipped in this package."""
+    path = resources.files("allocscope.probes").joinpath(f"{name}.bpf.c")
+    if not path.is_file():
+        raise FileNotFoundError(f"no BPF program {name}.bpf.c in allocscope.probes")
+    return str(path)
+
+
+def import_bcc() -> Any:
+    """Import Debian's BCC, or explain how to get it (never the unrelated PyPI ``bcc``)."""
+    try:
+        import bcc  # type: ignore[import-not-found]
+    except ImportError:
+        raise CapabilityError(
+            "BCC is not importable: apt-get install python3-bpfcc, and use a venv made with "
+            "--system-site-packages (./scripts/setup does both)"
+        ) from None
+    if not hasattr(bcc, "BPF"):
+        raise CapabilityError(f"the 'bcc' module at {bcc.__file__} is not BCC (the PyPI package "
+                              "named bcc is unrelated): pip uninstall bcc")
+    return bcc
+
+
+def _format_define(key: str, value: int | str | bool) -> str:
+    if isinstance(value, bool):
+        value = int(value)
+    return f"-D{key}={value}"
+
+
+@dataclass(slots=True)
+class Attachment:
+    backend: str
+    target: str
+    fn_name: str
+
+
+@dataclass
+class Probe:
+    """A compiled BPF program and what it is attached to. Use as a context manager."""
+
+    name: str
+    defines: dict[str, int | str | bool] = field(default_factory=dict)
+    headers: HeaderTree | None = None
+    attachments: list[Attachment] = field(default_factory=list)
+    compile_seconds: float = 0.0
+    _bpf: Any = None
+
+    def __post_init__(self) -> None:
+        bcc = import_bcc()
+        if os.geteuid() != 0:
+            raise CapabilityError("loading BPF programs needs root (or CAP_BPF+CAP_PERFMON)")
+        self.headers = self.headers or resolve_headers()
+        if self.headers.kind == "none":
+            raise CapabilityError(self.headers.note)
+        cflags = [_format_define("ALLOCSCOPE_HEADERS_MATCH", self.headers.matches)]
+        cflags += [_format_define(k, v) for k, v in sorted(self.defines.items())]
+        saved = {k: os.environ.get(k) for k in ("BCC_KERNEL_SOURCE",)}
+        os.environ.update(self.headers.environment())
+        t0 = time.monotonic()
+        try:
+            self._bpf = bcc.BPF(src_file=program_path(self.name).encode(), cflags=cflags)
+        except Exception as e:  # BCC raises bare Exception on compile/load failure
+            raise CapabilityError(f"BPF program {self.name}.bpf.c failed to load: {e} "
+                                  "(run `allocscope doctor`)") from None
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.compile_seconds = time.monotonic() - t0
+        _LIVE.add(self)
+
+    @property
+    def bpf(self) -> Any:
+        if self._bpf is None:
+            raise RuntimeError(f"probe {self.name} is closed")
+        return self._bpf
+
+    def __getitem__(self, map_name: str) -> Any:
+        return self.bpf[map_name]
+
+    # --- attaching, one method per backend -------------------------------------------------
+    def attach_raw_tracepoint(self, tp: str, fn_name: str) -> None:
+        self.bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn_name.encode())
+        self.attachments.append(Attachment("raw_tracepoint", tp, fn_name))
+
+    def attach_tracepoint(self, tp: str, fn_name: str) -> None:
+        self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn_name.encode())
+        self.attachments.append(Attachment("tracepoint", tp, fn_name))
+
+    def attach_kprobe(self, function: str, fn_name: str, *, ret: bool = False) -> None:
+        if ret:
+            self.bpf.attach_kretprobe(event=function.encode(), fn_name=fn_name.encode())
+        else:
+            self.bpf.attach_kprobe(event=function.encode(), fn_name=fn_name.encode())
+        self.attachments.append(Attachment("kretprobe" if ret else "kprobe", function, fn_name))
+
+    def attach_fentry(self, fn_name: str, target: str) -> None:
+        """Attach a ``KFUNC_PROBE``/``KRETFUNC_PROBE`` program compiled in this object."""
+        self.bpf.attach_kfunc(fn_name=fn_name.encode())
+        self.attachments.append(Attachment("fentry", target, fn_name))
+
+    def attach_perf_event(self, ev_type: int, ev_config: int, fn_name: str, *,
+                          sample_freq: int = 0, sample_period: int = 0, cpu: int = -1) -> None:
+        self.bpf.attach_perf_event(ev_type=ev_type, ev_config=ev_config,
+                                   fn_name=fn_name.encode(), sample_freq=sample_freq,
+                                   sample_period=sample_period, cpu=cpu)
+        self.attachments.append(Attachment("perf_event", f"{ev_type}:{ev_config}", fn_name))
+
+    def ksym(self, addr: int) -> str:
+        return str(self.bpf.ksym(addr).decode(errors="replace"))
+
+    def close(self) -> None:
+        """Detach everything and free the maps. Idempotent."""
+        bpf, self._bpf = self._bpf, None
+        _LIVE.discard(self)
+        if bpf is not None:
+            bpf.cleanup()
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class _LiveProbes:
+    """Probes not yet closed; closed at interpreter exit as the last line of defence."""
+
+    def __init__(self) -> None:
+        self._probes: dict[int, Probe] = {}
+        self._lock = threading.Lock()
+
+    def add(self, p: Probe) -> None:
+        with self._lock:
+            self._probes[id(p)] = p
+
+    def discard(self, p: Probe) -> None:
+        with self._lock:
+            self._probes.pop(id(p), None)
+
+    def close_all(self) -> None:
+        with self._lock:
+            probes = list(self._probes.values())
+        for p in probes:
+            try:
+                p.close()
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+
+
+_LIVE = _LiveProbes()
+atexit.register(_LIVE.close_all)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Make SIGTERM (and SIGHUP) behave like Ctrl-C inside the block.
+
+    Captures catch :class:`KeyboardInterrupt` once, stop waiting, read their maps and write
+    what they have; probes are detached by their ``with`` blocks on the way out.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    for s in old:
+        signal.signal(s, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def sleep_until_interrupted(seconds: float | None) -> bool:
+    """Sleep ``seconds`` (None = until Ctrl-C). Returns True if interrupted."""
+    try:
+        if seconds is None:
+            while True:
+                time.sleep(3600)
+        else:
+            time.sleep(seconds)
+    except KeyboardInterrupt:
+        return True
+    return False
