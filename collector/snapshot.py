@@ -1,0 +1,153 @@
+"""The snapshot file: one allocinfo read plus its host metadata, in one Parquet file.
+
+This is the unit the fleet store ingests, so its schema is versioned and documented
+(README, "Snapshot schema"). One row per allocinfo tag; host columns are repeated on every
+row so a directory of snapshots is queryable as one table without joins. The whole
+:class:`HostMetadata` (labels included) and the read's own facts are also kept in the Parquet
+key-value metadata under ``allocscope.*``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord, NumaCount
+from allocscope.collector.atomic import write_atomic
+from allocscope.collector.errors import InputError
+from allocscope.collector.host import HostMetadata
+from allocscope.collector.site import Site
+from allocscope.collector.subsystem import SubsystemMap, default_map
+
+SNAPSHOT_SCHEMA_VERSION = 1
+
+SNAPSHOT_SCHEMA = pa.schema(
+    [
+        ("hostname", pa.string()),
+        ("boot_id", pa.string()),
+        ("kernel_release", pa.string()),
+        ("taken_at", pa.timestamp("us", tz="UTC")),
+        ("uptime_s", pa.float64()),
+        ("mem_profiling", pa.string()),
+        ("file", pa.string()),
+        ("line", pa.int32()),
+        ("module", pa.string()),
+        ("function", pa.string()),
+        ("site_key", pa.string()),
+        ("loose_key", pa.string()),
+        ("subsystem", pa.string()),
+        ("bytes", pa.int64()),
+        ("calls", pa.int64()),
+        ("accurate", pa.bool_()),
+        ("extras", pa.string()),  # JSON object of key:value extras ("{}" when none)
+        ("numa", pa.string()),  # JSON list of [nid, bytes, calls] ("[]" when none)
+    ]
+)
+
+
+def snapshot_table(
+    snap: AllocinfoSnapshot, host: HostMetadata, subsystems: SubsystemMap | None = None
+) -> pa.Table:
+    """Rows for one snapshot, in :data:`SNAPSHOT_SCHEMA` order."""
+    sub = subsystems or default_map()
+    recs = snap.records
+    n = len(recs)
+    taken_us = int(snap.taken_at * 1_000_000)
+    uptime = max(0.0, snap.taken_at - host.boot_time) if host.boot_time else 0.0
+    cols: dict[str, Any] = {
+        "hostname": [host.hostname] * n,
+        "boot_id": [host.boot_id] * n,
+        "kernel_release": [host.kernel_release] * n,
+        "taken_at": pa.array([taken_us] * n, pa.timestamp("us", tz="UTC")),
+        "uptime_s": [uptime] * n,
+        "mem_profiling": [host.mem_profiling] * n,
+        "file": [r.site.file for r in recs],
+        "line": [r.site.line for r in recs],
+        "module": [r.site.module for r in recs],
+        "function": [r.site.function for r in recs],
+        "site_key": [r.site.key for r in recs],
+        "loose_key": [r.site.loose_key for r in recs],
+        "subsystem": [sub.classify(r.site.file, r.site.function) for r in recs],
+        "bytes": [r.bytes for r in recs],
+        "calls": [r.calls for r in recs],
+        "accurate": [r.accurate for r in recs],
+        "extras": [json.dumps(r.extras, sort_keys=True) if r.extras else "{}" for r in recs],
+        "numa": [
+            json.dumps([[c.nid, c.bytes, c.calls] for c in r.numa]) if r.numa else "[]"
+            for r in recs
+        ],
+    }
+    table = pa.table(cols, schema=SNAPSHOT_SCHEMA)
+    meta = {
+        b"allocscope.schema": str(SNAPSHOT_SCHEMA_VERSION).encode(),
+        b"allocscope.kind": b"allocinfo-snapshot",
+        b"allocscope.host": json.dumps(host.to_dict()).encode(),
+        b"allocscope.allocinfo_version": (snap.version or "").encode(),
+        b"allocscope.source": snap.source.encode(),
+        b"allocscope.taken_at": repr(snap.taken_at).encode(),
+        b"allocscope.truncated": b"1" if snap.truncated else b"0",
+    }
+    return table.replace_schema_metadata(meta)
+
+
+def write_snapshot(
+    path: str, snap: AllocinfoSnapshot, host: HostMetadata, subsystems: SubsystemMap | None = None
+) -> int:
+    """Write one snapshot atomically (zstd Parquet); returns the row count."""
+    table = snapshot_table(snap, host, subsystems)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    return int(table.num_rows)
+
+
+def is_parquet(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def read_snapshot(path: str) -> AllocinfoSnapshot:
+    """Read a snapshot file back into the core model (host metadata attached)."""
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise InputError(path, None, "no such file") from None
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(path, None, f"not a readable Parquet file: {e}") from None
+    meta = table.schema.metadata or {}
+    if meta.get(b"allocscope.kind") != b"allocinfo-snapshot":
+        raise InputError(path, None, "not an allocscope snapshot (no allocscope.kind metadata)")
+    version = int(meta.get(b"allocscope.schema", b"0"))
+    if version > SNAPSHOT_SCHEMA_VERSION:
+        raise InputError(path, None, f"snapshot schema {version} is newer than this allocscope "
+                         f"reads ({SNAPSHOT_SCHEMA_VERSION})")
+    missing = set(SNAPSHOT_SCHEMA.names) - set(table.schema.names)
+    if missing:
+        raise InputError(path, None, f"snapshot lacks columns: {', '.join(sorted(missing))}")
+    try:
+        host = HostMetadata.from_dict(json.loads(meta[b"allocscope.host"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise InputError(path, None, f"bad host metadata: {e}") from None
+    d = table.to_pydict()
+    records = [
+        AllocRecord(
+            Site(d["file"][i], d["line"][i], d["function"][i], d["module"][i] or ""),
+            d["bytes"][i],
+            d["calls"][i],
+            json.loads(d["extras"][i] or "{}"),
+            [NumaCount(*x) for x in json.loads(d["numa"][i] or "[]")],
+        )
+        for i in range(table.num_rows)
+    ]
+    return AllocinfoSnapshot(
+        version=meta.get(b"allocscope.allocinfo_version", b"").decode() or None,
+        records=records,
+        source=path,
+        taken_at=float(meta.get(b"allocscope.taken_at", b"0")),
+        host=host,
+        truncated=meta.get(b"allocscope.truncated") == b"1",
+    )
