@@ -120,8 +120,9 @@ def parse_allocinfo(
             bytes_s, calls_s, file, line, module, func, rest = m.groups()
             extras = _parse_extras(rest, source, lineno) if rest else {}
             records.append(
-                AllocRecord(Site(file, int(line), func, module or ""), int(bytes_s),
-                            int(calls_s), extras)
+                AllocRecord(
+                    Site(file, int(line), func, module or ""), int(bytes_s), int(calls_s), extras
+                )
             )
             continue
         stripped = raw.strip()
@@ -133,8 +134,10 @@ def parse_allocinfo(
                 raise InputError(source, lineno, f"second header with version {h[1]}")
             version = h[1]
             if version not in KNOWN_VERSIONS:
-                warnings.append(f"{source}:{lineno}: allocinfo version {version} is newer than "
-                                f"{KNOWN_VERSIONS[-1]}; reading it as {KNOWN_VERSIONS[-1]}")
+                warnings.append(
+                    f"{source}:{lineno}: allocinfo version {version} is newer than "
+                    f"{KNOWN_VERSIONS[-1]}; reading it as {KNOWN_VERSIONS[-1]}"
+                )
             continue
         n = _NUMA.match(raw)
         if n and records:
@@ -149,8 +152,9 @@ def parse_allocinfo(
             pending_error = err  # maybe a truncated last line; decided at the next line
     if pending_error is not None:
         truncated = True
-        warnings.append(f"{source}:{lineno}: last line is truncated (file still being written?);"
-                        " ignored")
+        warnings.append(
+            f"{source}:{lineno}: last line is truncated (file still being written?); ignored"
+        )
     if version is None and not records and lineno == 0:
         raise InputError(source, None, "empty input: no allocinfo header or lines")
     return AllocinfoSnapshot(version, records, source, truncated=truncated, warnings=warnings)
@@ -176,8 +180,10 @@ def read_allocinfo(path: str | None = None, *, lenient: bool = False) -> Allocin
     name = "<stdin>" if path == "-" else path
     if path == PROC_ALLOCINFO and not os.path.exists(path):
         raise InputError(
-            path, None, "not present: this kernel lacks CONFIG_MEM_ALLOC_PROFILING "
-            "(Linux 6.10+); use --file with a saved copy, or `top --live` to trace instead"
+            path,
+            None,
+            "not present: this kernel lacks CONFIG_MEM_ALLOC_PROFILING "
+            "(Linux 6.10+); use --file with a saved copy, or `top --live` to trace instead",
         )
     try:
         with _open_text(path) as f:

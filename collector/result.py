@@ -61,8 +61,10 @@ class Result:
                 raise InputError(path, None, f"not a result file (no {key!r} field)")
         if not isinstance(data["schema"], int) or data["schema"] > RESULT_SCHEMA:
             raise InputError(
-                path, None, f"result schema {data['schema']!r} is newer than this allocscope "
-                f"understands ({RESULT_SCHEMA}); upgrade allocscope"
+                path,
+                None,
+                f"result schema {data['schema']!r} is newer than this allocscope "
+                f"understands ({RESULT_SCHEMA}); upgrade allocscope",
             )
         if data["kind"] not in KINDS:
             raise InputError(path, None, f"unknown result kind {data['kind']!r}")

@@ -123,8 +123,12 @@ def read_snapshot(path: str) -> AllocinfoSnapshot:
         raise InputError(path, None, "not an allocscope snapshot (no allocscope.kind metadata)")
     version = int(meta.get(b"allocscope.schema", b"0"))
     if version > SNAPSHOT_SCHEMA_VERSION:
-        raise InputError(path, None, f"snapshot schema {version} is newer than this allocscope "
-                         f"reads ({SNAPSHOT_SCHEMA_VERSION})")
+        raise InputError(
+            path,
+            None,
+            f"snapshot schema {version} is newer than this allocscope "
+            f"reads ({SNAPSHOT_SCHEMA_VERSION})",
+        )
     missing = set(SNAPSHOT_SCHEMA.names) - set(table.schema.names)
     if missing:
         raise InputError(path, None, f"snapshot lacks columns: {', '.join(sorted(missing))}")

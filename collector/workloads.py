@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
-
 def open_close(ops: int, path: str = "/etc/hostname") -> int:
     """``ops`` open/close pairs of ``path``; returns ops done."""
     flags = os.O_RDONLY
@@ -42,8 +41,9 @@ def private_tmpfs(size: str = "1g") -> Iterator[str]:
     d = tempfile.mkdtemp(prefix="allocscope-tmpfs-")
     mounted = False
     if os.geteuid() == 0:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", d],
-                           capture_output=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", d], capture_output=True
+        )
         mounted = r.returncode == 0
     if not mounted:
         shutil.rmtree(d)

@@ -102,12 +102,20 @@ def resolve_headers(*, build: bool = True) -> HeaderTree:
         tree_release = _release_of_tree(build_dir)
         matches = tree_release is None or tree_release == release
         return HeaderTree(
-            "modules", None, tree_release or release, matches,
+            "modules",
+            None,
+            tree_release or release,
+            matches,
             f"{build_dir}" + ("" if matches else f" is for {tree_release}, not {release}"),
         )
     if os.path.exists(KHEADERS):
-        return HeaderTree("kheaders", None, release, True,
-                          f"{KHEADERS} (CONFIG_IKHEADERS: the kernel's own headers)")
+        return HeaderTree(
+            "kheaders",
+            None,
+            release,
+            True,
+            f"{KHEADERS} (CONFIG_IKHEADERS: the kernel's own headers)",
+        )
     for arch_dir, common_dir in distribution_header_dirs():
         tree_release = _release_of_tree(arch_dir) or os.path.basename(arch_dir)[14:]
         path = private_tree_path(arch_dir)
@@ -116,10 +124,18 @@ def resolve_headers(*, build: bool = True) -> HeaderTree:
         elif not os.path.exists(os.path.join(path, ".allocscope-complete")):
             continue
         return HeaderTree(
-            "nearest", path, tree_release, tree_release == release,
+            "nearest",
+            path,
+            tree_release,
+            tree_release == release,
             f"no headers for {release}; using {tree_release} from {arch_dir} via a private "
             f"tree at {path} (struct reads disabled)",
         )
-    return HeaderTree("none", None, "", False,
-                      "no kernel headers: install linux-headers-$(uname -r) or the nearest "
-                      "linux-headers-amd64 (./scripts/setup does this)")
+    return HeaderTree(
+        "none",
+        None,
+        "",
+        False,
+        "no kernel headers: install linux-headers-$(uname -r) or the nearest "
+        "linux-headers-amd64 (./scripts/setup does this)",
+    )

@@ -49,9 +49,15 @@ def import_bcc() -> Any:
             "--system-site-packages (./scripts/setup does both)"
         ) from None
     if not hasattr(bcc, "BPF"):
-        raise CapabilityError(f"the 'bcc' module at {bcc.__file__} is not BCC (the PyPI package "
-                              "named bcc is unrelated): pip uninstall bcc")
+        raise CapabilityError(
+            f"the 'bcc' module at {bcc.__file__} is not BCC (the PyPI package "
+            "named bcc is unrelated): pip uninstall bcc"
+        )
     return bcc
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _format_define(key: str, value: int | str | bool) -> str:
@@ -93,8 +99,9 @@ class Probe:
         try:
             self._bpf = bcc.BPF(src_file=program_path(self.name).encode(), cflags=cflags)
         except Exception as e:  # BCC raises bare Exception on compile/load failure
-            raise CapabilityError(f"BPF program {self.name}.bpf.c failed to load: {e} "
-                                  "(run `allocscope doctor`)") from None
+            raise CapabilityError(
+                f"BPF program {self.name}.bpf.c failed to load: {e} (run `allocscope doctor`)"
+            ) from None
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -103,6 +110,20 @@ class Probe:
                     os.environ[k] = v
         self.compile_seconds = time.monotonic() - t0
         _LIVE.add(self)
+        self._record_autoattached()
+
+    def _record_autoattached(self) -> None:
+        """BCC attaches ``TRACEPOINT_PROBE``/``RAW_TRACEPOINT_PROBE``/``kprobe__*`` functions
+        by itself at load; record them so ``attachments`` tells the whole truth. Programs
+        that choose a backend at run time name their functions plainly and attach explicitly.
+        """
+        b = self._bpf
+        for tp in getattr(b, "raw_tracepoint_fds", {}):
+            self.attachments.append(Attachment("raw_tracepoint", _text(tp), "(auto)"))
+        for tp in getattr(b, "tracepoint_fds", {}):
+            self.attachments.append(Attachment("tracepoint", _text(tp), "(auto)"))
+        for ev in getattr(b, "kprobe_fds", {}):
+            self.attachments.append(Attachment("kprobe", _text(ev), "(auto)"))
 
     @property
     def bpf(self) -> Any:
@@ -111,7 +132,7 @@ class Probe:
         return self._bpf
 
     def __getitem__(self, map_name: str) -> Any:
-        return self.bpf[map_name]
+        return self.bpf[map_name.encode()]
 
     # --- attaching, one method per backend -------------------------------------------------
     def attach_raw_tracepoint(self, tp: str, fn_name: str) -> None:
@@ -134,11 +155,24 @@ class Probe:
         self.bpf.attach_kfunc(fn_name=fn_name.encode())
         self.attachments.append(Attachment("fentry", target, fn_name))
 
-    def attach_perf_event(self, ev_type: int, ev_config: int, fn_name: str, *,
-                          sample_freq: int = 0, sample_period: int = 0, cpu: int = -1) -> None:
-        self.bpf.attach_perf_event(ev_type=ev_type, ev_config=ev_config,
-                                   fn_name=fn_name.encode(), sample_freq=sample_freq,
-                                   sample_period=sample_period, cpu=cpu)
+    def attach_perf_event(
+        self,
+        ev_type: int,
+        ev_config: int,
+        fn_name: str,
+        *,
+        sample_freq: int = 0,
+        sample_period: int = 0,
+        cpu: int = -1,
+    ) -> None:
+        self.bpf.attach_perf_event(
+            ev_type=ev_type,
+            ev_config=ev_config,
+            fn_name=fn_name.encode(),
+            sample_freq=sample_freq,
+            sample_period=sample_period,
+            cpu=cpu,
+        )
         self.attachments.append(Attachment("perf_event", f"{ev_type}:{ev_config}", fn_name))
 
     def ksym(self, addr: int) -> str:
@@ -154,8 +188,9 @@ class Probe:
     def __enter__(self) -> Probe:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __hash__(self) -> int:

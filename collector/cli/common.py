@@ -28,28 +28,39 @@ size_arg = _typed(parse_size, "size")
 duration_arg = _typed(parse_duration, "duration")
 
 
-def add_verb(sub: Any, name: str, help: str, description: str, examples: str,
-             func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+def add_verb(
+    sub: Any,
+    name: str,
+    help: str,
+    description: str,
+    examples: str,
+    func: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
     """A verb parser whose --help ends with real examples, as BCC tools' do."""
     from allocscope.collector.cli import HelpFormatter
 
     p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, description=description,
-        epilog="examples:\n" + examples.rstrip() + "\n", formatter_class=HelpFormatter,
+        name,
+        help=help,
+        description=description,
+        epilog="examples:\n" + examples.rstrip() + "\n",
+        formatter_class=HelpFormatter,
     )
     p.set_defaults(func=func)
     return p
 
 
-def add_output_format(p: argparse.ArgumentParser, *, csv: bool = False,
-                      folded: bool = False) -> None:
+def add_output_format(
+    p: argparse.ArgumentParser, *, csv: bool = False, folded: bool = False
+) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true", help="print JSON instead of a table")
     if csv:
         g.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     if folded:
-        g.add_argument("--folded", action="store_true",
-                       help="print folded stacks (flame-graph input)")
+        g.add_argument(
+            "--folded", action="store_true", help="print folded stacks (flame-graph input)"
+        )
 
 
 def print_json(data: Any) -> None:
