@@ -15,6 +15,7 @@ The kernel paths they exercise, on Linux 6.x:
 from __future__ import annotations
 
 import multiprocessing as mp
+from multiprocessing.process import BaseProcess
 import os
 import shutil
 import subprocess
@@ -118,7 +119,7 @@ def _child(name: str, seconds: float, delay: float) -> None:
     WORKLOADS[name](seconds)
 
 
-def start(name: str, seconds: float, delay: float = 0.0) -> mp.Process:
+def start(name: str, seconds: float, delay: float = 0.0) -> BaseProcess:
     """Run workload ``name`` for ``seconds`` in a child process (after ``delay``)."""
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r} (have: {', '.join(sorted(WORKLOADS))})")

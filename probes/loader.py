@@ -42,7 +42,7 @@ def program_path(name: str) -> str:
 def import_bcc() -> Any:
     """Import Debian's BCC, or explain how to get it (never the unrelated PyPI ``bcc``)."""
     try:
-        import bcc  # type: ignore[import-not-found]
+        import bcc
     except ImportError:
         raise CapabilityError(
             "BCC is not importable: apt-get install python3-bpfcc, and use a venv made with "
@@ -124,6 +124,13 @@ class Probe:
             self.attachments.append(Attachment("tracepoint", _text(tp), "(auto)"))
         for ev in getattr(b, "kprobe_fds", {}):
             self.attachments.append(Attachment("kprobe", _text(ev), "(auto)"))
+        for backend, fds, prefix in (
+            ("fentry", getattr(b, "kfunc_entry_fds", {}), "kfunc__"),
+            ("fexit", getattr(b, "kfunc_exit_fds", {}), "kretfunc__"),
+        ):
+            for fn in fds:
+                name = _text(fn)
+                self.attachments.append(Attachment(backend, name.removeprefix(prefix), name))
 
     @property
     def bpf(self) -> Any:
@@ -151,7 +158,10 @@ class Probe:
         self.attachments.append(Attachment("kretprobe" if ret else "kprobe", function, fn_name))
 
     def attach_fentry(self, fn_name: str, target: str) -> None:
-        """Attach a ``KFUNC_PROBE``/``KRETFUNC_PROBE`` program compiled in this object."""
+        """Attach a plainly named fentry program (``KFUNC_PROBE`` ones BCC attaches at load,
+        and :meth:`_record_autoattached` has already recorded them)."""
+        if any(a.fn_name == fn_name for a in self.attachments):
+            return
         self.bpf.attach_kfunc(fn_name=fn_name.encode())
         self.attachments.append(Attachment("fentry", target, fn_name))
 

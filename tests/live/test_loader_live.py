@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,7 @@ def test_sigterm_detaches_and_reports(tmp_path: Path) -> None:
     assert proc.stdout.readline().strip() == "ready"
     for _ in range(200):
         os.close(os.open("/etc/hostname", os.O_RDONLY))
+    time.sleep(0.5)  # let the child get from print("ready") into its sleep
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0

@@ -1,0 +1,289 @@
+"""The collection agent: allocinfo snapshots with host metadata into the store, every interval.
+
+Fleet constraints drive the design:
+
+* **Jittered start, fixed-rate ticks.** A thousand agents started by the same deploy must not
+  read allocinfo and write to the shared store in the same second; after a random start delay
+  the agent ticks at ``start + k * interval`` (no drift, missed ticks skipped, not bunched).
+* **The store may be away** (NFS hiccup, full disk). Snapshots then go to a local spool, which
+  is bounded: when full, the newest spooled snapshot is dropped to make room, so the oldest
+  (the boot baseline that post-boot growth is measured from) is dropped last; every drop is
+  counted (``<spool>/dropped``). The spool is flushed, oldest first, once the store is back.
+  Store file names are deterministic per (host, snapshot time), so a flush interrupted after
+  its write but before the spool file's removal just rewrites the same file.
+* **Cheap and measured.** Each snapshot's own CPU time and the RSS are stored in its ``hosts``
+  row (``agent_cpu_s``, ``agent_rss_bytes``) and summarized by ``--self-stats``.
+* **Crash-safe.** Every file is written atomically (collector/atomic.py); on start the agent
+  removes temp files a killed predecessor on this host left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TextIO
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from allocscope.collector.allocinfo import read_allocinfo
+from allocscope.collector.atomic import write_atomic
+from allocscope.collector.errors import AllocscopeError, InputError
+from allocscope.collector.host import HostMetadata, collect_host_metadata
+from allocscope.collector.ingest import read_snapshot_file
+from allocscope.collector.snapshot import snapshot_table
+from allocscope.collector.store import AgentStats, Store, StoreUnavailable, safe_name
+from allocscope.collector.subsystem import SubsystemMap, default_map
+from allocscope.collector.units import human_bytes
+
+
+@dataclass(slots=True)
+class AgentConfig:
+    store: str
+    interval: float = 300.0
+    labels: dict[str, str] = field(default_factory=dict)
+    file: str | None = None  # None: /proc/allocinfo
+    spool: str = "/var/spool/allocscope"
+    spool_max: int = 1000
+    jitter: float = 0.0
+    once: bool = False
+    count: int | None = None  # stop after this many snapshots (tests, measurements)
+    lenient: bool = False
+
+
+@dataclass(slots=True)
+class SelfStats:
+    """The agent's own cost, per snapshot."""
+
+    cpu_s: list[float] = field(default_factory=list)
+    wall_s: list[float] = field(default_factory=list)
+    rss_bytes: int = 0
+    peak_rss_bytes: int = 0
+
+    def summary(self, interval: float) -> dict[str, float]:
+        n = len(self.cpu_s)
+        mean = sum(self.cpu_s) / n if n else 0.0
+        return {
+            "snapshots": float(n),
+            "cpu_s_per_snapshot_mean": mean,
+            "cpu_s_per_snapshot_max": max(self.cpu_s) if n else 0.0,
+            "wall_s_per_snapshot_mean": sum(self.wall_s) / n if n else 0.0,
+            "rss_bytes": float(self.rss_bytes),
+            "peak_rss_bytes": float(self.peak_rss_bytes),
+            "cpu_percent_at_interval": 100.0 * mean / interval if interval > 0 else 0.0,
+            "cpu_percent_at_1min": 100.0 * mean / 60.0,
+        }
+
+
+class Spool:
+    """Snapshots waiting for the store: snapshot files in a local directory."""
+
+    def __init__(self, directory: str, max_files: int) -> None:
+        self.dir = directory
+        self.max = max(1, max_files)
+
+    def pending(self) -> list[str]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        # snap-<ns>.parquet: name order is time order.
+        return sorted(
+            os.path.join(self.dir, n)
+            for n in names
+            if n.startswith("snap-") and n.endswith(".parquet")
+        )
+
+    def dropped(self) -> int:
+        try:
+            with open(os.path.join(self.dir, "dropped")) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _count_drop(self) -> None:
+        path = os.path.join(self.dir, "dropped")
+        n = self.dropped() + 1
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.write(f"{n}\n")
+
+        write_atomic(path, write)
+
+    def add(self, table: pa.Table, taken_at: float) -> str | None:
+        """Spool one snapshot table; returns the path of a snapshot dropped to make room."""
+        os.makedirs(self.dir, exist_ok=True)
+        dropped = None
+        pending = self.pending()
+        while len(pending) >= self.max:
+            victim = pending.pop()  # the newest: the oldest are dropped last
+            try:
+                os.unlink(victim)
+            except FileNotFoundError:
+                pass
+            self._count_drop()
+            dropped = victim
+        path = os.path.join(self.dir, f"snap-{int(round(taken_at * 1e9)):020d}.parquet")
+        write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        return dropped
+
+    def flush(self, store: Store, log: Callable[[str], None]) -> int:
+        """Move spooled snapshots into the store, oldest first; stops at the first store error."""
+        done = 0
+        for path in self.pending():
+            try:
+                snap = read_snapshot_file(path)
+            except InputError as e:
+                log(f"spool: dropping unreadable {path}: {e}")
+                os.unlink(path)
+                self._count_drop()
+                continue
+            store.commit_snapshot(
+                snap.table,
+                snap.host,
+                snap.taken_at,
+                allocinfo_version=snap.version,
+                source=snap.source,
+            )
+            os.unlink(path)
+            done += 1
+        return done
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        out: TextIO | None = None,
+        subsystems: SubsystemMap | None = None,
+    ) -> None:
+        self.cfg = config
+        self.store = Store(config.store)
+        self.spool = Spool(config.spool, config.spool_max)
+        self.out = out or sys.stdout
+        self.sub = subsystems or default_map()
+        self.stats = SelfStats()
+        self.proc = psutil.Process()
+        self.stop = threading.Event()
+        self.snapshots = 0
+
+    def log(self, msg: str) -> None:
+        self.out.write(msg + "\n")
+        self.out.flush()
+
+    def _cpu(self) -> float:
+        # CLOCK_PROCESS_CPUTIME_ID: ns resolution (psutil's cpu_times ticks at 10 ms).
+        return time.process_time()
+
+    def take(self) -> None:
+        """One snapshot: read, build rows, flush the spool if any, store (or spool) it."""
+        wall0 = time.perf_counter()
+        cpu0 = self._cpu()
+        snap = read_allocinfo(self.cfg.file, lenient=self.cfg.lenient)
+        host: HostMetadata = collect_host_metadata(self.cfg.labels)
+        snap.host = host
+        table = snapshot_table(snap, host, self.sub)
+        rss = int(self.proc.memory_info().rss)
+
+        def stats() -> AgentStats:
+            return AgentStats(self._cpu() - cpu0, rss)
+
+        stored = False
+        try:
+            if self.spool.pending():
+                self.store.check_writable()
+                n = self.spool.flush(self.store, self.log)
+                if n:
+                    self.log(f"flushed {n} spooled snapshot(s) into {self.store.root}")
+            self.store.check_writable()
+            self.store.commit_snapshot(
+                table,
+                host,
+                snap.taken_at,
+                allocinfo_version=snap.version,
+                source=snap.source,
+                agent=stats,
+            )
+            stored = True
+        except StoreUnavailable as e:
+            dropped = self.spool.add(table, snap.taken_at)
+            self.log(
+                f"spooled {host.hostname} taken_at={snap.taken_at!r} ({e}); "
+                f"{len(self.spool.pending())} in spool, {self.spool.dropped()} dropped so far"
+            )
+            if dropped:
+                self.log(f"spool full ({self.spool.max}): dropped {dropped}")
+        cpu = self._cpu() - cpu0
+        wall = time.perf_counter() - wall0
+        rss = int(self.proc.memory_info().rss)
+        self.stats.cpu_s.append(cpu)
+        self.stats.wall_s.append(wall)
+        self.stats.rss_bytes = rss
+        self.stats.peak_rss_bytes = max(self.stats.peak_rss_bytes, rss)
+        self.snapshots += 1
+        if stored:
+            self.log(
+                f"stored {host.hostname} taken_at={snap.taken_at!r} rows={table.num_rows} "
+                f"cpu={cpu:.4f}s rss={human_bytes(rss)}"
+            )
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop.set()
+
+    def run(self) -> int:
+        """The loop (or one snapshot with ``once``); SIGTERM/SIGINT stop it between snapshots."""
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                old[s] = signal.signal(s, self._on_signal)
+        try:
+            if os.path.isdir(self.store.root):
+                temps = self.store.clean_stale_temps()
+                orphans = self.store.clean_orphans(socket.gethostname())
+                if temps or orphans:
+                    self.log(
+                        f"removed {temps} temp file(s) and {orphans} uncommitted snapshot "
+                        "part(s) left by a killed writer"
+                    )
+            if self.cfg.jitter > 0 and self.stop.wait(random.uniform(0, self.cfg.jitter)):
+                return 0
+            start = time.monotonic()
+            tick = 0
+            while not self.stop.is_set():
+                try:
+                    self.take()
+                except AllocscopeError:
+                    if self.cfg.once or self.snapshots == 0:
+                        raise  # a bad allocinfo or config: say so now, not every interval
+                    self.log(f"snapshot failed: {sys.exc_info()[1]}")
+                if self.cfg.once or (self.cfg.count and self.snapshots >= self.cfg.count):
+                    break
+                tick += 1
+                now = time.monotonic() - start
+                if self.cfg.interval > 0:
+                    tick = max(tick, int(now // self.cfg.interval) + 1)  # skip missed ticks
+                wait = start + tick * self.cfg.interval - time.monotonic()
+                if wait > 0 and self.stop.wait(wait):
+                    break
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return 0
+
+
+def spool_default() -> str:
+    """Where the spool lives when --spool is not given: system spool as root, else ~/.cache."""
+    if os.geteuid() == 0:
+        return "/var/spool/allocscope"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "allocscope", "spool", safe_name(os.uname().nodename))

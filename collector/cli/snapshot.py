@@ -1,0 +1,103 @@
+"""``allocscope snapshot``: one allocinfo read plus host metadata, saved as Parquet.
+
+The snapshot is the unit fleet collection ingests and ``diff`` compares; its schema is
+versioned (:mod:`allocscope.collector.snapshot`, README "Snapshot schema").
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from allocscope.collector.cli.common import add_verb, print_json
+from allocscope.collector.cli.top import load_source, load_subsystems, print_warnings
+from allocscope.collector.errors import AllocscopeError
+from allocscope.collector.host import collect_host_metadata, parse_labels
+from allocscope.collector.units import human_bytes
+
+EXAMPLES = """\
+  allocscope snapshot -o before.parquet                # live /proc/allocinfo + host metadata
+  allocscope snapshot -o host1.parquet --label group=pilot --label rack=a1
+  allocscope snapshot -o old.parquet --file allocinfo-6.12.txt   # a saved text copy
+  allocscope diff before.parquet after.parquet         # what changed between two snapshots
+"""
+
+
+def register(sub: Any) -> None:
+    p = add_verb(
+        sub,
+        "snapshot",
+        help="save allocinfo plus host metadata as one Parquet file",
+        description="Capture /proc/allocinfo (or a saved copy) with this host's metadata "
+        "(hostname, kernel, boot id, CPUs, memory, vm.mem_profiling, labels) into one "
+        "Parquet file with a versioned schema (README: Snapshot schema). Written atomically. "
+        "A saved copy "
+        "is recorded with THIS host's metadata: label it if it came from elsewhere.",
+        examples=EXAMPLES,
+        func=run,
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="FILE.parquet", help="where to write the snapshot"
+    )
+    p.add_argument(
+        "-f",
+        "--file",
+        metavar="ALLOCINFO",
+        help="read a saved allocinfo (text, .gz, '-' for stdin) instead of /proc/allocinfo",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="attach a label (repeatable), e.g. group=pilot",
+    )
+    p.add_argument(
+        "--subsystems",
+        metavar="FILE.toml",
+        help="subsystem rules for the snapshot's subsystem column",
+    )
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip malformed lines (counted in a warning) instead of failing",
+    )
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: pyarrow must not be loaded to register the verb.
+    from allocscope.collector.snapshot import SNAPSHOT_SCHEMA_VERSION, write_snapshot
+
+    try:
+        labels = parse_labels(args.label)
+    except ValueError as e:
+        raise AllocscopeError(str(e)) from None
+    snap = load_source(args.file, lenient=args.lenient)
+    print_warnings(snap)
+    if snap.host is not None:
+        raise AllocscopeError(f"{args.file}: is already a snapshot; copy it instead")
+    host = collect_host_metadata(labels)
+    snap.host = host
+    rows = write_snapshot(args.output, snap, host, load_subsystems(args.subsystems))
+    summary = {
+        "output": args.output,
+        "schema": SNAPSHOT_SCHEMA_VERSION,
+        "rows": rows,
+        "source": snap.source,
+        "allocinfo_version": snap.version,
+        "bytes": snap.total_bytes,
+        "calls": snap.total_calls,
+        "hostname": host.hostname,
+        "kernel_release": host.kernel_release,
+        "labels": labels,
+        "warnings": snap.warnings,
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        print(
+            f"wrote {args.output}: {rows} tags, {human_bytes(snap.total_bytes)} from "
+            f"{snap.source} (allocinfo {snap.version or '?'}), host {host.hostname}, "
+            f"kernel {host.kernel_release}, schema v{SNAPSHOT_SCHEMA_VERSION}"
+        )
+    return 0

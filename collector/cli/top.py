@@ -1,0 +1,265 @@
+"""``allocscope top``: where kernel memory is, ranked, filtered and rolled up.
+
+Reads ``/proc/allocinfo`` (or a saved copy, or a snapshot), or — on kernels without
+allocation profiling — traces the kmem tracepoints for ``--live SECONDS`` and ranks call
+sites the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
+from allocscope.collector.cli.common import (
+    add_output_format,
+    add_verb,
+    duration_arg,
+    print_json,
+    size_arg,
+)
+from allocscope.collector.errors import AllocscopeError
+from allocscope.collector.rollup import GROUP_BY, SORT_KEYS, Filters, rollup
+from allocscope.collector.subsystem import SubsystemMap, default_map
+
+EXAMPLES = """\
+  allocscope top                            # biggest allocation sites, live /proc/allocinfo
+  allocscope top -n 20 --by subsystem       # memory per subsystem (net, mm, fs/ext4, ...)
+  allocscope top -s calls --function 'kmalloc*' --path 'fs/**'
+  allocscope top -m 10M --by function       # functions holding at least 10 MiB
+  allocscope top --file allocinfo.txt.gz --json   # a saved copy (text, gzip, or snapshot)
+  cat /proc/allocinfo | allocscope top --file - --csv
+  allocscope top --live 5 --workload open-close -n 15   # no allocinfo? trace kmem for 5 s
+"""
+
+NO_ALLOCINFO = (
+    f"{PROC_ALLOCINFO} is not present: this kernel lacks CONFIG_MEM_ALLOC_PROFILING "
+    "(Linux 6.10+); use `allocscope top --live SECONDS` to trace allocations instead, "
+    "or --file FILE to read a saved copy"
+)
+
+
+def count_arg(text: str) -> int:
+    """``-n``: a row count, 0 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {n}")
+    return n
+
+
+def _is_parquet(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def load_source(path: str | None, *, lenient: bool = False) -> AllocinfoSnapshot:
+    """An allocinfo read from the live file (None), text/gzip/stdin, or a snapshot .parquet."""
+    if path is None and not os.path.exists(PROC_ALLOCINFO):
+        raise AllocscopeError(NO_ALLOCINFO)
+    if path is not None and path != "-" and _is_parquet(path):
+        # pyarrow is imported only for snapshots: text reads must work where it can't load
+        # (e.g. a QEMU guest whose CPU model lacks SSE4.2).
+        from allocscope.collector.snapshot import read_snapshot
+
+        return read_snapshot(path)
+    return read_allocinfo(path, lenient=lenient)
+
+
+def print_warnings(snap: AllocinfoSnapshot, limit: int = 3) -> None:
+    """The first few parse warnings on stderr, and how many malformed lines were skipped."""
+    if snap.skipped:
+        s = "s" if snap.skipped != 1 else ""
+        print(
+            f"allocscope: warning: {snap.source}: skipped {snap.skipped} malformed line{s} "
+            "(--lenient)",
+            file=sys.stderr,
+        )
+    for w in snap.warnings[:limit]:
+        print(f"allocscope: warning: {w}", file=sys.stderr)
+    if len(snap.warnings) > limit:
+        print(f"allocscope: warning: ... and {len(snap.warnings) - limit} more", file=sys.stderr)
+
+
+def load_subsystems(path: str | None) -> SubsystemMap:
+    return SubsystemMap.load(path) if path else default_map()
+
+
+def add_common_filters(p: argparse.ArgumentParser) -> None:
+    """Input and subsystem flags shared by top and diff."""
+    p.add_argument(
+        "--subsystems",
+        metavar="FILE.toml",
+        help="subsystem rules tried before the defaults (see README)",
+    )
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip malformed lines (counted in a warning) instead of failing",
+    )
+    p.add_argument(
+        "--exact",
+        dest="human",
+        action="store_false",
+        help="print exact byte and call counts instead of human units",
+    )
+
+
+def register(sub: Any) -> None:
+    p = add_verb(
+        sub,
+        "top",
+        help="rank allocation sites by bytes or calls (allocinfo or live)",
+        description="Rank /proc/allocinfo tags by bytes, calls or name; filter by function, "
+        "source path or module globs; roll up by function, file, module or subsystem. Totals "
+        "cover everything the filters matched, not only the rows shown.",
+        examples=EXAMPLES,
+        func=run,
+    )
+    p.add_argument("-s", "--sort", choices=SORT_KEYS, default="bytes", help="sort key")
+    p.add_argument(
+        "-n",
+        "--top",
+        type=count_arg,
+        default=None,
+        metavar="N",
+        help="show the first N rows (default: 30 in a table, all with --json/--csv)",
+    )
+    p.add_argument(
+        "-m",
+        "--min-bytes",
+        type=size_arg,
+        default=None,
+        metavar="SIZE",
+        help="hide rows below SIZE (4096, 64K, 10M, 1G)",
+    )
+    p.add_argument("--by", choices=GROUP_BY, default="site", help="roll rows up by this key")
+    p.add_argument(
+        "--function",
+        action="append",
+        metavar="GLOB",
+        help="only functions matching GLOB (repeatable; clone suffixes ignored)",
+    )
+    p.add_argument(
+        "--path",
+        action="append",
+        metavar="GLOB",
+        help="only source files matching GLOB: 'fs/**', 'mm/*.c', '*.h' (without '/': the "
+        "base name; '*' stays in one directory, '**' crosses them; repeatable)",
+    )
+    p.add_argument(
+        "--module",
+        action="append",
+        metavar="GLOB",
+        help="only modules matching GLOB; built-in tags are 'vmlinux' (repeatable)",
+    )
+    p.add_argument(
+        "-f",
+        "--file",
+        metavar="FILE",
+        help="read a saved allocinfo (text, .gz, '-' for stdin, or a snapshot "
+        ".parquet) instead of /proc/allocinfo",
+    )
+    p.add_argument(
+        "--live",
+        type=duration_arg,
+        metavar="SECONDS",
+        help="trace kmem tracepoints for SECONDS and rank call sites (any kernel)",
+    )
+    p.add_argument(
+        "--workload",
+        metavar="NAME",
+        help="with --live: run a built-in workload during the window (open-close, tmpfs-write)",
+    )
+    p.add_argument("-p", "--pid", type=int, metavar="PID", help="with --live: only this process")
+    p.add_argument(
+        "--no-frees",
+        dest="frees",
+        action="store_false",
+        help="with --live: ignore frees (bytes allocated, not live bytes)",
+    )
+    add_common_filters(p)
+    add_output_format(p, csv=True)
+
+
+def _live(args: argparse.Namespace) -> tuple[AllocinfoSnapshot, str, dict[str, Any]]:
+    if args.file:
+        raise AllocscopeError(
+            "--live and --file are exclusive: one reads allocinfo, the other traces"
+        )
+    try:
+        from allocscope.collector import live_sites
+    except ImportError as e:
+        raise AllocscopeError(f"--live is not available in this build ({e})") from None
+    cap = live_sites.capture_live_sites(
+        args.live, frees=args.frees, pid=args.pid, workload=args.workload
+    )
+    what = "live bytes" if cap.bytes_kind == "live" else f"{cap.bytes_kind} bytes"
+    title = (
+        f"live capture, {what} per function: backend {cap.backend}, window "
+        f"{cap.duration:.1f}s, {cap.events} events, {cap.lost} lost"
+        + (" (interrupted)" if cap.interrupted else "")
+    )
+    extra = {
+        "live": {
+            "backend": cap.backend,
+            "bytes_kind": cap.bytes_kind,
+            "duration": cap.duration,
+            "events": cap.events,
+            "lost": cap.lost if isinstance(cap.lost, int) else dict(cap.lost),
+            "interrupted": cap.interrupted,
+        }
+    }
+    return cap.snapshot, title, extra
+
+
+def run(args: argparse.Namespace) -> int:
+    for flag in ("workload", "pid"):
+        if getattr(args, flag) is not None and args.live is None:
+            raise AllocscopeError(f"--{flag} needs --live SECONDS")
+    if not args.frees and args.live is None:
+        raise AllocscopeError("--no-frees needs --live SECONDS")
+    subsystems = load_subsystems(args.subsystems)
+    extra: dict[str, Any] = {}
+    if args.live is not None:
+        snap, title, extra = _live(args)
+    else:
+        snap = load_source(args.file, lenient=args.lenient)
+        title = f"{snap.source}: allocinfo {snap.version or '?'}, {len(snap.records)} tags"
+    print_warnings(snap)
+    limit = args.top
+    if limit is None and not (args.json or args.csv):
+        limit = 30
+    filters = Filters.of(args.function, args.path, args.module)
+    try:
+        r = rollup(
+            snap.records,
+            by=args.by,
+            sort=args.sort,
+            limit=limit,
+            min_bytes=args.min_bytes,
+            filters=filters,
+            subsystems=subsystems,
+        )
+    except ValueError as e:
+        raise AllocscopeError(str(e)) from None
+    from allocscope.reports import allocinfo as rep
+
+    if args.json:
+        print_json(
+            rep.top_json(
+                r, source=snap.source, version=snap.version, warnings=snap.warnings, extra=extra
+            )
+        )
+    elif args.csv:
+        sys.stdout.write(rep.top_csv(r))
+    else:
+        sys.stdout.write(rep.top_table(r, human=args.human, title=title))
+    return 0

@@ -1,0 +1,471 @@
+"""``allocscope doctor``: what this host can do, what that means, and how to fix the rest.
+
+:func:`gather_facts` collects raw facts (most by trying: see ``probes/capabilities.py``);
+:func:`diagnose` turns them into one line per check -- status ``ok``/``warn``/``fail``, the
+observed value, the *consequence* for allocscope's verbs, and the *fix*. Keeping the two
+apart makes every decision testable with hand-made facts, without root or BPF.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from allocscope.probes import capabilities as caps
+from allocscope.probes.capabilities import (
+    AllocinfoState,
+    BTFState,
+    CheckResult,
+    KallsymsState,
+    Privileges,
+)
+from allocscope.probes.headers import HeaderTree
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+BPF_ATTACH_TYPES = ("tracepoint", "raw_tracepoint", "kprobe", "fentry")
+
+
+@dataclass
+class Facts:
+    """Everything doctor looked at, JSON-able through :meth:`to_dict`."""
+
+    kernel_release: str
+    allocinfo: AllocinfoState
+    mem_profiling: str | None
+    mem_profiling_writable: bool
+    mem_profiling_compressed: bool
+    btf: BTFState
+    attach: dict[str, CheckResult]
+    headers: HeaderTree | None
+    headers_error: str | None
+    lockdown: str
+    privileges: Privileges
+    tracefs: str | None
+    kallsyms: KallsymsState
+    bcc: str | None  # version, or None
+    bcc_error: str | None = None
+    compile_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kernel_release": self.kernel_release,
+            "allocinfo": self.allocinfo.to_dict(),
+            "mem_profiling": {
+                "value": self.mem_profiling,
+                "writable": self.mem_profiling_writable,
+                "compressed": self.mem_profiling_compressed,
+            },
+            "btf": self.btf.to_dict(),
+            "attach": {k: v.to_dict() for k, v in self.attach.items()},
+            "headers": (asdict(self.headers) if self.headers else None),
+            "headers_error": self.headers_error,
+            "lockdown": self.lockdown,
+            "privileges": self.privileges.to_dict(),
+            "tracefs": self.tracefs,
+            "kallsyms": self.kallsyms.to_dict(),
+            "bcc": self.bcc,
+            "bcc_error": self.bcc_error,
+            "compile_seconds": round(self.compile_seconds, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorLine:
+    check: str
+    status: str  # ok | warn | fail
+    value: str
+    consequence: str = ""
+    fix: str = ""
+
+
+@dataclass
+class DoctorReport:
+    lines: list[DoctorLine]
+    facts: Facts
+    usable: bool
+    summary: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """Non-zero only when nothing useful can run: no BPF at all and no allocinfo."""
+        return 0 if self.usable else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "usable": self.usable,
+            "summary": self.summary,
+            "checks": [asdict(ln) for ln in self.lines],
+            "status": {ln.check: ln.status for ln in self.lines},
+            "facts": self.facts.to_dict(),
+        }
+
+
+def gather_facts(*, try_bpf: bool = True) -> Facts:
+    """Read and try everything (about one BCC compile plus a few milliseconds)."""
+    from allocscope.collector.host import mem_profiling_state
+    from allocscope.probes.headers import resolve_headers
+
+    value, writable, compressed = mem_profiling_state()
+    bcc_version: str | None = None
+    bcc_error: str | None = None
+    try:
+        from allocscope.probes.loader import import_bcc
+
+        bcc_version = str(getattr(import_bcc(), "__version__", "unknown"))
+    except Exception as e:  # noqa: BLE001 - any import failure is the fact we report
+        bcc_error = str(e)
+    if try_bpf:
+        attach = caps.attach_types()
+    else:
+        attach = {k: CheckResult(False, "not tried (--no-bpf)") for k in caps.ATTACH_TYPES}
+    compile_s = attach.get("_compile", CheckResult(False, "")).seconds
+    attach = {k: v for k, v in attach.items() if not k.startswith("_")}
+    headers: HeaderTree | None = None
+    headers_error: str | None = None
+    try:
+        # Building the private header tree needs root (it lives under /var/cache).
+        headers = resolve_headers(build=os.geteuid() == 0)
+    except Exception as e:  # noqa: BLE001
+        headers_error = str(e)
+    return Facts(
+        kernel_release=caps.kernel_release(),
+        allocinfo=caps.allocinfo_state(),
+        mem_profiling=value,
+        mem_profiling_writable=writable,
+        mem_profiling_compressed=compressed,
+        btf=caps.btf_state(),
+        attach=attach,
+        headers=headers,
+        headers_error=headers_error,
+        lockdown=caps.lockdown_mode(),
+        privileges=caps.privileges(),
+        tracefs=caps.tracefs_path(),
+        kallsyms=caps.kallsyms_state(),
+        bcc=bcc_version,
+        bcc_error=bcc_error,
+        compile_seconds=compile_s,
+    )
+
+
+def _kernel_version(release: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+def short_reason(detail: str) -> str:
+    """The most telling part of a failed attempt's error, for one table cell."""
+    d = detail
+    if "kprobe_events" in d and "No such file" in d:
+        return "no kprobe_events"
+    if "not traceable" in d:
+        return "function not traceable"
+    if "Need super-user" in d or "Operation not permitted" in d:
+        return "EPERM from the kernel"
+    if "perf_event_open failed: No such file" in d:
+        return "no such PMU event"
+    if d.startswith("not tried"):
+        return d
+    return d.split(" (")[0][:60]
+
+
+def _kernel_line(f: Facts) -> DoctorLine:
+    if _kernel_version(f.kernel_release) < (6, 10):
+        return DoctorLine(
+            "kernel",
+            WARN,
+            f.kernel_release,
+            "older than 6.10: no memory allocation profiling",
+            "use Linux 6.10+ built with CONFIG_MEM_ALLOC_PROFILING=y",
+        )
+    return DoctorLine("kernel", OK, f.kernel_release)
+
+
+def _allocinfo_line(f: Facts) -> DoctorLine:
+    a = f.allocinfo
+    if not a.present:
+        return DoctorLine(
+            "allocinfo",
+            WARN,
+            "absent",
+            "top/snapshot need --file; use top --live",
+            "Linux 6.10+ with CONFIG_MEM_ALLOC_PROFILING=y",
+        )
+    if not a.readable:
+        return DoctorLine("allocinfo", FAIL, a.detail, "cannot read /proc/allocinfo", "run as root")
+    if a.version is None:
+        return DoctorLine(
+            "allocinfo",
+            WARN,
+            a.detail,
+            "header not recognised; parsed leniently",
+            "report the header to allocscope",
+        )
+    if a.version not in ("1.0", "2.0"):
+        return DoctorLine(
+            "allocinfo",
+            WARN,
+            f"version {a.version}",
+            "newer than 2.0: read as 2.0",
+            "upgrade allocscope",
+        )
+    return DoctorLine("allocinfo", OK, f"version {a.version}")
+
+
+def _mem_profiling_line(f: Facts) -> DoctorLine:
+    v = f.mem_profiling
+    mode = ", compressed" if f.mem_profiling_compressed else ""
+    rw = "writable" if f.mem_profiling_writable else "read-only"
+    if v is None:
+        return DoctorLine(
+            "vm.mem_profiling",
+            WARN if not f.allocinfo.present else FAIL,
+            "absent",
+            "no allocation profiling counters",
+            "CONFIG_MEM_ALLOC_PROFILING=y",
+        )
+    value = f"{v} ({rw}{mode})"
+    if v == "1":
+        if not f.mem_profiling_writable:
+            return DoctorLine(
+                "vm.mem_profiling",
+                WARN,
+                value,
+                "overhead --toggle cannot switch profiling off",
+                "boot without sysctl.vm.mem_profiling=never",
+            )
+        return DoctorLine("vm.mem_profiling", OK, value)
+    fix = (
+        "sysctl -w vm.mem_profiling=1"
+        if f.mem_profiling_writable
+        else "boot with sysctl.vm.mem_profiling=1"
+    )
+    return DoctorLine(
+        "vm.mem_profiling", WARN, value, "profiling off: allocinfo counters do not move", fix
+    )
+
+
+def _btf_line(f: Facts) -> DoctorLine:
+    b = f.btf
+    if b.present and b.kmem_cache_size_offset is not None:
+        return DoctorLine("BTF", OK, f"kmem_cache.size at +{b.kmem_cache_size_offset}")
+    if b.present:
+        return DoctorLine(
+            "BTF",
+            WARN,
+            b.detail,
+            "slab object sizes via the classic tracepoint (slower)",
+            "report this kernel's BTF to allocscope",
+        )
+    return DoctorLine(
+        "BTF",
+        WARN,
+        "absent",
+        "no fentry; slab sizes via the classic tracepoint (slower)",
+        "kernel with CONFIG_DEBUG_INFO_BTF=y",
+    )
+
+
+_ATTACH_TEXT: dict[str, tuple[str, str, str, str]] = {
+    # type: (label, status when failing, consequence, fix)
+    "tracepoint": (
+        "bpf tracepoint",
+        FAIL,
+        "no call_site-filtered who-calls backend",
+        "CONFIG_BPF_EVENTS=y; mount tracefs",
+    ),
+    "raw_tracepoint": (
+        "bpf raw_tracepoint",
+        FAIL,
+        "top --live cannot run",
+        "Linux 4.17+ with CONFIG_BPF_EVENTS=y",
+    ),
+    "kprobe": (
+        "bpf kprobe",
+        WARN,
+        "who-calls uses tracepoint + call_site filter",
+        "CONFIG_KPROBES=y CONFIG_KPROBE_EVENTS=y",
+    ),
+    "fentry": (
+        "bpf fentry",
+        WARN,
+        "no fentry backend; kprobe/tracepoint used",
+        "BTF + CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS",
+    ),
+    "perf_event_hw_cycles": (
+        "perf hw cycles",
+        WARN,
+        "overhead samples cpu-clock (time), not cycles",
+        "bare metal or a VM with a virtual PMU",
+    ),
+    "perf_event_cpu_clock": (
+        "perf cpu-clock",
+        FAIL,
+        "overhead cannot sample the CPU",
+        "CONFIG_PERF_EVENTS=y; kernel.perf_event_paranoid<=2",
+    ),
+}
+
+
+def _attach_lines(f: Facts) -> list[DoctorLine]:
+    out = []
+    for key, (label, bad, consequence, fix) in _ATTACH_TEXT.items():
+        r = f.attach.get(key)
+        if r is None:
+            continue
+        where = f" {caps.DEFAULT_FUNCTION}" if key in ("kprobe", "fentry") else ""
+        if r.ok:
+            out.append(DoctorLine(label, OK, f"attaches{where}"))
+        else:
+            out.append(DoctorLine(label, bad, f"no: {short_reason(r.detail)}", consequence, fix))
+    return out
+
+
+def _headers_line(f: Facts) -> DoctorLine:
+    h = f.headers
+    if h is None:
+        return DoctorLine(
+            "kernel headers",
+            FAIL,
+            f.headers_error or "unknown",
+            "no BPF program compiles",
+            "./scripts/setup",
+        )
+    if h.kind == "none":
+        return DoctorLine(
+            "kernel headers",
+            FAIL,
+            "none",
+            "no BPF program compiles",
+            "apt-get install linux-headers-$(uname -r) (./scripts/setup)",
+        )
+    if h.matches:
+        return DoctorLine("kernel headers", OK, f"{h.kind}: {h.release}")
+    return DoctorLine(
+        "kernel headers",
+        WARN,
+        f"{h.kind}: {h.release} (mismatch)",
+        "struct reads only via BTF offsets",
+        "linux-headers-$(uname -r) or CONFIG_IKHEADERS=y",
+    )
+
+
+def _lockdown_line(f: Facts) -> DoctorLine:
+    if f.lockdown == "confidentiality":
+        return DoctorLine(
+            "lockdown",
+            FAIL,
+            f.lockdown,
+            "kprobes, kernel reads, perf and tracefs blocked",
+            "boot with lockdown=none",
+        )
+    return DoctorLine("lockdown", OK, f.lockdown)
+
+
+def _privileges_line(f: Facts) -> DoctorLine:
+    p = f.privileges
+    names = [
+        n
+        for n, has in (
+            ("root", p.root),
+            ("CAP_BPF", p.cap_bpf),
+            ("CAP_PERFMON", p.cap_perfmon),
+            ("CAP_SYS_ADMIN", p.cap_sys_admin),
+        )
+        if has
+    ]
+    value = "root" if p.root and p.cap_sys_admin else ", ".join(names) or "unprivileged"
+    if p.root or p.cap_sys_admin or (p.cap_bpf and p.cap_perfmon):
+        return DoctorLine("privileges", OK, value)
+    return DoctorLine(
+        "privileges",
+        FAIL,
+        value,
+        "no BPF: only allocinfo reading works",
+        "run as root (sudo allocscope ...)",
+    )
+
+
+def _tracefs_line(f: Facts) -> DoctorLine:
+    if f.tracefs:
+        return DoctorLine("tracefs", OK, f.tracefs)
+    return DoctorLine(
+        "tracefs",
+        FAIL,
+        "not mounted",
+        "tracepoints cannot attach",
+        "mount -t tracefs tracefs /sys/kernel/tracing",
+    )
+
+
+def _kallsyms_line(f: Facts) -> DoctorLine:
+    k = f.kallsyms
+    value = f"kptr_restrict={k.kptr_restrict}:"
+    if k.readable:
+        return DoctorLine("kallsyms", OK, value + " visible")
+    return DoctorLine(
+        "kallsyms",
+        FAIL,
+        value + " hidden",
+        "call sites cannot be named",
+        "run as root; sysctl kernel.kptr_restrict=0",
+    )
+
+
+def _bcc_line(f: Facts) -> DoctorLine:
+    if f.bcc is not None:
+        return DoctorLine("BCC", OK, f.bcc)
+    return DoctorLine(
+        "BCC",
+        FAIL,
+        "not importable",
+        "no BPF program can load",
+        "apt-get install python3-bpfcc (./scripts/setup)",
+    )
+
+
+def diagnose(f: Facts) -> DoctorReport:
+    """Facts -> one line per check, and whether anything useful can run at all."""
+    lines = [
+        _kernel_line(f),
+        _allocinfo_line(f),
+        _mem_profiling_line(f),
+        _btf_line(f),
+        _bcc_line(f),
+        _headers_line(f),
+        *_attach_lines(f),
+        _lockdown_line(f),
+        _privileges_line(f),
+        _tracefs_line(f),
+        _kallsyms_line(f),
+    ]
+    any_bpf = any(f.attach.get(k, CheckResult(False, "")).ok for k in BPF_ATTACH_TYPES)
+    allocinfo_ok = f.allocinfo.present and f.allocinfo.readable
+    usable = any_bpf or allocinfo_ok
+    can = []
+    if allocinfo_ok:
+        can.append("read allocinfo (top, snapshot, diff)")
+    if f.attach.get("raw_tracepoint", CheckResult(False, "")).ok:
+        can.append("trace kmem (top --live)")
+    best = next(
+        (
+            b
+            for b in ("fentry", "kprobe", "tracepoint")
+            if f.attach.get(b, CheckResult(False, "")).ok
+        ),
+        None,
+    )
+    if best:
+        can.append(f"who-calls via {best}")
+    summary = (
+        ("this host can " + "; ".join(can))
+        if can
+        else "nothing useful can run here: no BPF attach type works and no /proc/allocinfo"
+    )
+    return DoctorReport(lines, f, usable, summary)
+
+
+def run_doctor(*, try_bpf: bool = True) -> DoctorReport:
+    return diagnose(gather_facts(try_bpf=try_bpf))

@@ -1,0 +1,390 @@
+"""Queries over the store, on DuckDB (embedded, the default) or Spark SQL (a cluster's engine).
+
+A named query is one ``.sql`` file in :mod:`allocscope.collector.queries`. The *same text*
+runs on both engines: only two things are substituted per engine —
+
+* table references ``{allocinfo}``, ``{hosts}``, ``{callers}``, ``{overhead}``: a
+  ``read_parquet(...)`` call on DuckDB, a temporary view over the same files on Spark;
+* parameters ``${name}``: rendered as typed SQL literals by the engine (string quoting differs:
+  Spark treats backslash as an escape), never pasted as text.
+
+The SQL itself sticks to constructs both engines define identically (explicit ``CAST ... AS
+DOUBLE``, ``NULLS LAST``, exact medians from ``ROW_NUMBER`` windows instead of the engines'
+differing percentile functions, ``NULLIF`` before every division because Spark's ANSI mode
+raises on division by zero).
+
+Header of a query file::
+
+    -- name: top-sites
+    -- description: one line
+    -- param: limit int 20 how many sites
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import importlib.resources
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow.parquet as pq
+
+from allocscope.collector.errors import AllocscopeError, CapabilityError
+from allocscope.collector.store import DATASETS, SCHEMAS, Store
+from allocscope.collector.units import parse_size
+
+ENGINES = ("duckdb", "spark")
+PARAM_TYPES = ("int", "float", "size", "str", "timestamp")
+_PARAM = re.compile(r"\$\{([a-z_][a-z0-9_]*)\}")
+_TABLE = re.compile(r"\{(" + "|".join(DATASETS) + r")\}")
+_HEADER = re.compile(r"^--\s*(name|description|param):\s*(.*)$")
+
+
+class QueryError(AllocscopeError):
+    """A query failed in the engine, or its parameters are wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    type: str
+    default: str | None  # None: required
+    help: str
+
+
+@dataclass(slots=True)
+class NamedQuery:
+    name: str
+    description: str
+    params: dict[str, Param]
+    sql: str
+    datasets: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    engine: str = ""
+    seconds: float = 0.0
+    sql: str = field(default="", repr=False)
+
+
+def parse_query_file(text: str, source: str) -> NamedQuery:
+    name = description = ""
+    params: dict[str, Param] = {}
+    for line in text.splitlines():
+        m = _HEADER.match(line.strip())
+        if not m:
+            continue
+        key, value = m[1], m[2].strip()
+        if key == "name":
+            name = value
+        elif key == "description":
+            description = (description + " " + value).strip()
+        else:
+            parts = value.split(None, 3)
+            if len(parts) < 3 or parts[1] not in PARAM_TYPES:
+                raise ValueError(f"{source}: bad param line {value!r}")
+            default = None if parts[2] == "REQUIRED" else parts[2]
+            if default == "''":
+                default = ""
+            params[parts[0]] = Param(
+                parts[0], parts[1], default, parts[3] if len(parts) > 3 else ""
+            )
+    if not name:
+        raise ValueError(f"{source}: no '-- name:' header")
+    used = set(_PARAM.findall(text))
+    for p in used - params.keys() - {"label_key", "label_value"}:
+        raise ValueError(f"{source}: ${{{p}}} is used but not declared")
+    return NamedQuery(name, description, params, text, tuple(sorted(set(_TABLE.findall(text)))))
+
+
+def named_queries() -> dict[str, NamedQuery]:
+    """Every named query shipped in the package, by name."""
+    out: dict[str, NamedQuery] = {}
+    root = importlib.resources.files("allocscope.collector.queries")
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            q = parse_query_file(entry.read_text(), entry.name)
+            out[q.name] = q
+    return out
+
+
+# -- parameters ------------------------------------------------------------------------------
+def parse_timestamp(text: str) -> _dt.datetime:
+    """ISO date/time (UTC unless it says otherwise) or unix seconds."""
+    t = text.strip()
+    try:
+        return _dt.datetime.fromtimestamp(float(t), _dt.UTC)
+    except ValueError:
+        pass
+    try:
+        d = _dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"not a time: {text!r} (ISO like 2026-11-29T05:00, or unix seconds)"
+        ) from None
+    return d.replace(tzinfo=_dt.UTC) if d.tzinfo is None else d.astimezone(_dt.UTC)
+
+
+def bind(query: NamedQuery, given: dict[str, str]) -> dict[str, Any]:
+    """Typed parameter values: defaults filled, unknown names and bad values refused.
+
+    ``label=KEY=VALUE`` becomes ``label_key``/``label_value`` (empty when not given)."""
+    unknown = set(given) - set(query.params)
+    if unknown:
+        known = ", ".join(query.params) or "none"
+        raise QueryError(
+            f"query {query.name!r} has no parameter {sorted(unknown)[0]!r} (parameters: {known})"
+        )
+    values: dict[str, Any] = {}
+    for p in query.params.values():
+        raw = given.get(p.name, p.default)
+        if raw is None:
+            raise QueryError(f"query {query.name!r} needs --param {p.name}=... ({p.help})")
+        try:
+            if p.type == "int":
+                values[p.name] = int(raw)
+            elif p.type == "float":
+                values[p.name] = float(raw)
+            elif p.type == "size":
+                values[p.name] = parse_size(raw)
+            elif p.type == "timestamp":
+                values[p.name] = parse_timestamp(raw)
+            else:
+                values[p.name] = raw
+        except ValueError as e:
+            raise QueryError(f"--param {p.name}: {e}") from None
+    if "label" in query.params:
+        label = values.pop("label")
+        key, sep, value = label.partition("=")
+        if label and not sep:
+            raise QueryError(f"--param label={label}: want KEY=VALUE, e.g. group=pilot")
+        values["label_key"], values["label_value"] = key, value
+    return values
+
+
+# -- engines ---------------------------------------------------------------------------------
+class Engine(Protocol):
+    name: str
+
+    def table_ref(self, dataset: str) -> str: ...
+
+    def literal(self, value: Any) -> str: ...
+
+    def execute(self, sql: str) -> QueryResult: ...
+
+    def close(self) -> None: ...
+
+
+def _empty_file(dataset: str) -> str:
+    """A Parquet file with the dataset's schema and no rows: lets queries over a store that
+    has no file of that dataset yet return empty results on both engines."""
+    d = os.path.join(tempfile.gettempdir(), f"allocscope-empty-{os.getuid()}")
+    path = os.path.join(d, f"{dataset}.parquet")
+    if not os.path.exists(path):
+        os.makedirs(d, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        pq.write_table(SCHEMAS[dataset].empty_table(), tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def _sql_time(v: _dt.datetime) -> str:
+    return "TIMESTAMP '" + v.astimezone(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f") + "'"
+
+
+def _normalize(v: Any) -> Any:
+    """One Python value per SQL value whatever the engine: UTC-aware datetimes, floats for
+    decimals."""
+    if isinstance(v, _dt.datetime):
+        return v.replace(tzinfo=_dt.UTC) if v.tzinfo is None else v.astimezone(_dt.UTC)
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    return v
+
+
+class DuckDBEngine:
+    name = "duckdb"
+
+    def __init__(
+        self, store: Store, *, threads: int | None = None, memory_limit: str | None = None
+    ) -> None:
+        import duckdb
+
+        self.store = store
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            self.con.execute(f"SET memory_limit = {self.literal(memory_limit)}")
+
+    def table_ref(self, dataset: str) -> str:
+        if not self.store.files(dataset):
+            return f"read_parquet({self.literal(_empty_file(dataset))})"
+        pattern = os.path.join(self.store.dataset_dir(dataset), "dt=*", "*.parquet")
+        return f"read_parquet({self.literal(pattern)}, hive_partitioning = true)"
+
+    def literal(self, value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, bool):
+            return "TRUE" if value else "FALSE"
+        if isinstance(value, int | float):
+            return repr(value)
+        if isinstance(value, _dt.datetime):
+            return _sql_time(value)
+        return "'" + str(value).replace("'", "''") + "'"
+
+    def execute(self, sql: str) -> QueryResult:
+        import duckdb
+
+        t0 = time.perf_counter()
+        try:
+            cur = self.con.execute(sql)
+            rows = cur.fetchall()
+        except duckdb.Error as e:
+            raise QueryError(f"duckdb: {str(e).splitlines()[0]}") from None
+        cols = [d[0] for d in cur.description or []]
+        return QueryResult(
+            cols,
+            [tuple(_normalize(v) for v in r) for r in rows],
+            self.name,
+            time.perf_counter() - t0,
+            sql,
+        )
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def spark_session(app: str = "allocscope") -> Any:
+    """A local-mode SparkSession set up like the DuckDB side (UTC, small shuffles)."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise CapabilityError(
+            "the Spark engine needs PySpark: pip install 'allocscope[spark]' "
+            "(and a JDK 17+, e.g. apt-get install openjdk-17-jre-headless)"
+        ) from None
+    builder = (
+        SparkSession.builder.master(os.environ.get("ALLOCSCOPE_SPARK_MASTER", "local[2]"))
+        .appName(app)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", os.environ.get("ALLOCSCOPE_SPARK_MEMORY", "2g"))
+        .config("spark.sql.parquet.enableVectorizedReader", "true")
+    )
+    try:
+        session = builder.getOrCreate()
+    except Exception as e:  # JVM missing or failing to start: say so in one line
+        raise CapabilityError(
+            f"cannot start Spark (is a JDK 17+ installed?): "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+class SparkEngine:
+    name = "spark"
+
+    def __init__(self, store: Store, session: Any | None = None) -> None:
+        self.store = store
+        self.own_session = session is None
+        self.spark = session if session is not None else spark_session()
+        self._views: dict[str, str] = {}
+
+    def table_ref(self, dataset: str) -> str:
+        if dataset not in self._views:
+            files = self.store.files(dataset)
+            view = f"allocscope_{dataset}"
+            if files:
+                base = self.store.dataset_dir(dataset)
+                df = self.spark.read.option("basePath", base).parquet(base)
+            else:
+                df = self.spark.read.parquet(_empty_file(dataset))
+            df.createOrReplaceTempView(view)
+            self._views[dataset] = view
+        return self._views[dataset]
+
+    def refresh(self) -> None:
+        """Forget the views (files were added since they were made)."""
+        for view in self._views.values():
+            self.spark.catalog.dropTempView(view)
+        self._views.clear()
+
+    def literal(self, value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, bool):
+            return "TRUE" if value else "FALSE"
+        if isinstance(value, int | float):
+            return repr(value)
+        if isinstance(value, _dt.datetime):
+            return _sql_time(value)
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    def execute(self, sql: str) -> QueryResult:
+        t0 = time.perf_counter()
+        try:
+            df = self.spark.sql(sql)
+            rows = df.collect()
+        except Exception as e:  # pyspark raises its own hierarchy; keep the first line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise QueryError(f"spark: {first}") from None
+        return QueryResult(
+            list(df.columns),
+            [tuple(_normalize(v) for v in r) for r in rows],
+            self.name,
+            time.perf_counter() - t0,
+            sql,
+        )
+
+    def close(self) -> None:
+        if self.own_session:
+            self.spark.stop()
+
+
+def open_engine(name: str, store: Store, **kw: Any) -> Engine:
+    if name == "duckdb":
+        return DuckDBEngine(store, **kw)
+    if name == "spark":
+        return SparkEngine(store, **kw)
+    raise QueryError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})")
+
+
+def render(sql: str, engine: Engine, values: dict[str, Any] | None = None) -> str:
+    """Substitute table references and parameters for ``engine``."""
+    values = values or {}
+
+    def param(m: re.Match[str]) -> str:
+        if m[1] not in values:
+            raise QueryError(f"parameter ${{{m[1]}}} has no value")
+        return engine.literal(values[m[1]])
+
+    sql = _TABLE.sub(lambda m: engine.table_ref(m[1]), sql)
+    return _PARAM.sub(param, sql)
+
+
+def run_named(engine: Engine, name: str, params: dict[str, str] | None = None) -> QueryResult:
+    queries = named_queries()
+    if name not in queries:
+        raise QueryError(f"no named query {name!r} (allocscope query --list)")
+    q = queries[name]
+    return engine.execute(render(q.sql, engine, bind(q, params or {})))
+
+
+def run_sql(engine: Engine, sql: str) -> QueryResult:
+    """Raw SQL; ``{allocinfo}`` etc. are substituted, so one text still runs on both engines."""
+    return engine.execute(render(sql, engine))

@@ -1,0 +1,893 @@
+"""Everything ``allocscope report`` shows, gathered as plain data for the HTML page.
+
+Inputs combine freely: saved allocinfo files (``--file``; text or snapshot Parquet), a fleet
+store (``--store``; Parquet under ``<store>/allocinfo/dt=*/``), and result files
+(``--result``; who-calls, overhead, ab...). Allocinfo inputs of both kinds become one DuckDB
+relation with the snapshot schema, so one set of SQL queries serves one host and a fleet of
+thousands; the queries aggregate in DuckDB and only chart-sized answers (tens of hosts, top-N
+sites, a few dozen time buckets) come back to Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from allocscope.collector.allocinfo import PROC_ALLOCINFO
+from allocscope.collector.errors import AllocscopeError, InputError
+from allocscope.collector.host import HostMetadata, collect_host_metadata
+from allocscope.collector.result import Result, read_result
+from allocscope.collector.subsystem import SubsystemMap, default_map
+
+GROUP_LABEL = "group"
+PILOT, CONTROL = "pilot", "control"
+OTHER_SUBSYSTEMS = "other subsystems"
+COLUMNS = (
+    "hostname",
+    "boot_id",
+    "kernel_release",
+    "taken_at",
+    "uptime_s",
+    "mem_profiling",
+    "file",
+    "line",
+    "module",
+    "function",
+    "site_key",
+    "loose_key",
+    "subsystem",
+    "bytes",
+    "calls",
+    "accurate",
+)
+
+
+@dataclass(slots=True)
+class HostRow:
+    """One host's latest snapshot, plus how many snapshots we have of it."""
+
+    hostname: str
+    labels: dict[str, str]
+    kernel_release: str
+    mem_profiling: str | None
+    snapshots: int
+    first_t: float
+    last_t: float
+    bytes: int
+    calls: int
+    sites: int
+
+
+@dataclass(slots=True)
+class Breakdown:
+    """Bytes per subsystem for a list of columns: bars (hosts or snapshots) or time points."""
+
+    columns: list[str]
+    times: list[float]
+    subsystems: list[str]
+    values: dict[str, list[float]]
+    note: str = ""
+
+
+@dataclass(slots=True)
+class SiteRow:
+    site_key: str
+    function: str
+    module: str
+    subsystem: str
+    bytes: int
+    calls: int
+    hosts: int
+
+
+@dataclass(slots=True)
+class ChangeRow:
+    site_key: str
+    function: str
+    module: str
+    subsystem: str
+    first_bytes: int
+    last_bytes: int
+    first_calls: int
+    last_calls: int
+
+    @property
+    def delta_bytes(self) -> int:
+        return self.last_bytes - self.first_bytes
+
+
+@dataclass(slots=True)
+class GroupRow:
+    """Bytes per host of one subsystem (or site) in the pilot and control groups.
+
+    Medians lead (one outlier host does not move them); means are kept next to them because
+    fleet cost adds up by the mean.
+    """
+
+    name: str
+    pilot_median: float
+    control_median: float
+    pilot_mean: float
+    control_mean: float
+    subsystem: str = ""
+    label: str = ""  # what to show for name (a site's file:line; name is its line-free key)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.pilot_median / self.control_median if self.control_median else None
+
+    @property
+    def mean_ratio(self) -> float | None:
+        return self.pilot_mean / self.control_mean if self.control_mean else None
+
+
+@dataclass(slots=True)
+class GroupCompare:
+    pilot_hosts: list[str]
+    control_hosts: list[str]
+    mem_profiling: dict[str, dict[str, int]]  # group -> {vm.mem_profiling value: hosts}
+    total: GroupRow
+    subsystems: list[GroupRow]
+    sites: list[GroupRow]
+
+
+@dataclass(slots=True)
+class ResultEntry:
+    path: str
+    result: Result
+
+
+@dataclass(slots=True)
+class FleetCallers:
+    """who-calls results of many hosts for one site, merged (the store's ``callers`` dataset)."""
+
+    site: str
+    results: int
+    hosts: int
+    total_calls: int
+    backends: str
+    callers: list[dict[str, Any]]
+    folded: dict[str, float]
+
+
+@dataclass(slots=True)
+class FleetOverhead:
+    """overhead results of many hosts (latest per host), per allocator function."""
+
+    hosts: int
+    grouped: bool  # pilot/control columns present
+    rows: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class ReportData:
+    title: str
+    generated_at: float
+    sources: list[str] = field(default_factory=list)
+    hosts: list[HostRow] = field(default_factory=list)
+    bars: Breakdown | None = None
+    bars_kind: str = ""  # "host" or "snapshot"
+    subsystem_totals: list[tuple[str, int]] = field(default_factory=list)
+    trend: Breakdown | None = None
+    top_sites: list[SiteRow] = field(default_factory=list)
+    top_changes: list[ChangeRow] = field(default_factory=list)
+    change_hosts: int = 0
+    groups: GroupCompare | None = None
+    results: list[ResultEntry] = field(default_factory=list)
+    fleet_callers: list[FleetCallers] = field(default_factory=list)
+    fleet_overhead: FleetOverhead | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_allocinfo(self) -> bool:
+        return bool(self.hosts)
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def _file_host(path: str) -> HostMetadata:
+    """Text allocinfo carries no host facts: the file name stands in for the host."""
+    return HostMetadata(
+        hostname=os.path.basename(path),
+        kernel_release="unknown",
+        boot_id="",
+        boot_time=0.0,
+        cpus=0,
+        cpu_model="unknown",
+        memory_bytes=0,
+        mem_profiling=None,
+    )
+
+
+def load_files(
+    paths: list[str], subsystems: SubsystemMap
+) -> tuple[Any, dict[str, dict[str, str]], dict[tuple[str, int], str]]:
+    """Saved allocinfo (text, .gz, or snapshot Parquet) -> one Arrow table + host labels.
+
+    Several text files are read as successive snapshots of one host, in the order given
+    (their modification times become the snapshot times), so ``--file before --file after``
+    shows the change. Snapshot Parquet files carry their own host and time. Also returns
+    (host, snapshot ms) -> file name, to label each snapshot's bar with its file.
+    """
+    import pyarrow as pa
+
+    from allocscope.collector.allocinfo import read_allocinfo
+    from allocscope.collector.snapshot import is_parquet, read_snapshot, snapshot_table
+
+    tables = []
+    labels: dict[str, dict[str, str]] = {}
+    names: dict[tuple[str, int], str] = {}
+    text_paths = [p for p in paths if not is_parquet(p)]
+    text_host = (
+        (_file_host(text_paths[0]) if len(text_paths) == 1 else _file_host("allocinfo files"))
+        if text_paths
+        else None
+    )
+    if text_paths and all(p == PROC_ALLOCINFO for p in text_paths):
+        text_host = collect_host_metadata()  # the live file: this host, now
+    last_t = 0.0
+    for path in paths:
+        if is_parquet(path):
+            snap = read_snapshot(path)
+            host = snap.host or _file_host(path)
+            labels[host.hostname] = dict(host.labels)
+        else:
+            snap = read_allocinfo(path)
+            assert text_host is not None
+            host = text_host
+            mtime = _saved_at(path, snap.taken_at)
+            # Distinct, increasing times keep the given order even for copies with equal mtimes.
+            snap.taken_at = max(mtime, last_t + 1.0) if len(text_paths) > 1 else mtime
+            last_t = snap.taken_at
+        if not snap.records:
+            raise InputError(path, None, "no allocinfo lines in this file")
+        tables.append(snapshot_table(snap, host, subsystems).select(list(COLUMNS)))
+        names[(host.hostname, int(snap.taken_at * 1_000_000) // 1000)] = os.path.basename(path)
+    table = pa.concat_tables(tables) if tables else None
+    return table, labels, names
+
+
+def _saved_at(path: str, read_at: float) -> float:
+    """When a saved copy was taken: its mtime; for /proc, stdin and pipes, when we read it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return read_at
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0 or path.startswith("/proc/"):
+        return read_at
+    return st.st_mtime
+
+
+def _labels_from_row(row: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    raw = row.get("labels")
+    if isinstance(raw, str) and raw.strip():
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raw = None
+    if isinstance(raw, dict):
+        out.update({str(k): str(v) for k, v in raw.items()})
+    elif isinstance(raw, list):  # Arrow map read as [(k, v)] or [{"key":..,"value":..}]
+        for item in raw:
+            if isinstance(item, dict) and "key" in item:
+                out[str(item["key"])] = str(item.get("value"))
+            elif isinstance(item, (list, tuple)) and len(item) == 2:
+                out[str(item[0])] = str(item[1])
+    for k, v in row.items():
+        if k.startswith("label_") and v is not None:
+            out[k[len("label_") :]] = str(v)
+    if "group" in row and row["group"] is not None and GROUP_LABEL not in out:
+        out[GROUP_LABEL] = str(row["group"])
+    return out
+
+
+def _glob(store: str, dataset: str) -> str:
+    return os.path.join(store, dataset, "**", "*.parquet").replace("'", "''")
+
+
+def store_labels(con: Any, store: str) -> dict[str, dict[str, str]]:
+    """hostname -> labels, from the store's ``hosts`` dataset (latest row per host wins).
+
+    Falls back to the host metadata kept in each snapshot file's Parquet footer when the
+    store has no ``hosts`` dataset.
+    """
+    out: dict[str, dict[str, str]] = {}
+    if has_hosts(store):
+        tables = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        rel = con.sql(
+            "SELECT * FROM hosts_t"
+            if "hosts_t" in tables
+            else f"SELECT * FROM read_parquet('{_glob(store, 'hosts')}', "
+            "hive_partitioning=true, union_by_name=true)"
+        )
+        cols = [
+            c for c in rel.columns if c in ("hostname", "labels", "group") or c.startswith("label_")
+        ]
+        order = next(
+            (c for c in ("taken_at", "collected_at", "stored_at", "dt") if c in rel.columns), None
+        )
+        sql = "SELECT " + ", ".join(f'"{c}"' for c in cols) + " FROM rel"
+        if order:
+            sql += f' ORDER BY "{order}"'
+        for values in con.sql(sql).fetchall():
+            row = dict(zip(cols, values, strict=True))
+            if row.get("hostname") is not None:
+                out[str(row["hostname"])] = _labels_from_row(row)
+        return out
+    rows = con.sql(
+        f"SELECT file_name, decode(value) FROM parquet_kv_metadata('{_glob(store, 'allocinfo')}')"
+        " WHERE decode(key) = 'allocscope.host' ORDER BY file_name"
+    ).fetchall()
+    for _name, text in rows:
+        try:
+            meta = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(meta, dict) and meta.get("hostname"):
+            out[str(meta["hostname"])] = {
+                str(k): str(v) for k, v in (meta.get("labels") or {}).items()
+            }
+    return out
+
+
+MAX_MERGED_RESULTS = 500  # who-calls payloads parsed per site for the merged flame graph
+
+
+def _store_results(con: Any, data: ReportData, store: str, top_n: int) -> None:
+    """who-calls and overhead results ingested into the store, summarized across hosts."""
+    if _has_parquet(os.path.join(store, "callers")):
+        _fleet_callers(con, data, store, top_n)
+    if _has_parquet(os.path.join(store, "overhead")):
+        _fleet_overhead(con, data, store)
+
+
+def _fleet_callers(con: Any, data: ReportData, store: str, top_n: int) -> None:
+    con.execute(
+        "CREATE TEMP VIEW callers AS SELECT *, coalesce(site_function, site) AS s FROM "
+        f"read_parquet('{_glob(store, 'callers')}', hive_partitioning=true, union_by_name=true)"
+    )
+    sites = _fetch(
+        con,
+        """
+        SELECT s, count(*), count(DISTINCT hostname), sum(total_calls),
+               string_agg(DISTINCT backend, ', ' ORDER BY backend)
+        FROM (SELECT DISTINCT hostname, taken_at, s, total_calls, backend FROM callers)
+        GROUP BY s ORDER BY sum(total_calls) DESC NULLS LAST, s""",
+    )
+    for site, results, hosts, total, backends in sites:
+        total = int(total or 0)
+        rows = _fetch(
+            con,
+            """
+            SELECT caller, count(DISTINCT hostname), sum(calls), sum(bytes),
+                   min(share), median(share), max(share)
+            FROM callers WHERE s = ? AND caller IS NOT NULL
+            GROUP BY caller ORDER BY sum(calls) DESC NULLS LAST, caller LIMIT ?""",
+            [site, max(top_n, 20)],
+        )
+        callers = [
+            {
+                "caller": c,
+                "hosts": int(h),
+                "calls": int(n or 0),
+                "share": (float(n or 0) / total) if total else None,
+                "host_share_min": lo,
+                "host_share_median": med,
+                "host_share_max": hi,
+                "bytes": int(b or 0),
+            }
+            for c, h, n, b, lo, med, hi in rows
+        ]
+        folded: dict[str, float] = {}
+        for (payload,) in _fetch(
+            con,
+            "SELECT payload_json FROM (SELECT DISTINCT hostname, taken_at, payload_json "
+            "FROM callers WHERE s = ?) ORDER BY taken_at DESC LIMIT ?",
+            [site, MAX_MERGED_RESULTS],
+        ):
+            try:
+                stacks = json.loads(payload or "{}").get("folded") or {}
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(stacks, dict):
+                for k, v in stacks.items():
+                    if isinstance(v, (int, float)):
+                        folded[str(k)] = folded.get(str(k), 0.0) + float(v)
+        data.fleet_callers.append(
+            FleetCallers(
+                str(site), int(results), int(hosts), total, backends or "", callers, folded
+            )
+        )
+
+
+def _fleet_overhead(con: Any, data: ReportData, store: str) -> None:
+    """Per allocator function, each host's latest overhead result; pilot vs control medians
+    when the results carry ``group`` labels."""
+    con.execute(
+        "CREATE TEMP VIEW overhead AS SELECT * FROM "
+        f"read_parquet('{_glob(store, 'overhead')}', hive_partitioning=true, union_by_name=true)"
+    )
+    con.execute(
+        f"""
+        CREATE TEMP TABLE oh AS
+        SELECT o.*, lower(coalesce(o.labels['{GROUP_LABEL}'], '')) AS grp
+        FROM overhead o JOIN (SELECT hostname, max(taken_at) AS t FROM overhead
+                              GROUP BY hostname) l
+          ON o.hostname = l.hostname AND o.taken_at = l.t
+        WHERE o.function IS NOT NULL AND coalesce(o.present, true)"""
+    )
+    (hosts,) = _fetch(con, "SELECT count(DISTINCT hostname) FROM oh")[0]
+    if not hosts:
+        return
+    groups = {g for (g,) in _fetch(con, "SELECT DISTINCT grp FROM oh")}
+    grouped = PILOT in groups and CONTROL in groups
+    rows = _fetch(
+        con,
+        f"""
+        SELECT function, any_value(kind), count(DISTINCT hostname),
+               median(inclusive_share), median(self_share), median(ns_per_call),
+               count(DISTINCT hostname) FILTER (WHERE grp = '{PILOT}'),
+               count(DISTINCT hostname) FILTER (WHERE grp = '{CONTROL}'),
+               median(inclusive_share) FILTER (WHERE grp = '{PILOT}'),
+               median(inclusive_share) FILTER (WHERE grp = '{CONTROL}'),
+               median(ns_per_call) FILTER (WHERE grp = '{PILOT}'),
+               median(ns_per_call) FILTER (WHERE grp = '{CONTROL}')
+        FROM oh GROUP BY function ORDER BY median(inclusive_share) DESC NULLS LAST, function""",
+    )
+    out = []
+    for fn, kind, n, inc, slf, ns, np_, nc, pinc, cinc, pns, cns in rows:
+        row: dict[str, Any] = {
+            "function": fn,
+            "kind": kind,
+            "hosts": int(n),
+            "inclusive_share_median": inc,
+            "self_share_median": slf,
+            "ns_per_call_median": ns,
+        }
+        if grouped:
+            row.update(
+                {
+                    "pilot_hosts": int(np_),
+                    "control_hosts": int(nc),
+                    "pilot_inclusive_share": pinc,
+                    "control_inclusive_share": cinc,
+                    "pilot_ns_per_call": pns,
+                    "control_ns_per_call": cns,
+                    "ns_per_call_ratio": (pns / cns) if pns is not None and cns else None,
+                }
+            )
+        out.append(row)
+    data.fleet_overhead = FleetOverhead(int(hosts), grouped, out)
+
+
+def has_hosts(store: str) -> bool:
+    return _has_parquet(os.path.join(store, "hosts"))
+
+
+def _has_parquet(directory: str) -> bool:
+    for _root, _dirs, files in os.walk(directory):
+        if any(f.endswith(".parquet") for f in files):
+            return True
+    return False
+
+
+# --- the queries ---------------------------------------------------------------------------
+
+
+def _fetch(con: Any, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    return list(con.execute(sql, params or []).fetchall())
+
+
+def _top_subsystems(totals: list[tuple[str, int]], k: int) -> list[str]:
+    names = [s for s, _ in totals]
+    return names[:k] + ([OTHER_SUBSYSTEMS] if len(names) > k else [])
+
+
+def _fold(
+    rows: list[tuple[Any, str, float]], columns: list[Any], keep: list[str]
+) -> dict[str, list[float]]:
+    """(column, subsystem, bytes) rows -> subsystem -> value per column, rest folded."""
+    index = {c: i for i, c in enumerate(columns)}
+    keepset = set(keep)
+    values = {s: [0.0] * len(columns) for s in keep}
+    for col, sub, b in rows:
+        if col not in index:
+            continue
+        name = sub if sub in keepset else OTHER_SUBSYSTEMS
+        if name not in values:
+            values[name] = [0.0] * len(columns)
+        values[name][index[col]] += float(b)
+    return values
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t))
+
+
+def gather(
+    *,
+    title: str,
+    files: list[str] | None = None,
+    store: str | None = None,
+    results: list[str] | None = None,
+    top_n: int = 20,
+    max_bars: int = 40,
+    max_subsystems: int = 9,
+    subsystems: SubsystemMap | None = None,
+) -> ReportData:
+    """Read every input and compute what the report shows."""
+    import duckdb
+
+    data = ReportData(title=title, generated_at=time.time())
+    for path in results or []:
+        data.results.append(ResultEntry(path, read_result(path)))
+        data.sources.append(f"result {path}")
+    if not files and not store:
+        return data
+
+    con = duckdb.connect()
+    parts: list[str] = []
+    labels: dict[str, dict[str, str]] = {}
+    names: dict[tuple[str, int], str] = {}
+    cols = ", ".join(COLUMNS)
+    store_rows = False
+    if store:
+        if not os.path.isdir(store):
+            raise InputError(store, None, "store directory does not exist")
+        try:
+            _store_results(con, data, store, top_n)
+        except duckdb.Error as e:
+            raise AllocscopeError(
+                f"reading results from store {store} failed: {str(e).splitlines()[0]}"
+            ) from None
+        store_rows = _has_parquet(os.path.join(store, "allocinfo"))
+        if not store_rows and not (data.fleet_callers or data.fleet_overhead):
+            raise InputError(
+                store,
+                None,
+                "no allocinfo snapshots or results in this store "
+                "(expected <store>/allocinfo/dt=*/*.parquet)",
+            )
+        if not store_rows:
+            data.sources.append(f"store {store} (results only)")
+    if store and store_rows:
+        src = (
+            f"read_parquet('{_glob(store, 'allocinfo')}', hive_partitioning=true, "
+            "union_by_name=true)"
+        )
+        if has_hosts(store):
+            # The hosts row is a snapshot's commit record (collector/store.py): allocinfo rows
+            # without one belong to a write that crashed half way and are not shown.
+            hosts = (
+                f"read_parquet('{_glob(store, 'hosts')}', hive_partitioning=true, "
+                "union_by_name=true)"
+            )
+            # One read of the (small: a row per snapshot) hosts dataset serves both the commit
+            # check and the labels.
+            con.execute(f"CREATE TEMP TABLE hosts_t AS SELECT * FROM {hosts}")
+            con.execute(
+                "CREATE TEMP TABLE committed AS SELECT DISTINCT hostname, taken_at FROM hosts_t"
+            )
+            parts.append(
+                f"SELECT {', '.join('s.' + c for c in COLUMNS)} FROM {src} s "
+                "SEMI JOIN committed h ON s.hostname = h.hostname AND s.taken_at = h.taken_at"
+            )
+        else:
+            parts.append(f"SELECT {cols} FROM {src}")
+        labels.update(store_labels(con, store))
+        data.sources.append(f"store {store}")
+    if not parts and not files:
+        return data
+    if files:
+        table, file_labels, names = load_files(files, subsystems or default_map())
+        con.register("file_rows", table)
+        parts.append(f"SELECT {cols} FROM file_rows")
+        labels.update(file_labels)
+        data.sources.extend(f"allocinfo {p}" for p in files)
+    try:
+        # Snapshot time in whole ms, truncated (epoch_ms() rounds): the join key everywhere.
+        con.execute("CREATE TEMP MACRO snap_ms(ts) AS epoch_us(ts) // 1000")
+        con.execute("CREATE TEMP VIEW a AS " + " UNION ALL ".join(parts))
+        _compute(con, data, labels, names, top_n, max_bars, max_subsystems)
+    except duckdb.Error as e:
+        raise AllocscopeError(
+            f"reading the allocinfo data failed: {str(e).splitlines()[0]}"
+        ) from None
+    return data
+
+
+def _compute(
+    con: Any,
+    data: ReportData,
+    labels: dict[str, dict[str, str]],
+    names: dict[tuple[str, int], str],
+    top_n: int,
+    max_bars: int,
+    max_subsystems: int,
+) -> None:
+    con.execute("""
+        CREATE TEMP TABLE snap_sub AS
+        SELECT hostname, snap_ms(taken_at) AS t, subsystem, any_value(boot_id) AS boot_id,
+               any_value(kernel_release) AS kr, any_value(mem_profiling) AS mp,
+               sum(bytes) AS b, sum(calls) AS c, count(*) AS n
+        FROM a GROUP BY hostname, t, subsystem""")
+    # Per snapshot totals; trends and per-snapshot bars read snap_sub, not the raw rows.
+    con.execute("""
+        CREATE TEMP TABLE snaps AS
+        SELECT hostname, t, any_value(boot_id) AS boot_id, any_value(kr) AS kr,
+               any_value(mp) AS mp, sum(b) AS b, sum(c) AS c, sum(n) AS n
+        FROM snap_sub GROUP BY hostname, t""")
+    con.execute("""
+        CREATE TEMP TABLE latest AS
+        SELECT a.* FROM a JOIN (SELECT hostname, max(t) AS t FROM snaps GROUP BY hostname) l
+          ON a.hostname = l.hostname AND snap_ms(a.taken_at) = l.t""")
+    for h, n, t0, t1, kr, mp, b, c, sites in _fetch(
+        con,
+        """
+        SELECT s.hostname, count(*), min(s.t), max(s.t),
+               arg_max(s.kr, s.t), arg_max(s.mp, s.t), arg_max(s.b, s.t), arg_max(s.c, s.t),
+               arg_max(s.n, s.t)
+        FROM snaps s GROUP BY s.hostname ORDER BY s.hostname""",
+    ):
+        data.hosts.append(
+            HostRow(
+                h,
+                labels.get(h, {}),
+                kr or "",
+                mp,
+                int(n),
+                t0 / 1000,
+                t1 / 1000,
+                int(b),
+                int(c),
+                int(sites),
+            )
+        )
+    if not data.hosts:
+        return
+    data.subsystem_totals = [
+        (s, int(b))
+        for s, b in _fetch(
+            con,
+            """
+        SELECT subsystem, sum(bytes) AS b FROM latest GROUP BY subsystem ORDER BY b DESC,
+        subsystem""",
+        )
+    ]
+    keep = _top_subsystems(data.subsystem_totals, max_subsystems)
+    keep_real = [s for s in keep if s != OTHER_SUBSYSTEMS]
+    _bars(con, data, keep_real, max_bars, names)
+    _trend(con, data, keep_real)
+    data.top_sites = [
+        SiteRow(*r)
+        for r in _fetch(
+            con,
+            """
+        SELECT site_key, any_value(function), any_value(module), any_value(subsystem),
+               sum(bytes) AS b, sum(calls), count(DISTINCT hostname)
+        FROM latest GROUP BY site_key ORDER BY b DESC, site_key LIMIT ?""",
+            [top_n],
+        )
+    ]
+    _changes(con, data, top_n)
+    _groups(con, data, top_n)
+
+
+def _bars(
+    con: Any, data: ReportData, keep: list[str], max_bars: int, names: dict[tuple[str, int], str]
+) -> None:
+    if len(data.hosts) == 1:
+        host = data.hosts[0].hostname
+        times = [
+            t
+            for (t,) in _fetch(
+                con,
+                "SELECT t FROM snaps WHERE hostname = ? ORDER BY t DESC LIMIT ?",
+                [host, max_bars],
+            )
+        ][::-1]
+        rows = _fetch(
+            con,
+            "SELECT t, subsystem, sum(b) FROM snap_sub WHERE hostname = ? AND t >= ? GROUP BY ALL",
+            [host, times[0]],
+        )
+        data.bars_kind = "snapshot"
+        labels = [names.get((host, t)) or _stamp(t / 1000) for t in times]
+        if len(set(labels)) < len(labels):
+            labels = [f"#{i + 1} " + lab for i, lab in enumerate(labels)]
+        data.bars = Breakdown(labels, [t / 1000 for t in times], keep, _fold(rows, times, keep))
+        if len(times) == 1:
+            data.bars.columns = [host]
+        return
+    hosts = sorted(data.hosts, key=lambda h: -h.bytes)[:max_bars]
+    # Group pilot/control hosts together, then by name, so the bars read as groups.
+    hosts.sort(key=lambda h: (h.labels.get(GROUP_LABEL, "~"), h.hostname))
+    hostnames = [h.hostname for h in hosts]
+    con.execute("CREATE TEMP TABLE bar_hosts (hostname VARCHAR)")
+    con.executemany("INSERT INTO bar_hosts VALUES (?)", [[n] for n in hostnames])
+    rows = _fetch(
+        con,
+        "SELECT hostname, subsystem, sum(bytes) FROM latest "
+        "WHERE hostname IN (SELECT hostname FROM bar_hosts) GROUP BY ALL",
+    )
+    data.bars_kind = "host"
+    cols = [
+        f"{n} ({h.labels[GROUP_LABEL]})" if GROUP_LABEL in h.labels else n
+        for n, h in zip(hostnames, hosts, strict=True)
+    ]
+    note = ""
+    if len(data.hosts) > max_bars:
+        note = f"the {max_bars} hosts with the most bytes of {len(data.hosts)}"
+    data.bars = Breakdown(cols, [h.last_t for h in hosts], keep, _fold(rows, hostnames, keep), note)
+
+
+def _trend(con: Any, data: ReportData, keep: list[str], max_points: int = 60) -> None:
+    """Bytes per subsystem at up to ``max_points`` instants, each host's last value carried.
+
+    Hosts snapshot at their own (jittered) times, so averaging "the hosts that happened to
+    report in this bucket" makes a sawtooth out of a flat fleet. Instead, at each instant every
+    host contributes its latest snapshot at or before it (an ASOF join), unless that is older
+    than two collection intervals (a host that stopped reporting drops out).
+    """
+    t0, t1, distinct = _fetch(con, "SELECT min(t), max(t), count(DISTINCT t) FROM snaps")[0]
+    if distinct < 2:
+        return
+    (gap,) = _fetch(
+        con,
+        """
+        SELECT coalesce(median(gap), 0) FROM (
+          SELECT t - lag(t) OVER (PARTITION BY hostname ORDER BY t) AS gap FROM snaps)
+        WHERE gap > 0""",
+    )[0]
+    span = t1 - t0
+    width = max(1, -(-(span + 1) // max_points), int(gap or 0))
+    count = max(1, -(-(span + 1) // width))
+    ends = [min(t0 + (k + 1) * width - 1, t1) for k in range(count)]
+    ends[-1] = t1
+    con.execute("CREATE TEMP TABLE tpoints (bk INTEGER, e BIGINT)")
+    con.executemany("INSERT INTO tpoints VALUES (?, ?)", [[k, e] for k, e in enumerate(ends)])
+    con.execute(
+        """
+        CREATE TEMP TABLE pick AS
+        WITH hb AS (SELECT p.bk, p.e, h.hostname FROM tpoints p,
+                    (SELECT DISTINCT hostname FROM snaps) h)
+        SELECT hb.bk, hb.hostname, s.t FROM hb ASOF JOIN snaps s
+          ON hb.hostname = s.hostname AND hb.e >= s.t
+        WHERE s.t >= hb.e - ?""",
+        [2 * width],
+    )
+    per_point = {
+        bk: (int(n), tm / 1000)
+        for bk, n, tm in _fetch(
+            con, "SELECT bk, count(*), max(t) FROM pick GROUP BY bk ORDER BY bk"
+        )
+    }
+    rows = _fetch(
+        con,
+        """
+        SELECT p.bk, s.subsystem, sum(s.b) FROM snap_sub s
+        JOIN pick p ON s.hostname = p.hostname AND s.t = p.t
+        GROUP BY ALL""",
+    )
+    points = sorted(per_point)
+    if len(points) < 2:
+        return
+    values = _fold(rows, points, keep)
+    for vals in values.values():
+        for i, bk in enumerate(points):
+            vals[i] /= per_point[bk][0]
+    multi = len(data.hosts) > 1
+    note = (
+        "mean bytes per host; each host's latest snapshot at each instant"
+        if multi
+        else "bytes per snapshot"
+    )
+    data.trend = Breakdown(
+        [_stamp(per_point[b][1]) for b in points],
+        [per_point[b][1] for b in points],
+        list(values),
+        values,
+        note,
+    )
+
+
+def _changes(con: Any, data: ReportData, top_n: int) -> None:
+    """First vs last snapshot of every host that has two or more, summed over those hosts.
+
+    Sites are matched by their line-free key so a kernel update between the two snapshots
+    does not turn every site into a removal plus an addition.
+    """
+    con.execute(
+        "CREATE TEMP TABLE fl AS SELECT hostname, min(t) AS t0, max(t) AS t1, "
+        "arg_min(boot_id, t) AS b0, arg_max(boot_id, t) AS b1 FROM snaps "
+        "GROUP BY hostname HAVING count(*) >= 2"
+    )
+    n, rebooted = _fetch(con, "SELECT count(*), count(*) FILTER (WHERE b0 <> b1) FROM fl")[0]
+    data.change_hosts = int(n)
+    if not n:
+        return
+    if rebooted:
+        data.notes.append(
+            f"{rebooted} host(s) rebooted between their first and last snapshot: "
+            "allocinfo counters restart at boot, so their changes include that."
+        )
+    data.top_changes = [
+        ChangeRow(*r)
+        for r in _fetch(
+            con,
+            """
+        WITH s AS (
+            SELECT a.loose_key, snap_ms(a.taken_at) = fl.t1 AS is_last, a.site_key,
+                   a.function, a.module, a.subsystem, a.bytes, a.calls
+            FROM a JOIN fl ON a.hostname = fl.hostname
+             AND (snap_ms(a.taken_at) = fl.t0 OR snap_ms(a.taken_at) = fl.t1))
+        SELECT coalesce(arg_max(site_key, is_last::INT), any_value(site_key)),
+               any_value(function), any_value(module), any_value(subsystem),
+               coalesce(sum(bytes) FILTER (WHERE NOT is_last), 0) AS fb,
+               coalesce(sum(bytes) FILTER (WHERE is_last), 0) AS lb,
+               coalesce(sum(calls) FILTER (WHERE NOT is_last), 0),
+               coalesce(sum(calls) FILTER (WHERE is_last), 0)
+        FROM s GROUP BY loose_key
+        HAVING lb <> fb
+        ORDER BY abs(lb - fb) DESC, loose_key LIMIT ?""",
+            [top_n],
+        )
+    ]
+
+
+def _groups(con: Any, data: ReportData, top_n: int) -> None:
+    groups = {h.hostname: h.labels.get(GROUP_LABEL, "").lower() for h in data.hosts}
+    pilot = sorted(h for h, g in groups.items() if g == PILOT)
+    control = sorted(h for h, g in groups.items() if g == CONTROL)
+    if not pilot or not control:
+        return
+    con.execute("CREATE TEMP TABLE grp (hostname VARCHAR, g VARCHAR)")
+    con.executemany(
+        "INSERT INTO grp VALUES (?, ?)",
+        [[h, PILOT] for h in pilot] + [[h, CONTROL] for h in control],
+    )
+    mp: dict[str, dict[str, int]] = {PILOT: {}, CONTROL: {}}
+    for h in data.hosts:
+        g = groups[h.hostname]
+        if g in mp:
+            key = h.mem_profiling if h.mem_profiling is not None else "absent"
+            mp[g][key] = mp[g].get(key, 0) + 1
+
+    def stats(key: str) -> list[GroupRow]:
+        """Per-host bytes by ``key``, zero for hosts without it, then median/mean per group."""
+        rows = _fetch(
+            con,
+            f"""
+            WITH per AS (
+                SELECT hostname, {key} AS name, sum(bytes) AS b,
+                       any_value(site_key) AS label, any_value(subsystem) AS sub
+                FROM latest JOIN grp USING (hostname) GROUP BY hostname, name),
+            names AS (SELECT name, any_value(label) AS label, any_value(sub) AS sub
+                      FROM per GROUP BY name),
+            filled AS (
+                SELECT grp.g, n.name, n.label, n.sub, coalesce(per.b, 0) AS b
+                FROM grp CROSS JOIN names n
+                LEFT JOIN per ON per.hostname = grp.hostname AND per.name = n.name)
+            SELECT name, any_value(label), any_value(sub),
+                   median(b) FILTER (WHERE g = '{PILOT}'), median(b) FILTER (WHERE g = '{CONTROL}'),
+                   avg(b) FILTER (WHERE g = '{PILOT}'), avg(b) FILTER (WHERE g = '{CONTROL}')
+            FROM filled GROUP BY name""",
+        )
+        return [
+            GroupRow(str(n), float(pm), float(cm), float(pa), float(ca), str(sub), str(lab))
+            for n, lab, sub, pm, cm, pa, ca in rows
+        ]
+
+    total = stats("'total'")[0]
+    total.subsystem = total.label = ""
+    subs = sorted(stats("subsystem"), key=lambda r: -(r.pilot_median + r.control_median))
+    sites = sorted(
+        stats("loose_key"), key=lambda r: (-abs(r.pilot_median - r.control_median), r.name)
+    )[:top_n]
+    data.groups = GroupCompare(pilot, control, mp, total, subs, sites)

@@ -1,0 +1,473 @@
+"""The fleet store: Hive-partitioned Parquet files that DuckDB (or Spark) query in place.
+
+Layout (``STORE_SCHEMA_VERSION`` 1, documented in the README "Fleet store")::
+
+    <store>/allocinfo/dt=YYYY-MM-DD/part-<host>-<timestamp ns>[-<pid>].parquet
+    <store>/hosts/dt=YYYY-MM-DD/part-...      one row per snapshot: metadata, labels, totals
+    <store>/callers/dt=YYYY-MM-DD/part-...    one row per caller of a who-calls result
+    <store>/overhead/dt=YYYY-MM-DD/part-...   one row per function of an overhead result
+
+Why files and not a database: files are the one thing every engine (DuckDB here, Spark or
+Trino on a cluster) reads without an import, many agents can append to a shared path without a
+server, and an atomic rename is a transaction. Every file is written to a hidden temp name,
+fsynced and renamed, so a crash leaves whole files only; the name carries host, timestamp and
+(for batches) pid, so concurrent writers never collide.
+
+The ``hosts`` row is the commit record of a snapshot: it is written *after* the snapshot's
+allocinfo rows, and queries find snapshots through it. A crash between the two writes leaves
+allocinfo rows no query sees (and that ``ingest``/the agent rewrite under the same name).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from allocscope.collector.atomic import write_atomic
+from allocscope.collector.errors import AllocscopeError
+from allocscope.collector.host import HostMetadata
+from allocscope.collector.snapshot import SNAPSHOT_SCHEMA
+
+STORE_SCHEMA_VERSION = 1
+DATASETS = ("allocinfo", "hosts", "callers", "overhead")
+ROW_GROUP_ROWS = 128 * 1024  # small enough that a one-host query skips most of a batch file
+
+TS = pa.timestamp("us", tz="UTC")
+LABELS = pa.map_(pa.string(), pa.string())
+
+ALLOCINFO_SCHEMA = SNAPSHOT_SCHEMA
+
+HOSTS_SCHEMA = pa.schema(
+    [
+        ("hostname", pa.string()),
+        ("boot_id", pa.string()),
+        ("kernel_release", pa.string()),
+        ("taken_at", TS),
+        ("boot_time", TS),
+        ("uptime_s", pa.float64()),
+        ("cpus", pa.int32()),
+        ("cpu_model", pa.string()),
+        ("memory_bytes", pa.int64()),
+        ("mem_profiling", pa.string()),
+        ("mem_profiling_writable", pa.bool_()),
+        ("mem_profiling_compressed", pa.bool_()),
+        ("labels", LABELS),
+        ("allocinfo_version", pa.string()),
+        ("source", pa.string()),
+        ("sites", pa.int64()),
+        ("total_bytes", pa.int64()),
+        ("total_calls", pa.int64()),
+        ("agent_cpu_s", pa.float64()),  # the agent's own CPU for this snapshot (null if ingested)
+        ("agent_rss_bytes", pa.int64()),
+        ("stored_at", TS),
+    ]
+)
+
+_RESULT_COMMON: list[tuple[str, pa.DataType]] = [
+    ("hostname", pa.string()),
+    ("boot_id", pa.string()),
+    ("kernel_release", pa.string()),
+    ("taken_at", TS),  # the result's start
+    ("duration_s", pa.float64()),
+    ("mem_profiling", pa.string()),
+    ("labels", LABELS),
+]
+
+CALLERS_SCHEMA = pa.schema(
+    _RESULT_COMMON
+    + [
+        ("site", pa.string()),  # what the user asked for (function or file:line)
+        ("site_function", pa.string()),  # clone-suffix-free function, the join key to allocinfo
+        ("site_key", pa.string()),  # file:line when the result names one
+        ("backend", pa.string()),
+        ("total_calls", pa.int64()),
+        ("lost", pa.int64()),
+        ("caller", pa.string()),  # null for a result with no callers (kept so it is not lost)
+        ("calls", pa.int64()),
+        ("share", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("bytes", pa.int64()),
+        ("payload_json", pa.string()),  # the whole payload (folded stacks, allocinfo join)
+    ]
+)
+
+OVERHEAD_SCHEMA = pa.schema(
+    _RESULT_COMMON
+    + [
+        ("function", pa.string()),  # null when the payload has no functions table
+        ("kind", pa.string()),
+        ("present", pa.bool_()),
+        ("inclusive_samples", pa.int64()),
+        ("self_samples", pa.int64()),
+        ("inclusive_share", pa.float64()),
+        ("self_share", pa.float64()),
+        ("calls", pa.int64()),
+        ("calls_per_second", pa.float64()),
+        ("ns_per_call", pa.float64()),
+        ("row_json", pa.string()),  # the function row as the overhead verb wrote it
+        ("settings_json", pa.string()),
+        ("payload_json", pa.string()),  # the whole payload: nothing an unknown field held is lost
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "allocinfo": ALLOCINFO_SCHEMA,
+    "hosts": HOSTS_SCHEMA,
+    "callers": CALLERS_SCHEMA,
+    "overhead": OVERHEAD_SCHEMA,
+}
+SORT_KEYS: dict[str, list[str]] = {
+    "allocinfo": ["hostname", "taken_at", "site_key"],
+    "hosts": ["hostname", "taken_at"],
+    "callers": ["hostname", "taken_at", "site", "caller"],
+    "overhead": ["hostname", "taken_at", "function"],
+}
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_TEMP = re.compile(r"\.(?P<pid>\d+)\.tmp$")
+
+
+class StoreUnavailable(AllocscopeError):
+    """The store path cannot be written now (unmounted, read-only, full): the agent spools."""
+
+
+def safe_name(text: str) -> str:
+    """A host name as a file-name fragment (no '/', no spaces; '-' kept)."""
+    return _SAFE.sub("_", text) or "unknown"
+
+
+def to_us(t: float) -> int:
+    """Unix seconds -> µs exactly as collector/snapshot.py stamps rows (truncation), so a
+    snapshot's ``hosts`` row and its ``allocinfo`` rows always join on ``taken_at``."""
+    return int(t * 1_000_000)
+
+
+def dt_of(t: float) -> str:
+    """The ``dt=`` partition (UTC day) of a unix time."""
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStats:
+    """The agent's own cost for one snapshot, stored next to it so the fleet can watch it."""
+
+    cpu_s: float
+    rss_bytes: int
+
+
+class Store:
+    """One store root; all writes go through :meth:`write_part`."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    # -- paths ---------------------------------------------------------------------------
+    def dataset_dir(self, dataset: str) -> str:
+        if dataset not in SCHEMAS:
+            raise ValueError(f"unknown dataset {dataset!r}")
+        return os.path.join(self.root, dataset)
+
+    def part_path(
+        self, dataset: str, day: str, host: str, ts_ns: int, *, batch: bool = False
+    ) -> str:
+        """Deterministic for one host's snapshot (re-writing it is idempotent); batches add
+        the writer's pid so two ingests started in the same nanosecond still differ."""
+        name = f"part-{safe_name(host)}-{ts_ns}"
+        if batch:
+            name += f"-{os.getpid()}"
+        return os.path.join(self.dataset_dir(dataset), f"dt={day}", name + ".parquet")
+
+    def files(self, dataset: str) -> list[str]:
+        """Published part files of a dataset (temp files are hidden and never listed)."""
+        out: list[str] = []
+        base = self.dataset_dir(dataset)
+        if not os.path.isdir(base):
+            return out
+        for part in sorted(os.listdir(base)):
+            pdir = os.path.join(base, part)
+            if not part.startswith("dt=") or not os.path.isdir(pdir):
+                continue
+            out.extend(
+                os.path.join(pdir, f)
+                for f in sorted(os.listdir(pdir))
+                if f.endswith(".parquet") and not f.startswith((".", "_"))
+            )
+        return out
+
+    # -- writing -------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Raise :class:`StoreUnavailable` unless a file can be created in the store now."""
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            probe = os.path.join(self.root, f".probe.{socket.gethostname()}.{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.unlink(probe)
+        except OSError as e:
+            raise StoreUnavailable(f"store {self.root} is not writable: {e.strerror or e}") from e
+
+    def write_part(
+        self, dataset: str, table: pa.Table, path: str, *, presorted: bool = False
+    ) -> str:
+        """Sort, cast to the dataset schema, and publish ``table`` atomically at ``path``."""
+        schema = SCHEMAS[dataset]
+        table = table.select(schema.names)
+        if not table.schema.equals(schema):
+            table = table.cast(schema)
+        if not presorted:
+            table = table.sort_by([(k, "ascending") for k in SORT_KEYS[dataset]])
+        meta = {
+            b"allocscope.store_schema": str(STORE_SCHEMA_VERSION).encode(),
+            b"allocscope.dataset": dataset.encode(),
+        }
+        table = table.replace_schema_metadata(meta)
+        try:
+            write_atomic(
+                path,
+                lambda tmp: pq.write_table(
+                    table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS
+                ),
+            )
+        except OSError as e:
+            raise StoreUnavailable(f"cannot write {path}: {e.strerror or e}") from e
+        return path
+
+    def commit_snapshot(
+        self,
+        rows: pa.Table,
+        host: HostMetadata,
+        taken_at: float,
+        *,
+        allocinfo_version: str | None = None,
+        source: str = "",
+        agent: AgentStats | Callable[[], AgentStats] | None = None,
+    ) -> tuple[str, str]:
+        """Store one snapshot: allocinfo rows first, then its ``hosts`` row (the commit).
+
+        ``agent`` may be a callable so the agent's own cost includes the allocinfo write.
+        """
+        ts_ns = int(round(taken_at * 1e9))
+        day = dt_of(taken_at)
+        a = self.write_part(
+            "allocinfo", rows, self.part_path("allocinfo", day, host.hostname, ts_ns)
+        )
+        if callable(agent):
+            agent = agent()
+        hrow = hosts_rows([(host, taken_at, allocinfo_version, source, rows, agent)])
+        h = self.write_part("hosts", hrow, self.part_path("hosts", day, host.hostname, ts_ns))
+        return a, h
+
+    def commit_batch(self, rows: pa.Table, hosts: pa.Table, tag: str) -> list[str]:
+        """Store many snapshots at once (ingest): one allocinfo and one hosts file per day.
+
+        Per-day files keep the partitioning; one file per batch instead of per snapshot is
+        what makes ingest run at millions of rows per second. ``rows`` must already be in
+        (hostname, taken_at, site_key) order: sorting a million string keys again costs more
+        than the write.
+        """
+        written: list[str] = []
+        now_ns = time.time_ns()
+        hdays = pc.strftime(hosts["taken_at"], format="%Y-%m-%d", locale="C")
+        days_present = sorted(set(hdays.to_pylist()))
+        for day in days_present:
+            hpart = hosts.filter(pc.equal(hdays, day))
+            if len(days_present) == 1:
+                part = rows
+            else:
+                lo = pa.scalar(to_us(_day_start(day)), pa.int64()).cast(TS)
+                hi = pa.scalar(to_us(_day_start(day) + 86400), pa.int64()).cast(TS)
+                ts = rows["taken_at"]
+                part = rows.filter(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))
+            if part.num_rows:
+                written.append(
+                    self.write_part(
+                        "allocinfo",
+                        part,
+                        self.part_path("allocinfo", day, tag, now_ns, batch=True),
+                        presorted=True,
+                    )
+                )
+            written.append(
+                self.write_part(
+                    "hosts", hpart, self.part_path("hosts", day, tag, now_ns, batch=True)
+                )
+            )
+        return written
+
+    def commit_result(self, dataset: str, table: pa.Table, hostname: str, taken_at: float) -> str:
+        ts_ns = int(round(taken_at * 1e9))
+        return self.write_part(
+            dataset, table, self.part_path(dataset, dt_of(taken_at), hostname, ts_ns)
+        )
+
+    # -- reading -------------------------------------------------------------------------
+    def read(self, dataset: str, columns: list[str] | None = None, where: Any = None) -> pa.Table:
+        """The dataset (or the rows matching ``where``, a ``pyarrow.dataset`` expression pushed
+        down to row-group statistics) as one Arrow table; empty, with the schema, when the
+        dataset has no file yet."""
+        files = self.files(dataset)
+        schema = SCHEMAS[dataset]
+        if not files:
+            return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+        d = ds.dataset(files, schema=schema, format="parquet")
+        return d.to_table(columns=columns, filter=where)
+
+    def known_snapshots(self) -> set[tuple[str, int]]:
+        """(hostname, taken_at µs) of every committed snapshot."""
+        t = self.read("hosts", ["hostname", "taken_at"])
+        us = pc.cast(t["taken_at"], pa.int64()).to_pylist()
+        return set(zip(t["hostname"].to_pylist(), us, strict=True))
+
+    def known_results(self, dataset: str) -> set[tuple[str, int]]:
+        t = self.read(dataset, ["hostname", "taken_at"])
+        us = pc.cast(t["taken_at"], pa.int64()).to_pylist()
+        return set(zip(t["hostname"].to_pylist(), us, strict=True))
+
+    def clean_orphans(self, hostname: str) -> int:
+        """Remove this host's allocinfo parts whose ``hosts`` commit record was never written
+        (the agent was killed between the two writes). Agent parts of one snapshot share a
+        name in both datasets, so the check is a file-name lookup."""
+        prefix = f"part-{safe_name(hostname)}-"
+        removed = 0
+        for path in self.files("allocinfo"):
+            name = os.path.basename(path)
+            stamp = name[len(prefix) : -len(".parquet")]
+            if not name.startswith(prefix) or not stamp.isdigit():
+                continue  # another host's, or a batch part (its own naming)
+            day = os.path.basename(os.path.dirname(path))
+            if not os.path.exists(os.path.join(self.dataset_dir("hosts"), day, name)):
+                try:
+                    os.unlink(path)
+                    removed += 1
+                except OSError:
+                    pass
+        return removed
+
+    def clean_stale_temps(self) -> int:
+        """Remove temp files a killed writer of *this* host left behind (pid no longer alive).
+
+        Temp names are ``.<name>.<host>.<pid>.tmp`` (collector/atomic.py). Other hosts' temps on
+        a shared path are left alone: only their writer knows whether it is still running.
+        """
+        me = socket.gethostname()
+        removed = 0
+        for dataset in DATASETS:
+            base = self.dataset_dir(dataset)
+            if not os.path.isdir(base):
+                continue
+            for dirpath, _dirs, names in os.walk(base):
+                for name in names:
+                    m = _TEMP.search(name)
+                    if (
+                        not m
+                        or not name.startswith(".")
+                        or not name[: m.start()].endswith("." + me)
+                        or _alive(int(m["pid"]))
+                    ):
+                        continue
+                    try:
+                        os.unlink(os.path.join(dirpath, name))
+                        removed += 1
+                    except OSError:
+                        pass
+        return removed
+
+
+def _day_start(day: str) -> float:
+    return _dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=_dt.UTC).timestamp()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def hosts_rows(
+    items: Iterable[
+        tuple[HostMetadata, float, str | None, str, pa.Table | None, AgentStats | None]
+    ],
+    totals: list[tuple[int, int, int]] | None = None,
+) -> pa.Table:
+    """``hosts`` rows: one per (host metadata, taken_at, allocinfo version, source, rows, stats).
+
+    ``totals`` (sites, bytes, calls) may be given instead of the rows, for batch ingest.
+    """
+    cols: dict[str, list[Any]] = {name: [] for name in HOSTS_SCHEMA.names}
+    stored = to_us(time.time())
+    for i, (host, taken_at, version, source, rows, agent) in enumerate(items):
+        if totals is not None:
+            sites, tbytes, tcalls = totals[i]
+        else:
+            assert rows is not None
+            sites = rows.num_rows
+            tbytes = int(pc.sum(rows["bytes"]).as_py() or 0)
+            tcalls = int(pc.sum(rows["calls"]).as_py() or 0)
+        cols["hostname"].append(host.hostname)
+        cols["boot_id"].append(host.boot_id)
+        cols["kernel_release"].append(host.kernel_release)
+        if rows is not None and rows.num_rows:
+            # the rows' own stamp: the join key must be bit-identical whatever made the rows
+            cols["taken_at"].append(pc.cast(rows["taken_at"][0], pa.int64()).as_py())
+        else:
+            cols["taken_at"].append(to_us(taken_at))
+        cols["boot_time"].append(to_us(host.boot_time) if host.boot_time else None)
+        cols["uptime_s"].append(max(0.0, taken_at - host.boot_time) if host.boot_time else None)
+        cols["cpus"].append(host.cpus)
+        cols["cpu_model"].append(host.cpu_model)
+        cols["memory_bytes"].append(host.memory_bytes)
+        cols["mem_profiling"].append(host.mem_profiling)
+        cols["mem_profiling_writable"].append(host.mem_profiling_writable)
+        cols["mem_profiling_compressed"].append(host.mem_profiling_compressed)
+        cols["labels"].append(sorted(host.labels.items()))
+        cols["allocinfo_version"].append(version)
+        cols["source"].append(source)
+        cols["sites"].append(sites)
+        cols["total_bytes"].append(tbytes)
+        cols["total_calls"].append(tcalls)
+        cols["agent_cpu_s"].append(agent.cpu_s if agent else None)
+        cols["agent_rss_bytes"].append(agent.rss_bytes if agent else None)
+        cols["stored_at"].append(stored)
+    arrays = []
+    for field in HOSTS_SCHEMA:
+        if field.type == TS:
+            arrays.append(pa.array(cols[field.name], pa.int64()).cast(TS))
+        else:
+            arrays.append(pa.array(cols[field.name], field.type))
+    return pa.Table.from_arrays(arrays, schema=HOSTS_SCHEMA)
+
+
+def result_common(host: HostMetadata, start: float, duration: float, n: int) -> dict[str, Any]:
+    """The result columns every row of a callers/overhead result repeats."""
+    return {
+        "hostname": [host.hostname] * n,
+        "boot_id": [host.boot_id] * n,
+        "kernel_release": [host.kernel_release] * n,
+        "taken_at": pa.array([to_us(start)] * n, pa.int64()).cast(TS),
+        "duration_s": [float(duration)] * n,
+        "mem_profiling": [host.mem_profiling] * n,
+        "labels": pa.array([sorted(host.labels.items())] * n, LABELS),
+    }
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,189 @@
+"""``ab --toggle``: alternate ``vm.mem_profiling`` on one host and pair adjacent windows.
+
+Host-to-host noise (hardware, tenants, uptime) dwarfs a 40% change in a function that takes a
+few percent of CPU, so the cleanest comparison is one host with profiling switched on and off
+in alternating windows (A B A B ...), each on window paired with the off window right after it,
+as a careful benchmark pairs runs.
+
+The sysctl is a global switch other people rely on: the original value is restored on every
+exit path (normal end, error, Ctrl-C, SIGTERM/SIGHUP via :func:`interruptible`), with signals
+blocked while the restore writes. Only SIGKILL can leave it changed.
+
+Kernel semantics worth repeating in the output (Documentation/mm/allocation-profiling.rst):
+allocations made while profiling is off are not counted in /proc/allocinfo, and their later
+frees are not subtracted either, so allocinfo is inaccurate after any toggling until reboot.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from allocscope.collector.errors import AllocscopeError, CapabilityError
+from allocscope.collector.host import MEM_PROFILING_SYSCTL
+
+T = TypeVar("T")
+
+SEMANTICS_NOTE = (
+    "allocations made while vm.mem_profiling was 0 are not counted in /proc/allocinfo (and "
+    "their frees are not subtracted): allocinfo counters are approximate after toggling"
+)
+
+_BLOCK = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+@dataclass
+class Sysctl:
+    """``vm.mem_profiling`` (or a stand-in file in tests)."""
+
+    path: str = MEM_PROFILING_SYSCTL
+    cmdline_path: str = "/proc/cmdline"
+
+    def read(self) -> str:
+        with open(self.path) as f:
+            return f.read().strip()
+
+    def write(self, value: str) -> None:
+        with open(self.path, "w") as f:
+            f.write(value + "\n")
+
+    def check_toggleable(self) -> str:
+        """The current value, or a CapabilityError saying why it cannot be toggled."""
+        if not os.path.exists(self.path):
+            raise CapabilityError(
+                f"{self.path} is absent: this kernel has no CONFIG_MEM_ALLOC_PROFILING, so "
+                "there is nothing to toggle (compare hosts with `ab --pilot .. --control ..`)"
+            )
+        try:
+            value = self.read()
+        except OSError as e:
+            raise CapabilityError(f"cannot read {self.path}: {e.strerror}") from None
+        try:
+            with open(self.cmdline_path) as f:
+                cmdline = f.read()
+        except OSError:
+            cmdline = ""
+        if "mem_profiling=never" in cmdline:
+            raise CapabilityError(
+                "the kernel was booted with sysctl.vm.mem_profiling=never: profiling cannot be "
+                "enabled at run time (page_ext was not allocated); reboot without `never`"
+            )
+        mode = os.stat(self.path).st_mode
+        if not mode & 0o222 or not os.access(self.path, os.W_OK):
+            raise CapabilityError(
+                f"{self.path} is read-only (mode {mode & 0o777:o}): the kernel was booted with "
+                "profiling disabled for good (`never`), or you are not root"
+            )
+        if value not in ("0", "1"):
+            raise CapabilityError(f"{self.path} reads {value!r}, expected 0 or 1")
+        return value
+
+
+@contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Defer SIGINT/SIGTERM/SIGHUP so a restore cannot be interrupted half-way."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCK)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@dataclass
+class Restorer:
+    """Remembers the original value and puts it back exactly once."""
+
+    sysctl: Sysctl
+    original: str
+    restored: bool = False
+    error: str = ""
+
+    def restore(self) -> None:
+        if self.restored:
+            return
+        with signals_blocked():
+            for _ in range(3):
+                try:
+                    self.sysctl.write(self.original)
+                    if self.sysctl.read() == self.original:
+                        self.restored = True
+                        return
+                except OSError as e:
+                    self.error = str(e)
+                time.sleep(0.05)
+
+
+@dataclass
+class ToggleWindow(Generic[T]):
+    state: str  # "1" = profiling on, "0" = off
+    begin: T
+    end: T
+
+
+@dataclass
+class ToggleRun(Generic[T]):
+    original: str
+    windows: list[ToggleWindow[T]] = field(default_factory=list)
+    restored: bool = False
+    interrupted: bool = False
+    restore_error: str = ""
+
+    def pairs(self) -> list[tuple[ToggleWindow[T], ToggleWindow[T]]]:
+        """(on, off) pairs of adjacent windows, in order; an unpaired last window is dropped."""
+        out = []
+        ws = self.windows
+        for i in range(0, len(ws) - 1, 2):
+            a, b = ws[i], ws[i + 1]
+            on, off = (a, b) if a.state == "1" else (b, a)
+            if on.state == "1" and off.state == "0":
+                out.append((on, off))
+        return out
+
+
+def run_toggle(
+    sysctl: Sysctl,
+    snapshot: Callable[[], T],
+    *,
+    windows: int,
+    period: float,
+    sleep: Callable[[float], None] = time.sleep,
+    on_window: Callable[[ToggleWindow[T]], None] | None = None,
+) -> ToggleRun[T]:
+    """Alternate the sysctl 1/0 for ``windows`` windows of ``period`` seconds.
+
+    Run inside :func:`allocscope.probes.loader.interruptible` so SIGTERM arrives as
+    KeyboardInterrupt: the run stops, keeps the finished windows and says ``interrupted``.
+    Any other exception propagates -- after the original value has been written back.
+    """
+    if windows < 2:
+        raise AllocscopeError("--toggle needs at least 2 windows (duration >= 2 x period)")
+    original = sysctl.check_toggleable()
+    run: ToggleRun[T] = ToggleRun(original)
+    restorer = Restorer(sysctl, original)
+    try:
+        for i in range(windows):
+            state = "1" if i % 2 == 0 else "0"
+            sysctl.write(state)
+            begin = snapshot()
+            sleep(period)
+            w = ToggleWindow(state, begin, snapshot())
+            run.windows.append(w)
+            if on_window is not None:
+                on_window(w)
+    except KeyboardInterrupt:
+        run.interrupted = True
+    finally:
+        restorer.restore()
+        run.restored = restorer.restored
+        run.restore_error = restorer.error
+    if not run.restored:
+        raise AllocscopeError(
+            f"could not restore {sysctl.path} to {original!r}: "
+            f"{run.restore_error or 'value did not stick'}; set it by hand"
+        )
+    return run

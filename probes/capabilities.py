@@ -1,0 +1,439 @@
+"""What this host can actually do, found by trying: attach types, privileges, kernel facilities.
+
+Kernel configs lie by omission (a kprobe on a ``notrace`` function fails on a kernel with
+CONFIG_KPROBES=y; fentry needs BTF *and* trampolines; hardware counters vanish under
+virtualisation), so each BPF attach type is tested by loading a do-nothing program from
+``capability_check.bpf.c`` and attaching it, then detaching at once. All programs come from
+ONE BCC compile (about 10 s under emulation), loaded and attached one by one.
+
+Results are typed (:class:`CheckResult`) and nothing here prints: ``collector/doctor.py``
+decides what a result means for the user, and other verbs call :func:`attach_types`,
+:func:`can_attach_kprobe` and :func:`can_attach_fentry` to pick a backend.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+from allocscope.probes.headers import HeaderTree, resolve_headers
+from allocscope.probes.loader import import_bcc, program_path
+
+CHECK_PROGRAM = "capability_check"
+DEFAULT_FUNCTION = "vfs_read"  # traceable (not notrace) on every kernel allocscope targets
+TRACEPOINT = "kmem:kmalloc"  # the tracepoint allocscope itself uses
+RAW_TRACEPOINT = "kmalloc"
+
+PERF_TYPE_HARDWARE = 0
+PERF_TYPE_SOFTWARE = 1
+PERF_COUNT_HW_CPU_CYCLES = 0
+PERF_COUNT_SW_CPU_CLOCK = 0
+
+ATTACH_TYPES = (
+    "tracepoint",
+    "raw_tracepoint",
+    "kprobe",
+    "fentry",
+    "perf_event_hw_cycles",
+    "perf_event_cpu_clock",
+)
+
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One attempt: did it work, and what exactly happened (error text when it did not)."""
+
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- BCC plumbing: one compile, no auto-attach, libbcc's stderr kept off the screen ---------
+
+
+@contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Redirect fd 2 (where libbcc and libbpf print) into a buffer; yields a list that gets
+    the captured text as its only item on exit. Failed attempts are expected here and their
+    C-level chatter must not clutter doctor's one screen."""
+    out: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+def _error_text(e: BaseException, stderr: str) -> str:
+    msg = str(e).replace("b'", "'")
+    extra = _last_line(stderr)
+    return f"{msg} ({extra})" if extra and extra not in msg else msg
+
+
+def _no_autoload_bpf(bcc: Any) -> Any:
+    """A ``bcc.BPF`` subclass that does not attach ``kfunc__``/``kprobe__`` functions at
+    construction: BCC's auto-attach would raise inside the constructor when fentry is not
+    supported, losing the whole compile. Here every attach is an explicit, caught attempt."""
+
+    class NoAutoloadBPF(bcc.BPF):  # type: ignore[misc]
+        def _trace_autoload(self) -> None:
+            return None
+
+    return NoAutoloadBPF
+
+
+def compile_checks(defines: dict[str, int | str], headers: HeaderTree | None = None) -> Any:
+    """Compile ``capability_check.bpf.c`` once with ``defines``; raises on failure."""
+    bcc = import_bcc()
+    headers = headers or resolve_headers()
+    if headers.kind == "none":
+        raise RuntimeError(headers.note)
+    cflags = [f"-DALLOCSCOPE_HEADERS_MATCH={int(headers.matches)}"]
+    cflags += [f"-D{k}={v}" for k, v in sorted(defines.items())]
+    env = headers.environment()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    error: Exception | None = None
+    try:
+        with captured_stderr() as err:
+            try:
+                return _no_autoload_bpf(bcc)(
+                    src_file=program_path(CHECK_PROGRAM).encode(), cflags=cflags
+                )
+            except Exception as e:  # BCC raises bare Exception
+                error = e
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    raise RuntimeError(f"compile failed: {_error_text(error or Exception('?'), err[0])}")
+
+
+def _attempt(fn: Callable[[], None]) -> CheckResult:
+    t0 = time.monotonic()
+    with captured_stderr() as err:
+        try:
+            fn()
+            error: BaseException | None = None
+        except Exception as e:  # noqa: BLE001 - every failure is a result here
+            error = e
+    dt = time.monotonic() - t0
+    if error is None:
+        return CheckResult(True, "loaded and attached", dt)
+    return CheckResult(False, _error_text(error, err[0] if err else ""), dt)
+
+
+def _try_tracepoint(b: Any, tp: str = TRACEPOINT) -> None:
+    b.attach_tracepoint(tp=tp.encode(), fn_name=b"check_tracepoint")
+    b.detach_tracepoint(tp=tp.encode())
+
+
+def _try_raw_tp(b: Any, tp: str = RAW_TRACEPOINT) -> None:
+    b.attach_raw_tracepoint(tp=tp.encode(), fn_name=b"check_raw_tp")
+    b.detach_raw_tracepoint(tp=tp.encode())
+
+
+def _try_kprobe(b: Any, function: str) -> None:
+    b.attach_kprobe(event=function.encode(), fn_name=b"check_kprobe")
+    b.detach_kprobe(event=function.encode(), fn_name=b"check_kprobe")
+
+
+def _try_fentry(b: Any, function: str) -> None:
+    name = f"kfunc__{function}".encode()
+    b.attach_kfunc(fn_name=name)
+    b.detach_kfunc(fn_name=name)
+
+
+def _try_perf(b: Any, ev_type: int, ev_config: int) -> None:
+    # One CPU and a low frequency: the point is whether the kernel accepts the event.
+    b.attach_perf_event(
+        ev_type=ev_type, ev_config=ev_config, fn_name=b"check_perf", sample_freq=1, cpu=0
+    )
+    b.detach_perf_event(ev_type=ev_type, ev_config=ev_config)
+
+
+def bpf_precondition() -> str | None:
+    """Why no BPF program can be loaded at all by this process, or None."""
+    caps = privileges()
+    if not (caps.root or caps.cap_sys_admin or (caps.cap_bpf and caps.cap_perfmon)):
+        return "not root and lacking CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN)"
+    try:
+        import_bcc()
+    except Exception as e:  # noqa: BLE001 - CapabilityError or anything odd in the import
+        return str(e)
+    return None
+
+
+_FENTRY_CACHE: dict[str, CheckResult] = {}
+_KPROBE_CACHE: dict[str, CheckResult] = {}
+
+
+@lru_cache(maxsize=1)
+def _checker() -> tuple[Any, str | None]:
+    """The one compiled capability object of this process, or (None, why not)."""
+    why = bpf_precondition()
+    if why:
+        return None, why
+    try:
+        return compile_checks({"FENTRY_TARGET": DEFAULT_FUNCTION}), None
+    except Exception as e:  # noqa: BLE001
+        return None, str(e)
+
+
+@lru_cache(maxsize=1)
+def attach_types() -> dict[str, CheckResult]:
+    """Try every attach type once (cached per process): {type: CheckResult}.
+
+    Keys are :data:`ATTACH_TYPES`. kprobe and fentry are tried on :data:`DEFAULT_FUNCTION`.
+    """
+    t0 = time.monotonic()
+    b, why = _checker()
+    compile_s = time.monotonic() - t0
+    if b is None:
+        return {k: CheckResult(False, f"not tried: {why}", 0.0) for k in ATTACH_TYPES}
+    results = {
+        "tracepoint": _attempt(lambda: _try_tracepoint(b)),
+        "raw_tracepoint": _attempt(lambda: _try_raw_tp(b)),
+        "kprobe": _KPROBE_CACHE.setdefault(
+            DEFAULT_FUNCTION, _attempt(lambda: _try_kprobe(b, DEFAULT_FUNCTION))
+        ),
+        "fentry": _FENTRY_CACHE.setdefault(
+            DEFAULT_FUNCTION, _attempt(lambda: _try_fentry(b, DEFAULT_FUNCTION))
+        ),
+        "perf_event_hw_cycles": _attempt(
+            lambda: _try_perf(b, PERF_TYPE_HARDWARE, PERF_COUNT_HW_CPU_CYCLES)
+        ),
+        "perf_event_cpu_clock": _attempt(
+            lambda: _try_perf(b, PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK)
+        ),
+    }
+    results["_compile"] = CheckResult(True, f"one BCC compile of {CHECK_PROGRAM}.bpf.c", compile_s)
+    return results
+
+
+def compile_seconds() -> float:
+    """How long the shared capability compile took (0 if it did not run)."""
+    r = attach_types().get("_compile")
+    return r.seconds if r else 0.0
+
+
+def kprobe_result(function: str) -> CheckResult:
+    """An actual kprobe attach on ``function`` (cached per function)."""
+    if function not in _KPROBE_CACHE:
+        b, why = _checker()
+        if b is None:
+            return CheckResult(False, f"not tried: {why}")
+        _KPROBE_CACHE[function] = _attempt(lambda: _try_kprobe(b, function))
+    return _KPROBE_CACHE[function]
+
+
+def fentry_result(function: str) -> CheckResult:
+    """An actual fentry attach on ``function`` (cached; a new target costs one compile)."""
+    if function in _FENTRY_CACHE:
+        return _FENTRY_CACHE[function]
+    if function == DEFAULT_FUNCTION:
+        return attach_types()["fentry"]
+    if not re.fullmatch(r"[A-Za-z_]\w*", function):
+        return CheckResult(False, f"{function!r} is not a function name")
+    why = bpf_precondition()
+    if why:
+        return CheckResult(False, f"not tried: {why}")
+    try:
+        b = compile_checks(
+            {
+                "CHECK_TRACEPOINT": 0,
+                "CHECK_RAW_TP": 0,
+                "CHECK_KPROBE": 0,
+                "CHECK_PERF": 0,
+                "FENTRY_TARGET": function,
+            }
+        )
+    except Exception as e:  # noqa: BLE001
+        return CheckResult(False, str(e))
+    try:
+        _FENTRY_CACHE[function] = _attempt(lambda: _try_fentry(b, function))
+    finally:
+        b.cleanup()
+    return _FENTRY_CACHE[function]
+
+
+def can_attach_kprobe(function: str) -> bool:
+    """True when a kprobe on ``function`` really attaches here (tried, then detached)."""
+    return kprobe_result(function).ok
+
+
+def can_attach_fentry(function: str) -> bool:
+    """True when an fentry program on ``function`` really loads and attaches here."""
+    return fentry_result(function).ok
+
+
+# --- facts that need no BPF ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Privileges:
+    root: bool
+    cap_bpf: bool
+    cap_perfmon: bool
+    cap_sys_admin: bool
+    cap_eff: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cap_eff"] = f"{self.cap_eff:016x}"
+        return d
+
+
+def privileges(status_path: str = "/proc/self/status") -> Privileges:
+    """Effective capabilities from ``CapEff`` (bits: CAP_BPF 39, CAP_PERFMON 38, SYS_ADMIN 21)."""
+    cap = 0
+    try:
+        with open(status_path) as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    cap = int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+
+    def has(bit: int) -> bool:
+        return bool(cap >> bit & 1)
+
+    return Privileges(os.geteuid() == 0, has(CAP_BPF), has(CAP_PERFMON), has(CAP_SYS_ADMIN), cap)
+
+
+def lockdown_mode(path: str = "/sys/kernel/security/lockdown") -> str:
+    """``none``, ``integrity`` or ``confidentiality`` (the bracketed word); absent = none."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return "none"
+    m = re.search(r"\[(\w+)\]", text)
+    return m[1] if m else text.strip() or "none"
+
+
+def tracefs_path() -> str | None:
+    """Where tracefs is mounted with events visible, or None."""
+    for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if os.path.isdir(os.path.join(p, "events")):
+            return p
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class KallsymsState:
+    kptr_restrict: int | None
+    readable: bool  # addresses are real (not all zero) for this process
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kallsyms_state() -> KallsymsState:
+    restrict: int | None
+    try:
+        with open("/proc/sys/kernel/kptr_restrict") as f:
+            restrict = int(f.read().strip())
+    except (OSError, ValueError):
+        restrict = None
+    readable = False
+    try:
+        with open("/proc/kallsyms") as f:
+            for _ in range(50):
+                line = f.readline()
+                if not line:
+                    break
+                if int(line.split()[0], 16) != 0:
+                    readable = True
+                    break
+    except (OSError, ValueError, IndexError):
+        readable = False
+    return KallsymsState(restrict, readable)
+
+
+@dataclass(frozen=True, slots=True)
+class BTFState:
+    present: bool
+    parsed: bool
+    kmem_cache_size_offset: int | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def btf_state() -> BTFState:
+    from allocscope.probes import btf
+
+    if not os.path.exists(btf.VMLINUX_BTF):
+        return BTFState(False, False, None, f"{btf.VMLINUX_BTF} absent (CONFIG_DEBUG_INFO_BTF=n)")
+    parsed = btf.vmlinux()
+    if parsed is None:
+        return BTFState(True, False, None, f"{btf.VMLINUX_BTF} could not be parsed")
+    offs = btf.kmem_cache_offsets()
+    if offs is None:
+        return BTFState(True, True, None, "struct kmem_cache has no size/object_size member")
+    return BTFState(
+        True,
+        True,
+        offs["size"],
+        f"{len(parsed.types) - 1} types; "
+        f"kmem_cache.size at +{offs['size']}, object_size at +{offs['object_size']}",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AllocinfoState:
+    present: bool
+    readable: bool
+    version: str | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def allocinfo_state(path: str = "/proc/allocinfo") -> AllocinfoState:
+    """Is /proc/allocinfo there, and which format version its header names."""
+    if not os.path.exists(path):
+        return AllocinfoState(False, False, None, f"{path} absent")
+    try:
+        with open(path) as f:
+            header = f.readline()
+    except OSError as e:
+        return AllocinfoState(True, False, None, f"{path}: {e.strerror}")
+    m = re.match(r"allocinfo - version: (\d+\.\d+)", header)
+    if not m:
+        return AllocinfoState(True, True, None, f"unrecognised header {header.strip()[:60]!r}")
+    return AllocinfoState(True, True, m[1], f"version {m[1]}")
+
+
+def kernel_release() -> str:
+    return platform.release()

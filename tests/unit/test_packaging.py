@@ -1,0 +1,147 @@
+"""The installed layout: one ``allocscope`` namespace over the design card's top-level folders.
+
+``probes/``, ``collector/`` and ``reports/`` are generic names; installed as top-level packages
+they would collide with anything else in site-packages. These tests pin the mapping in
+pyproject.toml, that every BPF program ships as package data, and that BPF C stays in
+``.bpf.c`` files rather than in Python strings.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import importlib.metadata
+import importlib.resources
+import importlib.util
+import os
+import re
+import site
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FOLDERS = {
+    "probes": "allocscope.probes",
+    "collector": "allocscope.collector",
+    "reports": "allocscope.reports",
+}
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
+
+
+def _site_dirs() -> list[Path]:
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    return [Path(d).resolve() for d in dirs if d]
+
+
+def _under(path: Path, roots: list[Path]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
+
+
+@pytest.mark.parametrize("folder", sorted(FOLDERS))
+def test_namespace_maps_to_repo_folder(folder: str) -> None:
+    module = importlib.import_module(FOLDERS[folder])
+    locations = [Path(p).resolve() for p in module.__path__]
+    assert locations == [REPO / folder], f"{FOLDERS[folder]} imports from {locations}"
+
+
+@pytest.mark.parametrize("name", sorted(FOLDERS))
+def test_no_generic_top_level_packages_installed(name: str) -> None:
+    """``import probes`` must not find something allocscope put into site-packages."""
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return
+    places = [Path(p).resolve() for p in (spec.submodule_search_locations or [])]
+    if spec.origin and spec.origin not in ("namespace", "built-in"):
+        places.append(Path(spec.origin).resolve())
+    site_dirs = _site_dirs()
+    assert not any(_under(p, site_dirs) for p in places), f"top-level {name!r} at {places}"
+
+
+def test_every_subpackage_is_listed_in_pyproject() -> None:
+    """A new folder with an ``__init__.py`` that pyproject doesn't list would not be installed."""
+    dirs = SETUPTOOLS["package-dir"]
+    listed = set(SETUPTOOLS["packages"])
+    assert {dirs[FOLDERS[f]] for f in FOLDERS} == set(FOLDERS), dirs
+    found = set()
+    for folder, package in FOLDERS.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder)
+            if "__pycache__" in rel.parts:
+                continue
+            found.add(".".join([package, *rel.parts]))
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+
+
+def _package_data_patterns(package: str) -> list[str]:
+    return list(SETUPTOOLS.get("package-data", {}).get(package, []))
+
+
+def test_bpf_programs_are_package_data() -> None:
+    programs = sorted(p.name for p in (REPO / "probes").glob("*.bpf.c"))
+    assert programs, "no probes/*.bpf.c found"
+    patterns = _package_data_patterns("allocscope.probes")
+    root = importlib.resources.files("allocscope.probes")
+    for name in programs:
+        assert any(fnmatch.fnmatch(name, pat) for pat in patterns), (name, patterns)
+        assert root.joinpath(name).is_file(), f"importlib.resources cannot find {name}"
+
+
+# Files that are data, not code: each must be covered by its package's package-data patterns.
+DATA_SUFFIXES = (".bpf.c", ".h", ".toml", ".sql", ".js", ".css", ".json", ".html")
+
+
+def test_data_files_are_package_data() -> None:
+    dirs = SETUPTOOLS["package-dir"]
+    missing = []
+    for package in SETUPTOOLS["packages"]:
+        top = ".".join(package.split(".")[:2])
+        folder = REPO / dirs[top] / Path(*package.split(".")[2:])
+        patterns = _package_data_patterns(package)
+        root = importlib.resources.files(package)
+        for path in sorted(folder.iterdir()):
+            if not path.name.endswith(DATA_SUFFIXES):
+                continue
+            if not any(fnmatch.fnmatch(path.name, pat) for pat in patterns):
+                missing.append(f"{path.relative_to(REPO)} (package-data of {package}: {patterns})")
+            assert root.joinpath(path.name).is_file()
+    assert not missing, "not installed as package data:\n" + "\n".join(missing)
+
+
+def test_console_script_installed() -> None:
+    (entry,) = importlib.metadata.entry_points(group="console_scripts", name="allocscope")
+    assert entry.value == "allocscope.collector.cli:entry"
+    assert callable(entry.load())
+    script = Path(sys.executable).parent / "allocscope"
+    assert script.is_file() and os.access(script, os.X_OK), f"{script} missing: run scripts/setup"
+
+
+# BPF C written into Python: map/probe macro calls and stack helpers, or kernel includes.
+BPF_C = re.compile(
+    r"\b(BPF_(HASH|ARRAY|PERCPU_ARRAY|PERCPU_HASH|HISTOGRAM|STACK_TRACE|PERF_OUTPUT|RINGBUF_OUTPUT)"
+    r"|RAW_TRACEPOINT_PROBE|TRACEPOINT_PROBE|KFUNC_PROBE|bpf_get_stackid|bpf_get_stack)\s*\("
+    r"|#include\s*<(linux|uapi|net)/"
+)
+
+
+def test_no_bpf_c_inside_python() -> None:
+    offenders = []
+    for folder in FOLDERS:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for lineno, line in enumerate(path.read_text().splitlines(), 1):
+                if BPF_C.search(line):
+                    offenders.append(f"{path.relative_to(REPO)}:{lineno}: {line.strip()}")
+    assert not offenders, "BPF C belongs in probes/*.bpf.c:\n" + "\n".join(offenders)
+
+
+def test_bpf_c_detector_catches_embedded_programs() -> None:
+    """The check above must be able to fail: it recognises what embedded C looks like."""
+    assert BPF_C.search('prog = "BPF_HASH(counts, u64, u64);"')
+    assert BPF_C.search("    int id = bpf_get_stackid(ctx, &stacks, 0);")
+    assert BPF_C.search("TRACEPOINT_PROBE(kmem, kmalloc) {")
+    assert BPF_C.search("#include <linux/sched.h>")
+    assert not BPF_C.search("BCC attaches ``TRACEPOINT_PROBE`` functions by name")
+    assert not BPF_C.search(r'r"bpf_prog_.*|bpf_get_stack.*",')

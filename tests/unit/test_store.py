@@ -1,0 +1,144 @@
+"""The store's layout, atomic writes and concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+
+import pyarrow.parquet as pq
+import pytest
+
+from allocscope.collector.allocinfo import read_allocinfo
+from allocscope.collector.host import collect_host_metadata
+from allocscope.collector.snapshot import snapshot_table
+from allocscope.collector.store import (
+    HOSTS_SCHEMA,
+    STORE_SCHEMA_VERSION,
+    AgentStats,
+    Store,
+    StoreUnavailable,
+    dt_of,
+    safe_name,
+)
+
+FIXTURE = "allocinfo-7.3-boot.txt"
+
+
+def _snap(fixtures_dir, labels=None):
+    snap = read_allocinfo(str(fixtures_dir / FIXTURE))
+    host = collect_host_metadata(labels or {"group": "pilot"})
+    return snap, host, snapshot_table(snap, host)
+
+
+def test_commit_snapshot_layout_and_contents(tmp_path, fixtures_dir):
+    snap, host, rows = _snap(fixtures_dir)
+    store = Store(str(tmp_path / "s"))
+    a, h = store.commit_snapshot(
+        rows,
+        host,
+        snap.taken_at,
+        allocinfo_version=snap.version,
+        source=snap.source,
+        agent=lambda: AgentStats(0.01, 1 << 20),
+    )
+    day = dt_of(snap.taken_at)
+    assert os.path.dirname(a).endswith(f"allocinfo/dt={day}")
+    assert os.path.dirname(h).endswith(f"hosts/dt={day}")
+    assert os.path.basename(a).startswith(f"part-{safe_name(host.hostname)}-")
+    meta = pq.ParquetFile(a).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    t = pq.read_table(a)
+    assert t.schema.metadata[b"allocscope.store_schema"] == str(STORE_SCHEMA_VERSION).encode()
+    assert t.num_rows == len(snap.records)
+    keys = t["site_key"].to_pylist()
+    assert keys == sorted(keys)
+    assert set(t["subsystem"].to_pylist()) - {""}, "subsystem column is filled at ingest"
+    assert all(
+        k.endswith(f"{f}")
+        for k, f in zip(t["loose_key"].to_pylist(), t["function"].to_pylist(), strict=True)
+    )
+    hosts = store.read("hosts")
+    assert hosts.num_rows == 1 and hosts.schema.equals(HOSTS_SCHEMA, check_metadata=False)
+    row = hosts.to_pylist()[0]
+    assert dict(row["labels"]) == {"group": "pilot"}
+    assert row["total_bytes"] == snap.total_bytes and row["sites"] == len(snap.records)
+    assert row["agent_cpu_s"] == pytest.approx(0.01) and row["agent_rss_bytes"] == 1 << 20
+    assert store.known_snapshots() == {(host.hostname, int(snap.taken_at * 1_000_000))}
+    # the commit record joins its rows exactly (same µs stamp)
+    assert set(t["taken_at"].to_pylist()) == {row["taken_at"]}
+
+
+def test_failed_write_leaves_nothing(tmp_path, fixtures_dir, monkeypatch):
+    snap, host, rows = _snap(fixtures_dir)
+    store = Store(str(tmp_path / "s"))
+
+    def boom(*a, **k):
+        with open(a[1], "wb") as f:
+            f.write(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", boom)
+    with pytest.raises(StoreUnavailable, match="No space left"):
+        store.commit_snapshot(rows, host, snap.taken_at)
+    leftovers = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs]
+    assert leftovers == []
+
+
+def test_unwritable_store_is_unavailable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreUnavailable):
+        Store(str(blocker / "store")).check_writable()
+
+
+def _writer(root: str, host_index: int, n: int) -> None:
+    from allocscope.collector.synth import FleetSpec, fleet
+
+    store = Store(root)
+    for k, (host, taken, table) in enumerate(
+        fleet(FleetSpec(hosts=host_index + 1, sites=20, snapshots=n))
+    ):
+        if k // n == host_index:
+            store.commit_snapshot(table, host, taken)
+
+
+def test_concurrent_writers_never_collide(tmp_path):
+    root = str(tmp_path / "s")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(root, i, 5)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = Store(root)
+    assert len(store.files("allocinfo")) == 20 and len(store.files("hosts")) == 20
+    assert len(store.known_snapshots()) == 20
+    assert store.read("allocinfo").num_rows == 20 * 20
+
+
+def test_batch_names_carry_pid(tmp_path):
+    store = Store(str(tmp_path))
+    a = store.part_path("allocinfo", "2026-11-29", "batch", 123, batch=True)
+    assert a.endswith(f"part-batch-123-{os.getpid()}.parquet")
+    assert store.part_path("hosts", "2026-11-29", "a/b c", 5).endswith("part-a_b_c-5.parquet")
+
+
+def test_clean_stale_temps_only_dead_own(tmp_path):
+    store = Store(str(tmp_path))
+    d = tmp_path / "allocinfo" / "dt=2026-11-29"
+    d.mkdir(parents=True)
+    me = socket.gethostname()
+    dead = d / f".part-x-1.parquet.{me}.999999999.tmp"
+    alive = d / f".part-x-2.parquet.{me}.{os.getpid()}.tmp"
+    other = d / ".part-x-3.parquet.otherhost.999999999.tmp"
+    for p in (dead, alive, other):
+        p.write_bytes(b"partial")
+    assert store.clean_stale_temps() == 1
+    assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_read_empty_dataset_has_schema(tmp_path):
+    t = Store(str(tmp_path)).read("callers")
+    assert t.num_rows == 0 and "caller" in t.schema.names
