@@ -39,7 +39,7 @@ from allocscope.collector.store import (
     to_us,
 )
 
-BATCH_ROWS = 4_000_000
+BATCH_ROWS = 2_000_000  # one batch writes while the next is read
 BULK_FILES = 400  # snapshot files decoded together
 _KEY_COLUMNS = (
     "hostname",
