@@ -24,10 +24,8 @@ Counters in the BPF maps are cumulative; a window is the difference of two
 from __future__ import annotations
 
 import os
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +33,7 @@ from allocscope.collector.allocinfo import PROC_ALLOCINFO, read_allocinfo
 from allocscope.collector.errors import AllocscopeError, CapabilityError, InputError
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.site import canonical_function
+from allocscope.probes.loader import captured_stderr
 
 # Index order of the ``counters`` map in probes/oncpu.bpf.c.
 COUNTERS: tuple[str, ...] = (
@@ -535,7 +534,7 @@ class Sampler:
         }
         if s.pid is not None and not os.path.exists(f"/proc/{s.pid}"):
             raise AllocscopeError(f"-p {s.pid}: no such process")
-        with _quiet_stderr():  # kernel headers make clang print pages of harmless warnings
+        with captured_stderr():  # kernel headers make clang print pages of harmless warnings
             self._probe = Probe("oncpu", defines)
         if s.cpus:
             ok = self._probe["cpu_ok"]
@@ -561,7 +560,7 @@ class Sampler:
     def _attach_sampling(self) -> None:
         freq = self.settings.frequency
         try:
-            with _quiet_stderr():  # libbcc prints perf_event_open's failure itself
+            with captured_stderr():  # libbcc prints perf_event_open's failure itself
                 self._probe.attach_perf_event(
                     PERF_TYPE_HARDWARE, PERF_COUNT_HW_CPU_CYCLES, "on_sample", sample_freq=freq
                 )
@@ -591,7 +590,7 @@ class Sampler:
         }
         # KFUNC_PROBE programs are attached by BCC itself when the object loads.
         try:
-            with _quiet_stderr():  # the verifier/attach log of a refused fentry is noise here
+            with captured_stderr():  # the verifier/attach log of a refused fentry is noise here
                 self._exact = Probe("alloc_latency", defines)
         except CapabilityError as e:
             raise CapabilityError(
@@ -680,25 +679,6 @@ def _percpu_sums(table: Any, size: int) -> list[int]:
 def _int(x: Any) -> int:
     """BCC hands back ctypes scalars or plain ints depending on the read path."""
     return int(x.value) if hasattr(x, "value") else int(x)
-
-
-@contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence fd 2 (C libraries write there directly): clang's header warnings, an expected
-    perf_event_open failure. ALLOCSCOPE_BPF_DEBUG=1 keeps it, to see why a compile failed."""
-    if os.environ.get("ALLOCSCOPE_BPF_DEBUG") == "1":
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def online_cpus() -> list[int]:

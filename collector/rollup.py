@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from allocscope.collector.allocinfo import AllocRecord
 from allocscope.collector.site import Site, canonical_function
-from allocscope.collector.subsystem import SubsystemMap, default_map
+from allocscope.collector.subsystem import SubsystemMap, default_map, glob_regex
 
 SORT_KEYS = ("bytes", "calls", "name")
 GROUP_BY = ("site", "function", "file", "module", "subsystem")
@@ -54,22 +54,7 @@ def path_glob(pattern: str) -> re.Pattern[str]:
     ``*`` and ``?`` stay inside one path component, ``**`` crosses any number; a pattern
     without ``/`` matches the file's base name (``*.h``, ``xarray.c``).
     """
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    body = "".join(out)
+    body = glob_regex(pattern)
     return re.compile(body if "/" in pattern else f"(?:.*/)?{body}")
 
 

@@ -26,8 +26,10 @@ def _expand_braces(pattern: str) -> list[str]:
     return out
 
 
-def _glob_regex(pattern: str) -> str:
-    """``*`` = one path component (captured), ``**`` = any depth (not captured)."""
+def glob_regex(pattern: str, *, capture: bool = False) -> str:
+    """Regex text for a source-path glob: ``*`` and ``?`` stay inside one path component,
+    ``**`` crosses any number. With ``capture`` each ``*`` is a group, for ``{1}`` in rules."""
+    star = "([^/]*)" if capture else "[^/]*"
     out = []
     i = 0
     while i < len(pattern):
@@ -35,7 +37,7 @@ def _glob_regex(pattern: str) -> str:
             out.append(".*")
             i += 2
         elif pattern[i] == "*":
-            out.append("([^/]*)")
+            out.append(star)
             i += 1
         elif pattern[i] == "?":
             out.append("[^/]")
@@ -96,7 +98,11 @@ class SubsystemMap:
                 raise InputError(source, None, f"rule #{n} needs `path` and `subsystem`")
             for pat in _expand_braces(str(item["path"])):
                 rules.append(
-                    Rule(re.compile(_glob_regex(pat)), item.get("function"), str(item["subsystem"]))
+                    Rule(
+                        re.compile(glob_regex(pat, capture=True)),
+                        item.get("function"),
+                        str(item["subsystem"]),
+                    )
                 )
         return rules, bool(data.get("replace_defaults", False))
 

@@ -266,8 +266,6 @@ def _defines_for(
 
 
 def _attach(probe: Any, backend: str, targets: Sequence[SiteTarget]) -> None:
-    from allocscope.probes.loader import Attachment
-
     if backend in TRACEPOINT_FAMILY:
         for ev in ("kmem_cache_alloc", "kmalloc"):
             if backend == "raw_tracepoint":
@@ -278,11 +276,7 @@ def _attach(probe: Any, backend: str, targets: Sequence[SiteTarget]) -> None:
         for t in targets:
             for sym in t.symbols:
                 probe.attach_kprobe(sym, "on_site_entry")
-    elif backend == "fentry":
-        # BCC attaches kfunc__ programs while loading; record what it did.
-        probe.attachments.append(
-            Attachment("fentry", targets[0].function, f"kfunc__{targets[0].function}")
-        )
+    # fentry: BCC attaches kfunc__ programs while loading; the loader records them.
 
 
 def open_probe(

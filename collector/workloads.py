@@ -15,7 +15,6 @@ The kernel paths they exercise, on Linux 6.x:
 from __future__ import annotations
 
 import multiprocessing as mp
-from multiprocessing.process import BaseProcess
 import os
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.process import BaseProcess
 
 
 def open_close(ops: int, path: str = "/etc/hostname") -> int:

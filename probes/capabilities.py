@@ -16,16 +16,14 @@ from __future__ import annotations
 import os
 import platform
 import re
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
-from allocscope.probes.headers import HeaderTree, resolve_headers
-from allocscope.probes.loader import import_bcc, program_path
+from allocscope.probes.headers import HeaderTree
+from allocscope.probes.loader import Probe, captured_stderr, import_bcc
 
 CHECK_PROGRAM = "capability_check"
 DEFAULT_FUNCTION = "vfs_read"  # traceable (not notrace) on every kernel allocscope targets
@@ -66,24 +64,6 @@ class CheckResult:
 # --- BCC plumbing: one compile, no auto-attach, libbcc's stderr kept off the screen ---------
 
 
-@contextmanager
-def captured_stderr() -> Iterator[list[str]]:
-    """Redirect fd 2 (where libbcc and libbpf print) into a buffer; yields a list that gets
-    the captured text as its only item on exit. Failed attempts are expected here and their
-    C-level chatter must not clutter doctor's one screen."""
-    out: list[str] = []
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield out
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            out.append(tmp.read().decode(errors="replace"))
-
-
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][:200] if lines else ""
@@ -95,45 +75,11 @@ def _error_text(e: BaseException, stderr: str) -> str:
     return f"{msg} ({extra})" if extra and extra not in msg else msg
 
 
-def _no_autoload_bpf(bcc: Any) -> Any:
-    """A ``bcc.BPF`` subclass that does not attach ``kfunc__``/``kprobe__`` functions at
-    construction: BCC's auto-attach would raise inside the constructor when fentry is not
-    supported, losing the whole compile. Here every attach is an explicit, caught attempt."""
-
-    class NoAutoloadBPF(bcc.BPF):  # type: ignore[misc]
-        def _trace_autoload(self) -> None:
-            return None
-
-    return NoAutoloadBPF
-
-
 def compile_checks(defines: dict[str, int | str], headers: HeaderTree | None = None) -> Any:
-    """Compile ``capability_check.bpf.c`` once with ``defines``; raises on failure."""
-    bcc = import_bcc()
-    headers = headers or resolve_headers()
-    if headers.kind == "none":
-        raise RuntimeError(headers.note)
-    cflags = [f"-DALLOCSCOPE_HEADERS_MATCH={int(headers.matches)}"]
-    cflags += [f"-D{k}={v}" for k, v in sorted(defines.items())]
-    env = headers.environment()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    error: Exception | None = None
-    try:
-        with captured_stderr() as err:
-            try:
-                return _no_autoload_bpf(bcc)(
-                    src_file=program_path(CHECK_PROGRAM).encode(), cflags=cflags
-                )
-            except Exception as e:  # BCC raises bare Exception
-                error = e
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    raise RuntimeError(f"compile failed: {_error_text(error or Exception('?'), err[0])}")
+    """Compile ``capability_check.bpf.c`` once with ``defines`` (nothing auto-attached: every
+    attach is an explicit, caught attempt); returns the BCC object. Raises on failure."""
+    probe = Probe(CHECK_PROGRAM, dict(defines), headers=headers, autoload=False)
+    return probe.bpf
 
 
 def _attempt(fn: Callable[[], None]) -> CheckResult:

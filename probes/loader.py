@@ -16,6 +16,8 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -56,6 +58,55 @@ def import_bcc() -> Any:
     return bcc
 
 
+@contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Send fd 2 (where clang, libbcc and libbpf print) to a buffer; the yielded list gets
+    the captured text as its only item on exit.
+
+    Compiling against kernel headers prints pages of harmless clang warnings, and an expected
+    failure (fentry refused, no PMU) prints libbpf chatter; neither belongs on the user's
+    screen. Callers put the captured text into their error message when it matters.
+    ``ALLOCSCOPE_BPF_DEBUG=1`` lets it through, to see a failing compile in full.
+    """
+    out: list[str] = []
+    if os.environ.get("ALLOCSCOPE_BPF_DEBUG") == "1":
+        yield out
+        out.append("")
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+def last_error_lines(text: str, n: int = 2) -> str:
+    """The last ``n`` meaningful lines of captured C-library output (for one-line errors)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "warning" not in ln]
+    return " | ".join(lines[-n:])[:300]
+
+
+def _no_autoload_class(bcc: Any) -> Any:
+    """A ``bcc.BPF`` subclass that attaches nothing at construction.
+
+    BCC attaches ``kfunc__``/``kprobe__``/``tracepoint__`` functions while loading and raises
+    from the constructor when one fails (fentry refused), losing the whole compile. With
+    ``Probe(..., autoload=False)`` every attach is an explicit, catchable attempt.
+    """
+
+    class NoAutoloadBPF(bcc.BPF):  # type: ignore[misc]
+        def _trace_autoload(self) -> None:
+            return None
+
+    return NoAutoloadBPF
+
+
 def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
@@ -82,6 +133,7 @@ class Probe:
     headers: HeaderTree | None = None
     attachments: list[Attachment] = field(default_factory=list)
     compile_seconds: float = 0.0
+    autoload: bool = True
     _bpf: Any = None
 
     def __post_init__(self) -> None:
@@ -95,12 +147,16 @@ class Probe:
         cflags += [_format_define(k, v) for k, v in sorted(self.defines.items())]
         saved = {k: os.environ.get(k) for k in ("BCC_KERNEL_SOURCE",)}
         os.environ.update(self.headers.environment())
+        bpf_class = bcc.BPF if self.autoload else _no_autoload_class(bcc)
         t0 = time.monotonic()
         try:
-            self._bpf = bcc.BPF(src_file=program_path(self.name).encode(), cflags=cflags)
+            with captured_stderr() as chatter:
+                self._bpf = bpf_class(src_file=program_path(self.name).encode(), cflags=cflags)
         except Exception as e:  # BCC raises bare Exception on compile/load failure
+            detail = last_error_lines(chatter[0] if chatter else "")
+            why = f"{e}: {detail}" if detail else str(e)
             raise CapabilityError(
-                f"BPF program {self.name}.bpf.c failed to load: {e} (run `allocscope doctor`)"
+                f"BPF program {self.name}.bpf.c failed to load: {why} (run `allocscope doctor`)"
             ) from None
         finally:
             for k, v in saved.items():
@@ -175,14 +231,15 @@ class Probe:
         sample_period: int = 0,
         cpu: int = -1,
     ) -> None:
-        self.bpf.attach_perf_event(
-            ev_type=ev_type,
-            ev_config=ev_config,
-            fn_name=fn_name.encode(),
-            sample_freq=sample_freq,
-            sample_period=sample_period,
-            cpu=cpu,
-        )
+        with captured_stderr():  # libbcc prints perf_event_open's failure itself
+            self.bpf.attach_perf_event(
+                ev_type=ev_type,
+                ev_config=ev_config,
+                fn_name=fn_name.encode(),
+                sample_freq=sample_freq,
+                sample_period=sample_period,
+                cpu=cpu,
+            )
         self.attachments.append(Attachment("perf_event", f"{ev_type}:{ev_config}", fn_name))
 
     def ksym(self, addr: int) -> str:

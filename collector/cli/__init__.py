@@ -9,26 +9,27 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 
 from allocscope.collector.errors import AllocscopeError
 
-# (verb, module): the order is the order of `allocscope --help`.
-VERBS: tuple[tuple[str, str], ...] = (
-    ("doctor", "doctor"),
-    ("top", "top"),
-    ("snapshot", "snapshot"),
-    ("diff", "diff"),
-    ("who-calls", "who_calls"),
-    ("overhead", "overhead"),
-    ("ab", "ab"),
-    ("collect", "collect"),
-    ("ingest", "ingest"),
-    ("query", "query"),
-    ("report", "report"),
-    ("export", "export"),
+# (verb, module, one-line help): the order is the order of `allocscope --help`. Only the
+# module of the verb being run is imported, so `allocscope top` never loads pyarrow, duckdb or
+# BCC (start-up stays fast, and verbs work where a heavy wheel cannot load).
+VERBS: tuple[tuple[str, str, str], ...] = (
+    ("doctor", "doctor", "what this host can do, and how to fix what it can't"),
+    ("top", "top", "rank allocation sites by bytes or calls (allocinfo or live)"),
+    ("snapshot", "snapshot", "save allocinfo plus host metadata as one Parquet file"),
+    ("diff", "diff", "per-site change between two allocinfo reads or snapshots"),
+    ("who-calls", "who_calls", "who calls an allocation site (live, sampled)"),
+    ("overhead", "overhead", "CPU cost of the allocators (and of allocation profiling) here"),
+    ("ab", "ab", "compare allocator CPU cost: pilot vs control hosts, or profiling on vs off"),
+    ("collect", "collect", "agent: snapshot allocinfo + host metadata into a store"),
+    ("ingest", "ingest", "import snapshot, who-calls and overhead files into a store"),
+    ("query", "query", "named fleet queries or raw SQL over a store (DuckDB or Spark)"),
+    ("report", "report", "one self-contained HTML report (charts, tables, flame graphs)"),
+    ("export", "export", "export allocinfo as Prometheus node_exporter textfile metrics"),
 )
 
 EPILOG = """\
@@ -46,7 +47,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the hand-written example epilogs as written."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for ``verb`` (every verb when None); the others get a help-only stub."""
     parser = argparse.ArgumentParser(
         prog="allocscope",
         description="Context capture and overhead profiling for Linux memory allocation "
@@ -55,12 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for _verb, module in VERBS:
-        name = f"allocscope.collector.cli.{module}"
-        if importlib.util.find_spec(name) is None:
-            continue  # verb not built yet in this tree
-        importlib.import_module(name).register(sub)
+    for name, module, help_text in VERBS:
+        if verb is None or verb == name:
+            importlib.import_module(f"allocscope.collector.cli.{module}").register(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def _verb_of(argv: Sequence[str]) -> str | None:
+    """The verb named on the command line (top-level options are only -h/--help)."""
+    known = {v for v, _m, _h in VERBS}
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in known else None
+    return None
 
 
 def die(message: str, code: int = 2) -> int:
@@ -69,7 +80,9 @@ def die(message: str, code: int = 2) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = _verb_of(argv)
+    parser = build_parser(verb) if verb else build_parser("")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

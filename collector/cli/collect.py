@@ -6,7 +6,6 @@ import argparse
 import json
 from typing import Any
 
-from allocscope.collector.agent import Agent, AgentConfig, spool_default
 from allocscope.collector.cli.common import add_verb, duration_arg
 from allocscope.collector.errors import AllocscopeError
 from allocscope.collector.host import parse_labels
@@ -96,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     if args.interval <= 0 and not args.once and not args.count:
         raise AllocscopeError("--interval must be > 0 (or use --once / --count)")
     jitter = args.jitter if args.jitter is not None else (0.0 if args.once else args.interval)
+    # Imported here: the agent needs pyarrow, which the rest of the CLI must not load.
+    from allocscope.collector.agent import Agent, AgentConfig, spool_default
+
     cfg = AgentConfig(
         store=args.store,
         interval=args.interval,

@@ -8,8 +8,6 @@ import time
 from typing import Any
 
 from allocscope.collector.cli.common import add_verb, print_json
-from allocscope.collector.ingest import ingest
-from allocscope.collector.store import Store
 
 EXAMPLES = """\
   allocscope ingest --store ./store host1.parquet host2.parquet   # snapshot files
@@ -37,6 +35,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the store needs pyarrow, which the rest of the CLI must not load.
+    from allocscope.collector.ingest import ingest
+    from allocscope.collector.store import Store
+
     t0 = time.perf_counter()
     rep = ingest(Store(args.store), args.files)
     secs = time.perf_counter() - t0

@@ -25,24 +25,6 @@ from allocscope.collector.result import read_result
 pytestmark = pytest.mark.vm
 SYSCTL = "/proc/sys/vm/mem_profiling"
 
-# Runs `allocscope` with only the verbs under test registered: importing every verb also
-# imports libraries whose wheels need CPU features QEMU's default emulated CPU lacks.
-RUNNER = """
-import argparse, sys
-import allocscope.collector.cli as cli
-from allocscope.collector.cli import ab, overhead
-
-def build_parser():
-    p = argparse.ArgumentParser(prog="allocscope", formatter_class=cli.HelpFormatter)
-    sub = p.add_subparsers(dest="verb")
-    ab.register(sub)
-    overhead.register(sub)
-    return p
-
-cli.build_parser = build_parser
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
 
 def _need_profiling_kernel() -> None:
     """Inside a vmrun guest (tests/vm/conftest.py skips elsewhere) these must be there."""
@@ -64,7 +46,7 @@ def _write(value: str) -> None:
 
 def _allocscope(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", RUNNER, *args],
+        [sys.executable, "-m", "allocscope.collector.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
