@@ -317,7 +317,7 @@ def hbars(
     k = max(1, len(series))
     bar_h = 14.0
     row_h = bar_h * k + 8
-    lw = label_width or min(360, 12 + 7 * max((len(x) for x in labels), default=4))
+    lw = label_width or min(400, 16 + 8 * max((len(x) for x in labels), default=4))
     left, right = float(lw), width - 90.0
     vmax = max((v for s in series for v in s.values), default=0.0)
     ticks = nice_ticks(max(vmax, 0.0), binary)
