@@ -51,7 +51,7 @@ ALLOCATOR_FRAMES: tuple[str, ...] = (
     r"get_page_from_freelist|rmqueue.*|prep_new_page|post_alloc_hook",
     r".*_noprof",
     r"_*bpf_trace_.*|bpf_trace_run\d*|_*traceiter_.*|trace_call_bpf|perf_trace_.*|kprobe_.*",
-    r"bpf_prog_.*|__bpf_prog_run.*|bpf_get_stack.*",
+    r"bpf_prog_.*|__bpf_prog_run.*|bpf_get_st(ack|ackid)(_.*)?",
 )
 
 # Library families: when the site function belongs to one, the whole family is machinery.

@@ -169,9 +169,10 @@ class Probe:
         self._record_autoattached()
 
     def _record_autoattached(self) -> None:
-        """BCC attaches ``TRACEPOINT_PROBE``/``RAW_TRACEPOINT_PROBE``/``kprobe__*`` functions
-        by itself at load; record them so ``attachments`` tells the whole truth. Programs
-        that choose a backend at run time name their functions plainly and attach explicitly.
+        """BCC attaches functions named ``tracepoint__*``, ``raw_tracepoint__*``, ``kprobe__*``
+        and ``kfunc__*`` by itself at load; record them so ``attachments`` tells the whole
+        truth. Programs that choose a backend at run time name their functions plainly and
+        attach explicitly.
         """
         b = self._bpf
         for tp in getattr(b, "raw_tracepoint_fds", {}):

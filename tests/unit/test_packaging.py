@@ -120,9 +120,14 @@ def test_console_script_installed() -> None:
 
 
 # BPF C written into Python: map/probe macro calls and stack helpers, or kernel includes.
+# (Spelled in pieces so that a plain grep for those names over *.py finds only real offenders.)
 BPF_C = re.compile(
-    r"\b(BPF_(HASH|ARRAY|PERCPU_ARRAY|PERCPU_HASH|HISTOGRAM|STACK_TRACE|PERF_OUTPUT|RINGBUF_OUTPUT)"
-    r"|RAW_TRACEPOINT_PROBE|TRACEPOINT_PROBE|KFUNC_PROBE|bpf_get_stackid|bpf_get_stack)\s*\("
+    r"\b(BPF_(HA"
+    r"SH|ARRAY|PERCPU_ARRAY|PERCPU_HASH|HISTOGRAM|STACK_TR"
+    r"ACE|PERF_OUTPUT|RINGBUF_OUTPUT)"
+    r"|(RAW_)?TRACEPOINT_PR"
+    r"OBE|KFUNC_PROBE|bpf_get_st"
+    r"ack(id)?)\s*\("
     r"|#include\s*<(linux|uapi|net)/"
 )
 
@@ -139,9 +144,9 @@ def test_no_bpf_c_inside_python() -> None:
 
 def test_bpf_c_detector_catches_embedded_programs() -> None:
     """The check above must be able to fail: it recognises what embedded C looks like."""
-    assert BPF_C.search('prog = "BPF_HASH(counts, u64, u64);"')
-    assert BPF_C.search("    int id = bpf_get_stackid(ctx, &stacks, 0);")
-    assert BPF_C.search("TRACEPOINT_PROBE(kmem, kmalloc) {")
+    assert BPF_C.search('prog = "BPF_HA' + 'SH(counts, u64, u64);"')
+    assert BPF_C.search("    int id = bpf_get_st" + "ackid(ctx, &stacks, 0);")
+    assert BPF_C.search("TRACEPOINT_PR" + "OBE(kmem, kmalloc) {")
     assert BPF_C.search("#include <linux/sched.h>")
-    assert not BPF_C.search("BCC attaches ``TRACEPOINT_PROBE`` functions by name")
-    assert not BPF_C.search(r'r"bpf_prog_.*|bpf_get_stack.*",')
+    assert not BPF_C.search("BCC attaches ``TRACEPOINT_PR" + "OBE`` functions by name")
+    assert not BPF_C.search(r'r"bpf_prog_.*|bpf_get_st' r'ack.*",')
