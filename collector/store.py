@@ -212,7 +212,8 @@ class Store:
         """Raise :class:`StoreUnavailable` unless a file can be created in the store now."""
         try:
             os.makedirs(self.root, exist_ok=True)
-            probe = os.path.join(self.root, f".probe.{socket.gethostname()}.{os.getpid()}")
+            # Named like a temp file so clean_stale_temps removes it if we are killed here.
+            probe = os.path.join(self.root, f".writable.{socket.gethostname()}.{os.getpid()}.tmp")
             with open(probe, "w") as f:
                 f.write("ok")
             os.unlink(probe)
@@ -364,25 +365,28 @@ class Store:
         """
         me = socket.gethostname()
         removed = 0
+        places: list[tuple[str, list[str]]] = []
+        if os.path.isdir(self.root):  # the writability probe's file lives at the top
+            places.append((self.root, [f for f in os.listdir(self.root) if f.endswith(".tmp")]))
         for dataset in DATASETS:
             base = self.dataset_dir(dataset)
-            if not os.path.isdir(base):
-                continue
-            for dirpath, _dirs, names in os.walk(base):
-                for name in names:
-                    m = _TEMP.search(name)
-                    if (
-                        not m
-                        or not name.startswith(".")
-                        or not name[: m.start()].endswith("." + me)
-                        or _alive(int(m["pid"]))
-                    ):
-                        continue
-                    try:
-                        os.unlink(os.path.join(dirpath, name))
-                        removed += 1
-                    except OSError:
-                        pass
+            if os.path.isdir(base):
+                places.extend((d, names) for d, _dirs, names in os.walk(base))
+        for dirpath, names in places:
+            for name in names:
+                m = _TEMP.search(name)
+                if (
+                    not m
+                    or not name.startswith(".")
+                    or not name[: m.start()].endswith("." + me)
+                    or _alive(int(m["pid"]))
+                ):
+                    continue
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+                except OSError:
+                    pass
         return removed
 
 

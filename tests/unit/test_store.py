@@ -139,6 +139,17 @@ def test_clean_stale_temps_only_dead_own(tmp_path):
     assert not dead.exists() and alive.exists() and other.exists()
 
 
+def test_killed_writability_probe_is_cleaned(tmp_path):
+    """A writer killed inside check_writable leaves its probe file at the store's top."""
+    store = Store(str(tmp_path))
+    store.check_writable()
+    assert os.listdir(tmp_path) == []
+    stale = tmp_path / f".writable.{socket.gethostname()}.999999999.tmp"
+    stale.write_text("ok")
+    assert store.clean_stale_temps() == 1
+    assert not stale.exists()
+
+
 def test_read_empty_dataset_has_schema(tmp_path):
     t = Store(str(tmp_path)).read("callers")
     assert t.num_rows == 0 and "caller" in t.schema.names
