@@ -799,7 +799,7 @@ def build_payload(
                 row["joined_bytes"] = round(join["after"]["bytes"] * frac)
                 row["joined_calls"] = round(join["after"]["calls"] * frac)
             rows.append(row)
-        rows.sort(key=lambda r: (-r["samples"], r["caller"]))
+        rows.sort(key=lambda r: (-r["share"], -r["samples"], r["caller"]))
         small = [r for r in rows if r["share"] < opts.min_share]
         if small:
             k_small = sum(r["samples"] for r in small)
