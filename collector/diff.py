@@ -32,8 +32,26 @@ class _Agg:
     accurate: bool = True
 
 
+class _Deltas:
+    """B minus A, for anything that has both sides' bytes and calls."""
+
+    __slots__ = ()
+    bytes_a: int
+    bytes_b: int
+    calls_a: int
+    calls_b: int
+
+    @property
+    def delta_bytes(self) -> int:
+        return self.bytes_b - self.bytes_a
+
+    @property
+    def delta_calls(self) -> int:
+        return self.calls_b - self.calls_a
+
+
 @dataclass(slots=True)
-class SiteChange:
+class SiteChange(_Deltas):
     """One site's change from A to B. ``site`` is B's site (A's when gone)."""
 
     site: Site
@@ -46,17 +64,9 @@ class SiteChange:
     old_site: Site | None = None  # A's site when it differs (moved)
     accurate: bool = True
 
-    @property
-    def delta_bytes(self) -> int:
-        return self.bytes_b - self.bytes_a
-
-    @property
-    def delta_calls(self) -> int:
-        return self.calls_b - self.calls_a
-
 
 @dataclass(slots=True)
-class GroupChange:
+class GroupChange(_Deltas):
     """The changes of all sites under one roll-up key (e.g. a subsystem)."""
 
     key: str
@@ -66,14 +76,6 @@ class GroupChange:
     calls_b: int = 0
     sites: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def delta_bytes(self) -> int:
-        return self.bytes_b - self.bytes_a
-
-    @property
-    def delta_calls(self) -> int:
-        return self.calls_b - self.calls_a
 
 
 @dataclass(slots=True)

@@ -30,39 +30,13 @@
  */
 #include <uapi/linux/ptrace.h>
 
-#ifndef FILTER_TGID
-#define FILTER_TGID 0
-#endif
-#ifndef FILTER_CPUS
-#define FILTER_CPUS 0
-#endif
-#ifndef MAX_CPUS
-#define MAX_CPUS 1024
-#endif
+#include "task_filter.h" /* FILTER_TGID, FILTER_CPUS, cpu_ok, wanted() */
 
 BPF_HASH(start, u32, u64, 10240);
 BPF_PERCPU_ARRAY(stats, u64, 2);
 #define SUB_BITS 4
 #define HIST_SLOTS (64 * 16)
 BPF_PERCPU_ARRAY(hist, u64, HIST_SLOTS);
-#if FILTER_CPUS
-BPF_ARRAY(cpu_ok, u8, MAX_CPUS);
-#endif
-
-static __always_inline int wanted(void)
-{
-#if FILTER_CPUS
-	int cpu = bpf_get_smp_processor_id();
-	u8 *ok = cpu_ok.lookup(&cpu);
-	if (!ok || !*ok)
-		return 0;
-#endif
-#if FILTER_TGID
-	if ((bpf_get_current_pid_tgid() >> 32) != FILTER_TGID)
-		return 0;
-#endif
-	return 1;
-}
 
 static __always_inline u32 log2_u64(u64 v)
 {

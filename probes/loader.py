@@ -89,7 +89,8 @@ def captured_stderr() -> Iterator[list[str]]:
 def last_error_lines(text: str, n: int = 2) -> str:
     """The last ``n`` meaningful lines of captured C-library output (for one-line errors)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "warning" not in ln]
-    return " | ".join(lines[-n:])[:300]
+    errors = [ln for ln in lines if "error:" in ln]  # clang's own diagnosis, when there is one
+    return " | ".join((errors or lines)[-n:])[:300]
 
 
 def _no_autoload_class(bcc: Any) -> Any:
@@ -143,7 +144,10 @@ class Probe:
         self.headers = self.headers or resolve_headers()
         if self.headers.kind == "none":
             raise CapabilityError(self.headers.note)
-        cflags = [_format_define("ALLOCSCOPE_HEADERS_MATCH", self.headers.matches)]
+        src = program_path(self.name)
+        # -I the package dir: programs share helpers such as task_filter.h.
+        cflags = [f"-I{os.path.dirname(src)}"]
+        cflags += [_format_define("ALLOCSCOPE_HEADERS_MATCH", self.headers.matches)]
         cflags += [_format_define(k, v) for k, v in sorted(self.defines.items())]
         saved = {k: os.environ.get(k) for k in ("BCC_KERNEL_SOURCE",)}
         os.environ.update(self.headers.environment())
@@ -151,7 +155,7 @@ class Probe:
         t0 = time.monotonic()
         try:
             with captured_stderr() as chatter:
-                self._bpf = bpf_class(src_file=program_path(self.name).encode(), cflags=cflags)
+                self._bpf = bpf_class(src_file=src.encode(), cflags=cflags)
         except Exception as e:  # BCC raises bare Exception on compile/load failure
             detail = last_error_lines(chatter[0] if chatter else "")
             why = f"{e}: {detail}" if detail else str(e)

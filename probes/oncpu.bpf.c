@@ -48,15 +48,7 @@ struct bpf_perf_event_data;
 #define EEXIST 17
 #endif
 
-#ifndef FILTER_TGID
-#define FILTER_TGID 0
-#endif
-#ifndef FILTER_CPUS
-#define FILTER_CPUS 0
-#endif
-#ifndef MAX_CPUS
-#define MAX_CPUS 1024
-#endif
+#include "task_filter.h" /* FILTER_TGID, FILTER_CPUS, cpu_ok, wanted() */
 #ifndef STACK_STORAGE
 #define STACK_STORAGE 16384
 #endif
@@ -79,30 +71,12 @@ struct bpf_perf_event_data;
 BPF_STACK_TRACE(stack_traces, STACK_STORAGE);
 BPF_HASH(stack_counts, int, u64, STACK_STORAGE);
 BPF_PERCPU_ARRAY(counters, u64, NCOUNTERS);
-#if FILTER_CPUS
-BPF_ARRAY(cpu_ok, u8, MAX_CPUS);
-#endif
 
 static __always_inline void bump(int idx, u64 by)
 {
 	u64 *v = counters.lookup(&idx);
 	if (v)
 		*v += by; /* per-CPU slot: no atomics needed */
-}
-
-static __always_inline int wanted(void)
-{
-#if FILTER_CPUS
-	int cpu = bpf_get_smp_processor_id();
-	u8 *ok = cpu_ok.lookup(&cpu);
-	if (!ok || !*ok)
-		return 0;
-#endif
-#if FILTER_TGID
-	if ((bpf_get_current_pid_tgid() >> 32) != FILTER_TGID)
-		return 0;
-#endif
-	return 1;
 }
 
 int on_sample(struct bpf_perf_event_data *ctx)
