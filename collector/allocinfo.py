@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import gc
 import gzip
-import io
 import os
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
+
+try:  # the compiled fast path (collector/_allocinfo_scan.c), built by `pip install`
+    from allocscope.collector import _allocinfo_scan
+except ImportError:  # no compiler at install time: the pure-Python paths below still work
+    _allocinfo_scan = None  # type: ignore[assignment]
 
 from allocscope.collector.errors import InputError
 from allocscope.collector.host import HostMetadata
@@ -50,6 +54,9 @@ _FAST = re.compile(
     r"((?:[ \t]+[^\s:]+:\S*)*)[ \t]*$",
     re.MULTILINE,
 )
+# How far into a file its header lines may reach for the bytes fast path (a real header is
+# two lines; a longer one just takes the decoding path).
+_HEAD_WINDOW = 4096
 # Characters str.splitlines() breaks on besides "\n": a header holding one goes the slow way
 # so line numbers stay those of the line-by-line parser.
 _OTHER_BREAKS = frozenset("\x0b\x0c\r\x1c\x1d\x1e\x85\u2028\u2029")
@@ -80,12 +87,129 @@ class AllocRecord:
         return self.extras.get("accurate", "yes") != "no"
 
 
+def scanner() -> str:
+    """Which fast path parses plain allocinfo text here: "compiled" or "python"."""
+    return "compiled" if _allocinfo_scan is not None else "python"
+
+
+@dataclass(slots=True, frozen=True)
+class StrColumn:
+    """A string column in Arrow's layout: value i is ``data[offsets[i]:offsets[i + 1]]``
+    (ASCII; ``offsets`` holds n+1 native int32). Kept as two byte strings so a Parquet writer
+    wraps them without copying and no Python string exists until one is asked for."""
+
+    offsets: bytes
+    data: bytes
+
+    def to_list(self) -> list[str]:
+        assert _allocinfo_scan is not None  # only the compiled scanner makes these
+        return _allocinfo_scan.strings(self.offsets, self.data)
+
+
+@dataclass(slots=True, frozen=True)
+class AllocColumns:
+    """One allocinfo body as typed columns, as the compiled scanner split it.
+
+    Numbers are packed native arrays (``nbytes``/``calls`` int64, ``line`` int32, ``accurate``
+    uint8); ``extras`` holds each line's extras text as printed (``accurate:no``), empty when
+    none. NUMA sub-lines never occur here: text holding them takes the Python path.
+    """
+
+    n: int
+    nbytes: bytes
+    calls: bytes
+    line: bytes
+    accurate: bytes
+    file: StrColumn
+    module: StrColumn
+    function: StrColumn
+    extras: StrColumn
+
+    def numbers(self, name: str) -> list[int]:
+        """``nbytes``, ``calls`` or ``line`` as a list of ints (one C-speed call)."""
+        raw: bytes = getattr(self, name)
+        return memoryview(raw).cast("i" if name == "line" else "q").tolist()
+
+    def records(self) -> list[AllocRecord]:
+        """Build the record objects: the expensive step the columns let callers skip."""
+        extras_of: dict[str, dict[str, str]] = {}
+        out = []
+        gc_was_on = gc.isenabled()
+        gc.disable()  # ~n*4 new acyclic objects: see parse_allocinfo_text
+        try:
+            for f, ln, fn, mod, b, c, ex in zip(
+                self.file.to_list(),
+                self.numbers("line"),
+                self.function.to_list(),
+                self.module.to_list(),
+                self.numbers("nbytes"),
+                self.numbers("calls"),
+                self.extras.to_list(),
+                strict=True,
+            ):
+                if ex:
+                    d = extras_of.get(ex)
+                    if d is None:
+                        d = extras_of[ex] = _extras_of(ex)
+                    extras = dict(d)  # records own their extras (mutable)
+                else:
+                    extras = {}
+                out.append(AllocRecord(Site(f, ln, fn, mod), b, c, extras))
+        finally:
+            if gc_was_on:
+                gc.enable()
+        return out
+
+
+class RecordList(Sequence[AllocRecord]):
+    """The records of a columnar parse, built on first use.
+
+    ``len()`` and the totals come from the columns; indexing or iterating builds every
+    :class:`AllocRecord` once. Code that can work on columns (the snapshot writer) reads
+    :attr:`columns` and never pays for the objects.
+    """
+
+    __slots__ = ("columns", "_built")
+
+    def __init__(self, columns: AllocColumns) -> None:
+        self.columns = columns
+        self._built: list[AllocRecord] | None = None
+
+    def _list(self) -> list[AllocRecord]:
+        if self._built is None:
+            self._built = self.columns.records()
+        return self._built
+
+    def __len__(self) -> int:
+        return self.columns.n
+
+    @overload
+    def __getitem__(self, i: int) -> AllocRecord: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[AllocRecord]: ...
+    def __getitem__(self, i: int | slice) -> AllocRecord | list[AllocRecord]:
+        return self._list()[i]
+
+    def __iter__(self) -> Iterator[AllocRecord]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RecordList({self.columns.n} records)"
+
+
 @dataclass(slots=True)
 class AllocinfoSnapshot:
     """A whole allocinfo read: its records plus where and when it came from."""
 
     version: str | None
-    records: list[AllocRecord]
+    records: Sequence[AllocRecord]
     source: str
     taken_at: float = 0.0
     host: HostMetadata | None = None
@@ -94,11 +218,22 @@ class AllocinfoSnapshot:
     skipped: int = 0  # malformed lines skipped under lenient=True
 
     @property
+    def columns(self) -> AllocColumns | None:
+        """The columns behind :attr:`records` when the compiled scanner parsed them."""
+        return self.records.columns if isinstance(self.records, RecordList) else None
+
+    @property
     def total_bytes(self) -> int:
+        cols = self.columns
+        if cols is not None:
+            return sum(memoryview(cols.nbytes).cast("q"))
         return sum(r.bytes for r in self.records)
 
     @property
     def total_calls(self) -> int:
+        cols = self.columns
+        if cols is not None:
+            return sum(memoryview(cols.calls).cast("q"))
         return sum(r.calls for r in self.records)
 
 
@@ -194,9 +329,49 @@ def _header_end(text: str) -> int:
     return pos
 
 
+def _scan_body(
+    text: str | bytes, head_end: int, source: str, lenient: bool
+) -> AllocinfoSnapshot | None:
+    """The compiled scanner over ``text[head_end:]``; None when it declines (see the C file)."""
+    assert _allocinfo_scan is not None
+    got = _allocinfo_scan.scan(text, head_end)
+    if got is None:
+        return None
+    head = text[:head_end]
+    snap = _parse_head(head if isinstance(head, str) else head.decode("ascii"), source, lenient)
+    n, nbytes, calls, line, accurate = got[:5]
+    f_off, f_data, m_off, m_data, fn_off, fn_data, x_off, x_data = got[5:]
+    snap.records = RecordList(
+        AllocColumns(
+            n,
+            nbytes,
+            calls,
+            line,
+            accurate,
+            StrColumn(f_off, f_data),
+            StrColumn(m_off, m_data),
+            StrColumn(fn_off, fn_data),
+            StrColumn(x_off, x_data),
+        )
+    )
+    return snap
+
+
+def _parse_head(head: str, source: str, lenient: bool) -> AllocinfoSnapshot:
+    """The snapshot shell (version, warnings) from the header lines before the body."""
+    if head:
+        return parse_allocinfo(head.splitlines(keepends=True), source, lenient=lenient)
+    return AllocinfoSnapshot(None, [], source)
+
+
+def extras_items(rest: str) -> list[tuple[str, str]]:
+    """``" accurate:no k:v"`` -> key/value pairs, in order; the shape is already validated
+    (by the fast regex or the compiled scanner)."""
+    return [(k, v) for k, _, v in (tok.partition(":") for tok in rest.split())]
+
+
 def _extras_of(rest: str) -> dict[str, str]:
-    """``" accurate:no k:v"`` -> dict; the fast regex has already validated the shape."""
-    return dict(tok.split(":", 1) for tok in rest.split())
+    return dict(extras_items(rest))
 
 
 def parse_allocinfo_text(
@@ -204,21 +379,27 @@ def parse_allocinfo_text(
 ) -> AllocinfoSnapshot:
     """Parse a whole allocinfo text; same result as :func:`parse_allocinfo` on its lines.
 
-    Fast path: one ``findall`` over the body validates and splits every line at C speed;
-    only when some line is not a plain record (a NUMA sub-line, an excerpt's ``...``, a
+    Fast paths: the compiled scanner (``_allocinfo_scan.c``) validates the body and splits it
+    into columns, leaving record objects to be built when first used (:class:`RecordList`);
+    without it, one ``findall`` over the body validates and splits every line at C speed.
+    Only when some line is not a plain record (a NUMA sub-line, an excerpt's ``...``, a
     malformed or truncated line) does the line-by-line parser run, to place the error
     or handle the rarity.
     """
     head_end = _header_end(text)
-    head, body = text[:head_end], text[head_end:]
+    head = text[:head_end]
+    if _OTHER_BREAKS.intersection(head):
+        return parse_allocinfo(text.splitlines(keepends=True), source, lenient=lenient)
+    if _allocinfo_scan is not None:
+        snap = _scan_body(text, head_end, source, lenient)
+        if snap is not None:
+            return snap
+    body = text[head_end:]
     lines = body.count("\n") + (1 if body and not body.endswith("\n") else 0)
-    if lines and not _OTHER_BREAKS.intersection(head):
+    if lines:
         rows = _FAST.findall(body)
         if len(rows) == lines:
-            if head:
-                snap = parse_allocinfo(head.splitlines(keepends=True), source, lenient=lenient)
-            else:
-                snap = AllocinfoSnapshot(None, [], source)
+            snap = _parse_head(head, source, lenient)
             # Tens of thousands of new objects, none cyclic: the cyclic GC would run dozens
             # of times for nothing (a third of the parse time when measured).
             gc_was_on = gc.isenabled()
@@ -240,18 +421,33 @@ def parse_allocinfo_text(
     return parse_allocinfo(text.splitlines(keepends=True), source, lenient=lenient)
 
 
-def _open_text(path: str) -> io.TextIOBase:
+def parse_allocinfo_bytes(
+    data: bytes, source: str = "<allocinfo>", *, lenient: bool = False
+) -> AllocinfoSnapshot:
+    """Parse allocinfo as read from a file: the compiled scanner reads the bytes themselves,
+    so plain ASCII text (what the kernel prints) is never decoded; anything else is decoded
+    as UTF-8 (bad bytes replaced) and parsed by :func:`parse_allocinfo_text`."""
+    if _allocinfo_scan is not None:
+        prefix = data[:_HEAD_WINDOW]
+        if prefix.isascii():
+            text = prefix.decode("ascii")
+            head_end = _header_end(text)
+            if not _OTHER_BREAKS.intersection(text[:head_end]):
+                snap = _scan_body(data, head_end, source, lenient)
+                if snap is not None:
+                    return snap
+    return parse_allocinfo_text(data.decode("utf-8", errors="replace"), source, lenient=lenient)
+
+
+def _read_bytes(path: str) -> bytes:
+    """The whole input: ``-`` is stdin; gzip is recognised by its magic, not its name."""
     if path == "-":
         data = sys.stdin.buffer.read()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        return io.StringIO(data.decode("utf-8", errors="replace"))
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    # /proc files report size 0 and must be read in one go to get a consistent-ish view.
-    return open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    # /proc files report size 0: read() to EOF in one call gets a consistent-ish view.
+    with open(path, "rb") as f:
+        data = f.read()
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
 
 
 def read_allocinfo(path: str | None = None, *, lenient: bool = False) -> AllocinfoSnapshot:
@@ -266,13 +462,12 @@ def read_allocinfo(path: str | None = None, *, lenient: bool = False) -> Allocin
             "(Linux 6.10+); use --file with a saved copy, or `top --live` to trace instead",
         )
     try:
-        with _open_text(path) as f:
-            text = f.read()
+        data = _read_bytes(path)
     except FileNotFoundError:
         raise InputError(name, None, "no such file") from None
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise InputError(name, None, f"cannot read: {e}") from None
-    snap = parse_allocinfo_text(text, name, lenient=lenient)
+    snap = parse_allocinfo_bytes(data, name, lenient=lenient)
     snap.taken_at = time.time()
     return snap
 

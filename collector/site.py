@@ -19,6 +19,16 @@ def canonical_function(name: str) -> str:
     return _CLONE_SUFFIX.sub("", name)
 
 
+def exact_key(file: str, line: int, module: str = "") -> str:
+    """``file:line``, plus `` [module]`` when there is one (tags are per module)."""
+    return f"{file}:{line} [{module}]" if module else f"{file}:{line}"
+
+
+def line_free_key(file: str, function: str, module: str = "") -> str:
+    """``[module]file:function``: the same site across kernel builds that moved its line."""
+    return f"[{module}]{file}:{function}" if module else f"{file}:{function}"
+
+
 @dataclass(frozen=True, slots=True)
 class Site:
     """One allocation site, as allocinfo's codetag names it."""
@@ -31,14 +41,12 @@ class Site:
     @property
     def key(self) -> str:
         """Exact key, ``file:line``, plus the module when there is one (tags are per module)."""
-        base = f"{self.file}:{self.line}"
-        return f"{base} [{self.module}]" if self.module else base
+        return exact_key(self.file, self.line, self.module)
 
     @property
     def loose_key(self) -> str:
         """Line-free key, ``file:function``: survives line moves between kernel builds."""
-        mod = f"[{self.module}]" if self.module else ""
-        return f"{mod}{self.file}:{self.function}"
+        return line_free_key(self.file, self.function, self.module)
 
     @property
     def tag(self) -> str:

@@ -15,11 +15,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord, NumaCount
+from allocscope.collector.allocinfo import (
+    AllocinfoSnapshot,
+    AllocRecord,
+    NumaCount,
+    extras_items,
+)
 from allocscope.collector.atomic import write_atomic
 from allocscope.collector.errors import InputError
 from allocscope.collector.host import HostMetadata
-from allocscope.collector.site import Site
+from allocscope.collector.site import Site, exact_key, line_free_key
 from allocscope.collector.subsystem import SubsystemMap, default_map
 
 SNAPSHOT_SCHEMA_VERSION = 1
@@ -48,29 +53,40 @@ SNAPSHOT_SCHEMA = pa.schema(
 )
 
 
-def snapshot_table(
-    snap: AllocinfoSnapshot, host: HostMetadata, subsystems: SubsystemMap | None = None
-) -> pa.Table:
-    """Rows for one snapshot, in :data:`SNAPSHOT_SCHEMA` order."""
-    sub = subsystems or default_map()
+def _site_columns(snap: AllocinfoSnapshot) -> dict[str, Any]:
+    """The per-tag columns of :data:`SNAPSHOT_SCHEMA` (file ... numa, keys aside).
+
+    From the compiled scanner's columns when the parse has them: numbers are wrapped
+    without copying and no record object is built, which is most of a snapshot's CPU cost
+    in the collection agent. Otherwise from the records.
+    """
+    c = snap.columns
+    if c is not None:
+        n = c.n
+        json_of: dict[str, str] = {"": "{}"}
+        extras = []
+        for text in c.extras.to_list():
+            js = json_of.get(text)
+            if js is None:
+                js = json_of[text] = json.dumps(dict(extras_items(text)), sort_keys=True)
+            extras.append(js)
+        return {
+            "file": c.file.to_list(),
+            "line": c.numbers("line"),
+            "module": c.module.to_list(),
+            "function": c.function.to_list(),
+            "bytes": pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(c.nbytes)]),
+            "calls": pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(c.calls)]),
+            "accurate": [b != 0 for b in c.accurate],
+            "extras": extras,
+            "numa": ["[]"] * n,  # NUMA sub-lines never take the compiled path
+        }
     recs = snap.records
-    n = len(recs)
-    taken_us = int(snap.taken_at * 1_000_000)
-    uptime = max(0.0, snap.taken_at - host.boot_time) if host.boot_time else 0.0
-    cols: dict[str, Any] = {
-        "hostname": [host.hostname] * n,
-        "boot_id": [host.boot_id] * n,
-        "kernel_release": [host.kernel_release] * n,
-        "taken_at": pa.array([taken_us] * n, pa.timestamp("us", tz="UTC")),
-        "uptime_s": [uptime] * n,
-        "mem_profiling": [host.mem_profiling] * n,
+    return {
         "file": [r.site.file for r in recs],
         "line": [r.site.line for r in recs],
         "module": [r.site.module for r in recs],
         "function": [r.site.function for r in recs],
-        "site_key": [r.site.key for r in recs],
-        "loose_key": [r.site.loose_key for r in recs],
-        "subsystem": [sub.classify(r.site.file, r.site.function) for r in recs],
         "bytes": [r.bytes for r in recs],
         "calls": [r.calls for r in recs],
         "accurate": [r.accurate for r in recs],
@@ -79,6 +95,30 @@ def snapshot_table(
             json.dumps([[c.nid, c.bytes, c.calls] for c in r.numa]) if r.numa else "[]"
             for r in recs
         ],
+    }
+
+
+def snapshot_table(
+    snap: AllocinfoSnapshot, host: HostMetadata, subsystems: SubsystemMap | None = None
+) -> pa.Table:
+    """Rows for one snapshot, in :data:`SNAPSHOT_SCHEMA` order."""
+    sub = subsystems or default_map()
+    rows = _site_columns(snap)
+    n = len(rows["file"])
+    taken_us = int(snap.taken_at * 1_000_000)
+    uptime = max(0.0, snap.taken_at - host.boot_time) if host.boot_time else 0.0
+    files, lines, modules, functions = rows["file"], rows["line"], rows["module"], rows["function"]
+    cols: dict[str, Any] = {
+        "hostname": [host.hostname] * n,
+        "boot_id": [host.boot_id] * n,
+        "kernel_release": [host.kernel_release] * n,
+        "taken_at": pa.array([taken_us] * n, pa.timestamp("us", tz="UTC")),
+        "uptime_s": [uptime] * n,
+        "mem_profiling": [host.mem_profiling] * n,
+        **rows,
+        "site_key": list(map(exact_key, files, lines, modules)),
+        "loose_key": list(map(line_free_key, files, functions, modules)),
+        "subsystem": list(map(sub.classify, files, functions)),
     }
     table = pa.table(cols, schema=SNAPSHOT_SCHEMA)
     meta = {

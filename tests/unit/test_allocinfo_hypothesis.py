@@ -1,8 +1,9 @@
 """Property tests: no input crashes the parser; well-formed lines round-trip exactly.
 
 "Crash" means any exception other than :class:`InputError` (the one-line, located error the
-CLI prints). The fast whole-text path and the line-by-line path must also agree on every
-input: same records, or the same error.
+CLI prints). Every way in must also agree on every input -- the compiled scanner (text and
+bytes), the pure-Python whole-text fast path, and the line-by-line parser: same records, or
+the same error.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from scanners import python_only
 
 from allocscope.collector.allocinfo import (
     AllocinfoSnapshot,
     parse_allocinfo,
+    parse_allocinfo_bytes,
     parse_allocinfo_text,
 )
 from allocscope.collector.errors import InputError
@@ -50,9 +53,12 @@ def outcome(fn: object, *args: object, **kw: object) -> AllocinfoSnapshot | str:
 
 
 def check_text(text: str, lenient: bool) -> None:
-    fast = outcome(parse_allocinfo_text, text, "h", lenient=lenient)
     slow = outcome(parse_allocinfo, text.splitlines(keepends=True), "h", lenient=lenient)
-    assert fast == slow
+    assert outcome(parse_allocinfo_text, text, "h", lenient=lenient) == slow
+    assert outcome(parse_allocinfo_bytes, text.encode(), "h", lenient=lenient) == slow
+    with python_only():
+        assert outcome(parse_allocinfo_text, text, "h", lenient=lenient) == slow
+        assert outcome(parse_allocinfo_bytes, text.encode(), "h", lenient=lenient) == slow
 
 
 ALPHABET = st.sampled_from(
@@ -78,7 +84,11 @@ def test_allocinfo_alphabet_never_crashes(text: str, lenient: bool) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400), st.booleans())
 def test_arbitrary_bytes_never_crash(data: bytes, lenient: bool) -> None:
-    check_text(data.decode("utf-8", errors="replace"), lenient)
+    text = data.decode("utf-8", errors="replace")
+    check_text(text, lenient)
+    # Raw bytes (invalid UTF-8 included) parse as their replacement-decoded text does.
+    want = outcome(parse_allocinfo_text, text, "h", lenient=lenient)
+    assert outcome(parse_allocinfo_bytes, data, "h", lenient=lenient) == want
 
 
 MUTANTS = list(" \t:[]-\r\x85\n#x0") + ["func:", "nid0 ", "k:v"]
@@ -159,6 +169,7 @@ def test_generated_lines_round_trip(
     fast = parse_allocinfo_text(text, "gen")
     assert fast == parse_allocinfo(text.splitlines(keepends=True), "gen")
     assert fast.version == version and not fast.warnings
+    assert [r.accurate for r in fast.records] == [r[6].get("accurate") != "no" for r in recs]
     got = [
         (r.bytes, r.calls, r.site.file, r.site.line, r.site.module, r.site.function, r.extras)
         for r in fast.records
@@ -175,15 +186,38 @@ def pick(valid: str, *broken: str) -> st.SearchStrategy[str]:
 # Each field of a line, valid or broken in the ways that matter at its boundaries.
 FIELD_LINE = st.tuples(
     pick("", " ", "  ", "\t", "\r", "\x85"),
-    pick("4096", "-4096", "0", "4x", "", "-", "99999999999999999999"),
+    pick(
+        "4096",
+        "-4096",
+        "0",
+        "4x",
+        "",
+        "-",
+        "99999999999999999999",
+        "999999999999999999",
+        "-1234567890123456789",
+        "0000000000000000000042",
+    ),
     pick(" ", "\t", "  ", "", "\x0b", "\u2028"),
     pick("11", "-1", "", "x"),
     pick(" ", "\t", ""),
     pick("mm/a.c", "a b.c", "a:b.c", "./include/x.h", "", "mm/a.c:7"),
-    pick(":1", ":", ":x", "", ":12 "),
+    pick(":1", ":", ":x", "", ":12 ", ":999999999", ":2147483648", ":-1", ":0007"),
     pick("", " [m]", " [m m]", " []", " [m", " [m]]", "\t[m]", " [m\x85]"),
     pick(" func:x", " func:", " fun:x", " func:x y", "func:x", " func:x:y", " func:x\ty"),
-    pick("", " k:v", " kv", " :v", " k:", " accurate:no", " k:v:w", "\tk:v"),
+    pick(
+        "",
+        " k:v",
+        " kv",
+        " :v",
+        " k:",
+        " accurate:no",
+        " k:v:w",
+        "\tk:v",
+        " accurate:no accurate:yes",
+        " accurate:yes accurate:no",
+        " accurate:nope",
+    ),
     pick("", " ", "\t", "\r", "  "),
     pick("\n", "", "\r\n"),
 )

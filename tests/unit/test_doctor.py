@@ -48,6 +48,7 @@ def facts(**over: object) -> Facts:
         tracefs="/sys/kernel/tracing",
         kallsyms=KallsymsState(0, True),
         bcc="0.26.0",
+        parser="compiled",
     )
     return replace(base, **over)  # type: ignore[arg-type]
 
@@ -62,6 +63,13 @@ def test_healthy_host_all_ok() -> None:
     assert r.usable and r.exit_code == 0
     assert "who-calls via fentry" in r.summary
     assert all(ln.consequence == "" and ln.fix == "" for ln in r.lines)
+
+
+def test_pure_python_parser_is_a_warning_with_the_fix() -> None:
+    r = diagnose(facts(parser="python"))
+    line = next(ln for ln in r.lines if ln.check == "allocinfo parser")
+    assert line.status == "warn" and "python3-dev" in line.fix
+    assert r.usable
 
 
 def test_this_dev_machine_shape() -> None:
