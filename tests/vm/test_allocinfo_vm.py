@@ -174,3 +174,19 @@ def test_ioctl_on_7_3_and_absent_on_6_12(
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
+
+
+def test_compiled_scanner_takes_the_live_file(allocinfo_path: Path) -> None:
+    """The real kernel's text is what the compiled scanner is for: it must take all of it
+    (not decline to the Python path) and agree with the line parser on the same copy."""
+    from allocscope.collector.allocinfo import parse_allocinfo, parse_allocinfo_bytes, scanner
+
+    assert scanner() == "compiled", "the C scanner was not built (scripts/setup builds it)"
+    raw = allocinfo_path.read_bytes()
+    snap = parse_allocinfo_bytes(raw, str(allocinfo_path))
+    assert snap.columns is not None, "the compiled scanner declined the live allocinfo"
+    slow = parse_allocinfo(raw.decode().splitlines(keepends=True), str(allocinfo_path))
+    assert list(snap.records) == slow.records
+    assert snap.version == slow.version and len(slow.records) > 1000
+    b, c, n = raw_sums(raw.decode())
+    assert (snap.total_bytes, snap.total_calls, len(snap.records)) == (b, c, n)
