@@ -29,6 +29,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -200,6 +201,20 @@ def _sql_time(v: _dt.datetime) -> str:
     return "TIMESTAMP '" + v.astimezone(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f") + "'"
 
 
+def sql_literal(value: Any, quote: Callable[[str], str]) -> str:
+    """A parameter value as SQL text; only string quoting differs between the engines
+    (DuckDB doubles quotes, Spark SQL backslash-escapes), so each passes its ``quote``."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, _dt.datetime):
+        return _sql_time(value)
+    return quote(str(value))
+
+
 def _normalize(v: Any) -> Any:
     """One Python value per SQL value whatever the engine: UTC-aware datetimes, floats for
     decimals."""
@@ -233,15 +248,7 @@ class DuckDBEngine:
         return f"read_parquet({self.literal(pattern)}, hive_partitioning = true)"
 
     def literal(self, value: Any) -> str:
-        if value is None:
-            return "NULL"
-        if isinstance(value, bool):
-            return "TRUE" if value else "FALSE"
-        if isinstance(value, int | float):
-            return repr(value)
-        if isinstance(value, _dt.datetime):
-            return _sql_time(value)
-        return "'" + str(value).replace("'", "''") + "'"
+        return sql_literal(value, lambda s: "'" + s.replace("'", "''") + "'")
 
     def execute(self, sql: str) -> QueryResult:
         import duckdb
@@ -325,15 +332,7 @@ class SparkEngine:
         self._views.clear()
 
     def literal(self, value: Any) -> str:
-        if value is None:
-            return "NULL"
-        if isinstance(value, bool):
-            return "TRUE" if value else "FALSE"
-        if isinstance(value, int | float):
-            return repr(value)
-        if isinstance(value, _dt.datetime):
-            return _sql_time(value)
-        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return sql_literal(value, lambda s: "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'")
 
     def execute(self, sql: str) -> QueryResult:
         t0 = time.perf_counter()

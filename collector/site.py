@@ -53,6 +53,16 @@ class Site:
         """The site spelled as allocinfo spells it (``lib/xarray.c:376 func:xas_alloc``)."""
         return f"{self.key} func:{self.function}"
 
+    def to_dict(self) -> dict[str, str | int]:
+        """The site's fields as every JSON output spells them."""
+        return {
+            "file": self.file,
+            "line": self.line,
+            "module": self.module,
+            "function": self.function,
+            "key": self.key,
+        }
+
     def __str__(self) -> str:
         return self.tag
 

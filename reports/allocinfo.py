@@ -113,13 +113,9 @@ def _site_json(row: Row) -> dict[str, Any]:
     return {
         "bytes": row.bytes,
         "calls": row.calls,
-        "file": site.file,
-        "line": site.line,
-        "module": site.module,
-        "function": site.function,
+        **site.to_dict(),
         "accurate": row.accurate,
         "subsystem": row.subsystem,
-        "key": site.key,
         "tags": row.tags,
         "extras": row.extras,
     }
@@ -329,11 +325,7 @@ def _change_json(c: SiteChange) -> dict[str, Any]:
     s = c.site
     return {
         "status": c.status,
-        "file": s.file,
-        "line": s.line,
-        "module": s.module,
-        "function": s.function,
-        "key": s.key,
+        **s.to_dict(),
         "old_line": c.old_site.line if c.old_site is not None else None,
         "old_file": c.old_site.file if c.old_site is not None else None,
         "subsystem": c.subsystem,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from allocscope.collector.cli.common import add_output_format, add_verb, duration_arg, print_json
+from allocscope.collector.cli.common import add_output_format, add_verb, duration_arg, emit_result
 from allocscope.collector.errors import AllocscopeError
 
 EXAMPLES = """\
@@ -118,13 +118,7 @@ def run_groups(args: argparse.Namespace) -> int:
         },
         payload=payload,
     )
-    if args.output:
-        result.write(args.output)
-    if args.json:
-        print_json(result.to_dict())
-    else:
-        sys.stdout.write(ab_table(payload))
-    return 0
+    return emit_result(result, args, lambda: ab_table(payload))
 
 
 def run_toggle_cli(args: argparse.Namespace) -> int:
@@ -236,10 +230,4 @@ def run_toggle_cli(args: argparse.Namespace) -> int:
         },
         payload=payload,
     )
-    if args.output:
-        result.write(args.output)
-    if args.json:
-        print_json(result.to_dict())
-    else:
-        sys.stdout.write(toggle_table(payload))
-    return 0
+    return emit_result(result, args, lambda: toggle_table(payload))

@@ -28,6 +28,26 @@ size_arg = _typed(parse_size, "size")
 duration_arg = _typed(parse_duration, "duration")
 
 
+def count_arg(text: str) -> int:
+    """A row count, 0 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {n}")
+    return n
+
+
+def add_row_limit(
+    p: argparse.ArgumentParser,
+    default: int | None = None,
+    help: str = "show the first N rows (default: 30 in a table, all with --json/--csv)",
+) -> None:
+    """``-n/--top N``: the same flag, spelled and checked the same way, in every verb."""
+    p.add_argument("-n", "--top", type=count_arg, default=default, metavar="N", help=help)
+
+
 def add_verb(
     sub: Any,
     name: str,
@@ -61,6 +81,18 @@ def add_output_format(
         g.add_argument(
             "--folded", action="store_true", help="print folded stacks (flame-graph input)"
         )
+
+
+def emit_result(result: Any, args: argparse.Namespace, table: Callable[[], str]) -> int:
+    """A verb's result: written to ``-o`` (atomically, by Result.write), then printed as JSON
+    (the same document) or as the table ``table()`` renders. Returns the exit status."""
+    if args.output:
+        result.write(args.output)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        sys.stdout.write(table())
+    return 0
 
 
 def print_json(data: Any) -> None:

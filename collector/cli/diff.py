@@ -6,10 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-from allocscope.collector.cli.common import add_output_format, add_verb, print_json, size_arg
+from allocscope.collector.cli.common import (
+    add_output_format,
+    add_row_limit,
+    add_verb,
+    print_json,
+    size_arg,
+)
 from allocscope.collector.cli.top import (
     add_common_filters,
-    count_arg,
     load_source,
     load_subsystems,
     print_warnings,
@@ -41,14 +46,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("a", metavar="A", help="the before read")
     p.add_argument("b", metavar="B", help="the after read")
-    p.add_argument(
-        "-n",
-        "--top",
-        type=count_arg,
-        default=None,
-        metavar="N",
-        help="show the first N rows (default: 30 in a table, all with --json/--csv)",
-    )
+    add_row_limit(p)
     p.add_argument(
         "--min-change",
         type=size_arg,

@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.atomic import write_text_atomic
-from allocscope.collector.cli.common import add_verb, size_arg
+from allocscope.collector.cli.common import add_row_limit, add_verb, size_arg
 from allocscope.collector.errors import AllocscopeError
 from allocscope.collector.host import parse_labels
 from allocscope.collector.store import Store
@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
         "--host", metavar="NAME", help="with --store: the host (default: this host's name)"
     )
     p.add_argument("-o", "--output", metavar="FILE.prom", help="write here (atomically)")
-    p.add_argument("--top", type=int, metavar="N", help="only the N largest sites")
+    add_row_limit(p, help="only the N largest sites")
     p.add_argument("--min-bytes", type=size_arg, metavar="SIZE", help="only sites >= SIZE")
     p.add_argument(
         "--label",

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from allocscope.collector.cli.common import add_verb
+from allocscope.collector.cli.common import add_row_limit, add_verb
 from allocscope.collector.errors import AllocscopeError
 
 EXAMPLES = """\
@@ -61,14 +61,7 @@ def register(sub: Any) -> None:
         metavar="FILE.html",
         help="where to write the report ('-' = stdout)",
     )
-    p.add_argument(
-        "-n",
-        "--top",
-        type=int,
-        default=20,
-        metavar="N",
-        help="rows in the top-sites and top-changes tables (default 20)",
-    )
+    add_row_limit(p, 20, "rows in the top-sites and top-changes tables (default 20)")
     p.add_argument(
         "--max-bars",
         type=int,

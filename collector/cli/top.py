@@ -15,6 +15,7 @@ from typing import Any
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.cli.common import (
     add_output_format,
+    add_row_limit,
     add_verb,
     duration_arg,
     print_json,
@@ -39,17 +40,6 @@ NO_ALLOCINFO = (
     "(Linux 6.10+); use `allocscope top --live SECONDS` to trace allocations instead, "
     "or --file FILE to read a saved copy"
 )
-
-
-def count_arg(text: str) -> int:
-    """``-n``: a row count, 0 or more."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {n}")
-    return n
 
 
 def _is_parquet(path: str) -> bool:
@@ -124,14 +114,7 @@ def register(sub: Any) -> None:
         func=run,
     )
     p.add_argument("-s", "--sort", choices=SORT_KEYS, default="bytes", help="sort key")
-    p.add_argument(
-        "-n",
-        "--top",
-        type=count_arg,
-        default=None,
-        metavar="N",
-        help="show the first N rows (default: 30 in a table, all with --json/--csv)",
-    )
+    add_row_limit(p)
     p.add_argument(
         "-m",
         "--min-bytes",
