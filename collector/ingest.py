@@ -6,15 +6,27 @@ good one is never half-imported. Snapshots already in the store (same host, same
 skipped as duplicates, which makes re-running an ingest over the same directory harmless.
 
 Snapshots are batched (many files -> one part file per day) because per-file overhead, not
-bytes, is what limits ingest speed.
+bytes, is what limits ingest speed. The pipeline, for ~2M rows/s on two cores:
+
+1. footers of every file (host, time, row count, exact schema?), sorted by (host, time), so
+   the rows reach each part already in the store's order and nothing is sorted again;
+2. chunks of ~128K rows decoded together by DuckDB's Parquet reader (both cores) and checked
+   with a few vectorized compares per chunk instead of a dozen calls per file; a file failing
+   any check is read again alone, the careful way, which names the reason;
+3. a writer thread streams each checked chunk into the batch's hidden temp part
+   (store.BatchWriter) while the next chunk is decoded; the batch is published (fsync, rename,
+   then the ``hosts`` commit records) once all its files are in.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +43,9 @@ from allocscope.collector.snapshot import SNAPSHOT_SCHEMA, SNAPSHOT_SCHEMA_VERSI
 from allocscope.collector.store import (
     CALLERS_SCHEMA,
     OVERHEAD_SCHEMA,
+    BatchWriter,
     Store,
+    day_of_us,
     dumps,
     hosts_rows,
     result_common,
@@ -39,8 +53,10 @@ from allocscope.collector.store import (
     to_us,
 )
 
-BATCH_ROWS = 2_000_000  # one batch writes while the next is read
-BULK_FILES = 400  # snapshot files decoded together
+BATCH_ROWS = 2_000_000  # rows per allocinfo part file (per day)
+CHUNK_ROWS = 128 * 1024  # rows decoded and checked together while the previous chunk is written
+BULK_FILES = 400  # at most this many snapshot files decoded together
+MAX_IN_FLIGHT = 2  # decoded chunks waiting for the writer thread
 _KEY_COLUMNS = (
     "hostname",
     "taken_at",
@@ -165,76 +181,225 @@ def _check_rows(path: str, host: HostMetadata, taken_at: float, table: pa.Table)
     return table
 
 
-def read_snapshots_bulk(paths: list[str]) -> list[Snapshot | InputError]:
-    """Read and validate many snapshot files at once, one answer per path, in order.
+@dataclass(slots=True)
+class _Header:
+    """A snapshot file whose footer checked out (:func:`_read_header`)."""
 
-    Per-file overhead dominates ingest (a snapshot is ~5,000 rows), so files whose footer
-    checks out and whose columns already have the exact schema are decoded together by
-    DuckDB's multi-threaded Parquet reader and sliced back per file (zero-copy); every check
-    of :func:`read_snapshot_file` still runs per file. Anything unusual (other column types, a
-    corrupt data page making the bulk read fail) goes through :func:`read_snapshot_file` alone.
-    """
+    path: str
+    host: HostMetadata
+    taken_at: float
+    version: str | None
+    source: str
+    rows: int
+    exact: bool  # columns already have the snapshot schema's types: eligible for bulk decoding
+
+
+def _header(path: str) -> _Header:
+    return _Header(path, *_read_header(path))
+
+
+@dataclass(slots=True)
+class _Got:
+    """A validated snapshot of a chunk."""
+
+    snap: Snapshot
+    stamp: int  # the rows' taken_at in µs: the duplicate key and the hosts row's join key
+    bulk: pa.Table | None = None  # the chunk's bulk table its rows are a slice of, if any
+    offset: int = -1  # where in ``bulk`` its rows start
+
+
+def read_snapshots_bulk(paths: list[str]) -> list[Snapshot | InputError]:
+    """Read and validate many snapshot files at once, one answer per path, in order."""
+    import duckdb
+
     out: list[Snapshot | InputError | None] = [None] * len(paths)
-    bulk: list[tuple[int, HostMetadata, float, str | None, str, int]] = []
+    heads: list[tuple[int, _Header]] = []
     for i, path in enumerate(paths):
         try:
-            host, taken_at, ver, src, n, exact = _read_header(path)
+            heads.append((i, _header(path)))
         except InputError as e:
             out[i] = e
-            continue
-        if exact:
-            bulk.append((i, host, taken_at, ver, src, n))
-        else:
-            out[i] = _read_one(path)
-    if bulk:
-        table = None
-        try:
-            import duckdb
-
-            con = duckdb.connect()
-            con.execute("SET TimeZone = 'UTC'")
-            try:
-                files = [paths[b[0]] for b in bulk]
-                table = con.sql(
-                    "SELECT *, filename AS _file FROM read_parquet($files, filename = true)",
-                    params={"files": files},
-                ).to_arrow_table()
-            finally:
-                con.close()
-        except Exception:  # a corrupt page anywhere fails the whole read: go file by file
-            table = None
-        offset = 0
-        for i, host, taken_at, ver, src, n in bulk:
-            path = paths[i]
-            part = table.slice(offset, n) if table is not None else None
-            offset += n
-            if (
-                part is None
-                or part.num_rows != n
-                or (n and (part["_file"][0].as_py() != path or part["_file"][-1].as_py() != path))
-            ):
-                out[i] = _read_one(path)  # order not as expected: the careful way
-                continue
-            try:
-                rows = part.select(SNAPSHOT_SCHEMA.names)
-                if not rows.schema.equals(SNAPSHOT_SCHEMA):
-                    rows = rows.cast(SNAPSHOT_SCHEMA)
-                out[i] = Snapshot(
-                    path, host, taken_at, ver, src, _check_rows(path, host, taken_at, rows)
-                )
-            except InputError as e:
-                out[i] = e
+    con = _connect(duckdb)
+    try:
+        got = _read_chunk(con, [h for _, h in heads])
+    finally:
+        con.close()
+    for (i, _h), g in zip(heads, got, strict=True):
+        out[i] = g if isinstance(g, InputError) else g.snap
     return [
         x if x is not None else InputError(p, None, "not read")
         for x, p in zip(out, paths, strict=True)
     ]
 
 
-def _read_one(path: str) -> Snapshot | InputError:
+_HAS_FILE_INDEX = True  # read_parquet has a file_index column (DuckDB >= 1.3); see _connect
+
+
+def _duckdb_has_file_index(version: str) -> bool:
     try:
-        return read_snapshot_file(path)
-    except InputError as e:
-        return e
+        major, minor = (int(x) for x in version.split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) >= (1, 3)
+
+
+_DB: Any = None
+_DB_PID = 0
+_DB_LOCK = threading.Lock()
+
+
+def _connect(duckdb: Any) -> Any:
+    """A connection to this process's in-memory DuckDB database (no tables, only a reader).
+
+    The database is created once and kept: a fresh one starts with no memory of its own and
+    page-faults its way through every buffer it allocates, which cost ingest a quarter of its
+    CPU time when each call opened its own. Each call gets its own connection (cursor), so
+    concurrent ingests do not share one.
+    """
+    global _DB, _DB_PID, _HAS_FILE_INDEX
+    with _DB_LOCK:
+        if _DB is None or _DB_PID != os.getpid():  # a forked child cannot use its parent's
+            _DB, _DB_PID = duckdb.connect(), os.getpid()
+            _HAS_FILE_INDEX = _duckdb_has_file_index(duckdb.__version__)
+        con = _DB.cursor()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _read_chunk(con: Any, heads: list[_Header]) -> list[_Got | InputError]:
+    """Validate and decode the snapshot files of one chunk: one answer per header, in order.
+
+    Per-file overhead dominates ingest (a snapshot is ~5,000 rows), so files whose columns
+    already have the exact schema are decoded together by DuckDB's multi-threaded Parquet
+    reader, and every check of :func:`read_snapshot_file` runs vectorized over the whole chunk
+    (:func:`_bulk_suspects`), not per file. A file that fails any of them, and anything
+    unusual (other column types, a corrupt data page failing the bulk read), is then read
+    alone the careful way, which gives the exact reason, so a bad file can never pass.
+    """
+    out: list[_Got | InputError | None] = [None] * len(heads)
+    bulk = [i for i, h in enumerate(heads) if h.exact]
+    table = _bulk_rows(con, [heads[i] for i in bulk]) if bulk else None
+    if table is not None:
+        starts = _offsets([heads[i].rows for i in bulk])
+        bad, unsorted, stamps = _bulk_suspects(table, [heads[i] for i in bulk], starts)
+        for j, i in enumerate(bulk):
+            if j in bad:
+                continue
+            h = heads[i]
+            rows = table.slice(starts[j], h.rows)
+            found = stamps[j]
+            stamp = found if found is not None else to_us(h.taken_at)
+            if j in unsorted:  # the store keeps rows in site order
+                rows = rows.take(pc.sort_indices(rows["site_key"]))
+                snap = Snapshot(h.path, h.host, h.taken_at, h.version, h.source, rows)
+                out[i] = _Got(snap, stamp)
+            else:
+                snap = Snapshot(h.path, h.host, h.taken_at, h.version, h.source, rows)
+                out[i] = _Got(snap, stamp, table, starts[j])
+    for i, h in enumerate(heads):
+        if out[i] is None:
+            try:
+                snap = read_snapshot_file(h.path)
+            except InputError as e:
+                out[i] = e
+                continue
+            t = snap.table.replace_schema_metadata(None)
+            snap.table = t
+            first = pc.cast(t["taken_at"][0], pa.int64()).as_py() if t.num_rows else None
+            out[i] = _Got(snap, int(first) if first is not None else to_us(snap.taken_at))
+    return [x for x in out if x is not None]
+
+
+def _offsets(counts: list[int]) -> list[int]:
+    out, n = [], 0
+    for c in counts:
+        out.append(n)
+        n += c
+    return out
+
+
+def _bulk_rows(con: Any, heads: list[_Header]) -> pa.Table | None:
+    """The rows of ``heads`` decoded together, in file order, or None if that failed."""
+    files = [h.path for h in heads]
+    try:
+        if _HAS_FILE_INDEX:
+            sql = "SELECT *, file_index AS _fi FROM read_parquet($files)"
+        else:  # DuckDB < 1.3: the file's name, mapped to its index below
+            sql = "SELECT *, filename AS _fi FROM read_parquet($files, filename = true)"
+        table = con.sql(sql, params={"files": files}).to_arrow_table()
+    except Exception:  # a corrupt page anywhere fails the whole read: go file by file
+        return None
+    if table.num_rows != sum(h.rows for h in heads):
+        return None
+    # Every row of file j must carry file index j: first and last rows, and no step back.
+    fi = table["_fi"]
+    if not _HAS_FILE_INDEX:
+        fi = pc.index_in(fi, value_set=pa.array(files))
+    nonempty = [j for j, h in enumerate(heads) if h.rows]
+    starts = _offsets([h.rows for h in heads])
+    if nonempty and (
+        pc.take(fi, [starts[j] for j in nonempty]).to_pylist() != nonempty
+        or pc.take(fi, [starts[j] + heads[j].rows - 1 for j in nonempty]).to_pylist() != nonempty
+        or not pc.all(pc.less_equal(fi[:-1], fi[1:])).as_py()
+    ):
+        return None
+    table = table.select(SNAPSHOT_SCHEMA.names)
+    if not table.schema.equals(SNAPSHOT_SCHEMA):
+        try:
+            table = table.cast(SNAPSHOT_SCHEMA)
+        except (pa.ArrowException, ValueError):
+            return None
+    return table.replace_schema_metadata(None)
+
+
+def _bulk_suspects(
+    table: pa.Table, heads: list[_Header], starts: list[int]
+) -> tuple[set[int], set[int], list[int | None]]:
+    """The row checks of :func:`_check_rows` for many files at once.
+
+    Returns (files failing a check, files whose rows are not in site order, each file's row
+    stamp). A column holds one value per file exactly when it changes value only where a
+    file starts and each file's first row has that value, so one vectorized compare of
+    neighbours covers every file.
+    """
+    bad: set[int] = set()
+    unsorted: set[int] = set()
+    nonempty = [j for j, h in enumerate(heads) if h.rows]
+    firsts = [starts[j] for j in nonempty]
+    first_set = set(firsts)
+
+    def file_of(row: int) -> int:
+        return nonempty[bisect.bisect_right(firsts, row) - 1]
+
+    def breaks(col: Any, strict: bool) -> list[int]:
+        """Rows (not first of a file) that differ from (strict) or sort before their
+        predecessor."""
+        if table.num_rows < 2:
+            return []
+        prev, cur = col[:-1], col[1:]
+        step = pc.not_equal(prev, cur) if strict else pc.greater(prev, cur)
+        return [r + 1 for r in pc.indices_nonzero(step).to_pylist() if r + 1 not in first_set]
+
+    for name in _KEY_COLUMNS:
+        col = table[name]
+        if col.null_count:
+            nulls = pc.indices_nonzero(pc.is_null(col)).to_pylist()
+            bad.update(file_of(r) for r in nulls)
+    ts = pc.cast(table["taken_at"], pa.int64())
+    stamps: list[int | None] = [None] * len(heads)
+    if not nonempty:
+        return bad, unsorted, stamps
+    for name in ("hostname", "taken_at"):
+        col = ts if name == "taken_at" else table[name]
+        bad.update(file_of(r) for r in breaks(col, strict=True))
+    hosts = pc.take(table["hostname"], firsts).to_pylist()
+    for j, host, stamp in zip(nonempty, hosts, pc.take(ts, firsts).to_pylist(), strict=True):
+        h = heads[j]
+        stamps[j] = stamp
+        if host != h.host.hostname or stamp is None or abs(stamp - to_us(h.taken_at)) > 1:
+            bad.add(j)
+    unsorted.update(file_of(r) for r in breaks(table["site_key"], strict=False))
+    return bad, unsorted, stamps
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -388,105 +553,227 @@ def ingest(
     paths: Iterable[str],
     *,
     batch_rows: int = BATCH_ROWS,
+    chunk_rows: int = CHUNK_ROWS,
     progress: Callable[[str], None] | None = None,
 ) -> IngestReport:
-    """Validate and import ``paths`` (files or directories) into ``store``."""
+    """Validate and import ``paths`` (files or directories) into ``store``.
+
+    Snapshots are imported in (host, time) order, in batches of about ``batch_rows`` rows
+    (one allocinfo part per day and batch), each decoded and checked ``chunk_rows`` at a time
+    while a writer thread streams the previous chunk into the batch's part: reading and
+    writing overlap, and a written part is sorted by host, time and site without a sort.
+    """
+    import duckdb
+
     report = IngestReport()
+    # What a killed ingest of this host left: hidden temp files, and batch parts published
+    # without their commit records (re-importing their snapshots would count them twice).
+    store.clean_stale_temps()
+    store.clean_orphans()
     seen = store.known_snapshots()
     seen_results = {d: store.known_results(d) for d in ("callers", "overhead")}
-    pending: list[Snapshot] = []
-    pending_rows = 0
-    writer = ThreadPoolExecutor(max_workers=1)
-    writing: list[tuple[Future[list[str]], list[tuple[str, str, int]]]] = []
 
-    def flush() -> None:
-        nonlocal pending, pending_rows
-        if not pending:
-            return
-        pending.sort(key=lambda s: (s.host.hostname, s.taken_at))
-        rows = pa.concat_tables([s.table for s in pending])
-        hosts = hosts_rows(
-            [(s.host, s.taken_at, s.version, s.source, s.table, None) for s in pending],
-            totals=[
-                (
-                    s.table.num_rows,
-                    int(pc.sum(s.table["bytes"]).as_py() or 0),
-                    int(pc.sum(s.table["calls"]).as_py() or 0),
-                )
-                for s in pending
-            ],
-        )
-        tag = (
-            safe_name(pending[0].host.hostname)
-            if len({s.host.hostname for s in pending}) == 1
-            else "batch"
-        )
-        done = [(s.path, "snapshot", s.table.num_rows) for s in pending]
-        wait_writer()
-        # The write of this batch overlaps the reading of the next (one batch in flight).
-        writing.append((writer.submit(store.commit_batch, rows, hosts, tag), done))
-        pending, pending_rows = [], 0
-
-    def wait_writer() -> None:
-        while writing:
-            fut, done = writing.pop(0)
-            report.files_written += fut.result()
-            report.imported.extend(done)
-            report.rows += sum(r for _, _, r in done)
+    def skip(path: str, e: InputError) -> None:
+        report.skipped.append((path, str(e)))
+        if progress:
+            progress(f"skipped {e}")
 
     files = expand(paths)
-    snap_files = [p for p in files if is_parquet(p)]
-    other = [p for p in files if not is_parquet(p)]
-    for start in range(0, len(snap_files), BULK_FILES):
-        chunk = snap_files[start : start + BULK_FILES]
-        for path, got in zip(chunk, read_snapshots_bulk(chunk), strict=True):
-            if isinstance(got, InputError):
-                report.skipped.append((path, str(got)))
-                if progress:
-                    progress(f"skipped {got}")
-                continue
-            stamp = (
-                pc.cast(got.table["taken_at"][0], pa.int64()).as_py()
-                if got.table.num_rows
-                else to_us(got.taken_at)
-            )
-            key = (got.host.hostname, stamp)
-            if key in seen:
-                report.duplicates.append(path)
-                continue
-            seen.add(key)
-            pending.append(got)
-            pending_rows += got.table.num_rows
-            if pending_rows >= batch_rows:
-                flush()
-
-    for path in other:
+    heads: list[_Header] = []
+    other: list[str] = []
+    for path in files:
+        if not is_parquet(path):
+            other.append(path)
+            continue
         try:
-            res = read_result(path)
-            if res.kind not in RESULT_DATASETS:
-                raise InputError(
-                    path,
-                    None,
-                    f"{res.kind!r} results are not stored (the store "
-                    f"takes snapshots, who-calls and overhead results)",
-                )
-            dataset, convert = RESULT_DATASETS[res.kind]
-            table = convert(res, path)
-            key = (res.host.hostname, to_us(res.start))
-            if key in seen_results[dataset]:
-                report.duplicates.append(path)
-                continue
-            report.files_written.append(
-                store.commit_result(dataset, table, res.host.hostname, res.start)
-            )
-            seen_results[dataset].add(key)
-            report.imported.append((path, res.kind, table.num_rows))
-            report.rows += table.num_rows
+            heads.append(_header(path))
         except InputError as e:
-            report.skipped.append((path, str(e)))
-            if progress:
-                progress(f"skipped {e}")
-    flush()
-    wait_writer()
-    writer.shutdown()
+            skip(path, e)
+    heads.sort(key=lambda h: (h.host.hostname, h.taken_at, h.path))
+
+    writer = _Writer(report)
+    con = _connect(duckdb) if heads else None
+    try:
+        for batch_heads in _split(heads, batch_rows, len(heads)):
+            names = {h.host.hostname for h in batch_heads}
+            batch = BatchWriter(store, safe_name(names.pop()) if len(names) == 1 else "batch")
+            writer.begin(batch)
+            done: list[tuple[str, str, int]] = []
+            for chunk in _split(batch_heads, chunk_rows, BULK_FILES):
+                accepted: list[_Got] = []
+                for h, got in zip(chunk, _read_chunk(con, chunk), strict=True):
+                    if isinstance(got, InputError):
+                        skip(h.path, got)
+                        continue
+                    key = (got.snap.host.hostname, got.stamp)
+                    if key in seen:
+                        report.duplicates.append(h.path)
+                        continue
+                    seen.add(key)
+                    accepted.append(got)
+                    done.append((h.path, "snapshot", got.snap.table.num_rows))
+                for day, rows, hosts in _pieces(accepted):
+                    writer.submit(batch.add, day, rows, hosts)
+            writer.publish(batch, done)
+        if con is not None:
+            con.close()
+            con = None
+
+        for path in other:
+            try:
+                res = read_result(path)
+                if res.kind not in RESULT_DATASETS:
+                    raise InputError(
+                        path,
+                        None,
+                        f"{res.kind!r} results are not stored (the store "
+                        f"takes snapshots, who-calls and overhead results)",
+                    )
+                dataset, convert = RESULT_DATASETS[res.kind]
+                table = convert(res, path)
+                key = (res.host.hostname, to_us(res.start))
+                if key in seen_results[dataset]:
+                    report.duplicates.append(path)
+                    continue
+                report.files_written.append(
+                    store.commit_result(dataset, table, res.host.hostname, res.start)
+                )
+                seen_results[dataset].add(key)
+                report.imported.append((path, res.kind, table.num_rows))
+                report.rows += table.num_rows
+            except InputError as e:
+                skip(path, e)
+        writer.wait()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if con is not None:
+            con.close()
+        writer.shutdown()
     return report
+
+
+def _split(heads: list[_Header], rows: int, files: int) -> Iterator[list[_Header]]:
+    """Consecutive runs of ``heads`` holding about ``rows`` rows and at most ``files`` files."""
+    run: list[_Header] = []
+    n = 0
+    for h in heads:
+        run.append(h)
+        n += h.rows
+        if n >= rows or len(run) >= files:
+            yield run
+            run, n = [], 0
+    if run:
+        yield run
+
+
+def _pieces(accepted: list[_Got]) -> list[tuple[str, pa.Table | None, pa.Table]]:
+    """A chunk's accepted snapshots as (day, allocinfo rows, hosts rows) in order.
+
+    Snapshots whose rows lie next to each other in the chunk's bulk table (the usual case:
+    every file of the chunk) stay one zero-copy slice, not one piece per file.
+    """
+    by_day: dict[str, tuple[list[pa.Table], list[_Got]]] = {}
+    run: tuple[pa.Table, int, int, str] | None = None  # (bulk table, start, end, day)
+
+    def close_run() -> None:
+        if run is not None:
+            t, lo, hi, d = run
+            by_day[d][0].append(t.slice(lo, hi - lo))
+
+    for got in accepted:
+        day = day_of_us(got.stamp)
+        rows_l, snaps = by_day.setdefault(day, ([], []))
+        snaps.append(got)
+        t = got.snap.table
+        if not t.num_rows:
+            continue
+        if got.bulk is None:
+            close_run()
+            run = None
+            rows_l.append(t)
+        elif run is not None and run[0] is got.bulk and run[2] == got.offset and run[3] == day:
+            run = (run[0], run[1], got.offset + t.num_rows, day)
+        else:
+            close_run()
+            run = (got.bulk, got.offset, got.offset + t.num_rows, day)
+    close_run()
+    out: list[tuple[str, pa.Table | None, pa.Table]] = []
+    for day, (rows_l, snaps) in by_day.items():
+        hosts = hosts_rows(
+            [
+                (g.snap.host, g.snap.taken_at, g.snap.version, g.snap.source, g.snap.table, None)
+                for g in snaps
+            ],
+            totals=[
+                (
+                    g.snap.table.num_rows,
+                    int(pc.sum(g.snap.table["bytes"]).as_py() or 0),
+                    int(pc.sum(g.snap.table["calls"]).as_py() or 0),
+                )
+                for g in snaps
+            ],
+        )
+        rows = None
+        if rows_l:
+            rows = rows_l[0] if len(rows_l) == 1 else pa.concat_tables(rows_l)
+        out.append((day, rows, hosts))
+    return out
+
+
+class _Writer:
+    """The write half of ingest, on its own thread.
+
+    Chunks stream into the open batch (:meth:`BatchWriter.add`) while the main thread decodes
+    and checks the next one; at most ``MAX_IN_FLIGHT`` chunks wait, so memory stays bounded
+    whatever the input size. A batch's files count as imported once it is published.
+    """
+
+    def __init__(self, report: IngestReport) -> None:
+        self.report = report
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="allocscope-ingest")
+        self._queued: deque[Future[Any]] = deque()
+        self._done: dict[Future[Any], list[tuple[str, str, int]]] = {}
+        self._unpublished: list[BatchWriter] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._queued.append(self._pool.submit(fn, *args))
+        self._collect(MAX_IN_FLIGHT)
+
+    def begin(self, batch: BatchWriter) -> None:
+        self._unpublished.append(batch)
+
+    def publish(self, batch: BatchWriter, done: list[tuple[str, str, int]]) -> None:
+        fut = self._pool.submit(batch.publish)
+        self._done[fut] = done
+        self._queued.append(fut)
+        self._collect(MAX_IN_FLIGHT)
+
+    def _collect(self, keep: int) -> None:
+        while len(self._queued) > keep:
+            fut = self._queued.popleft()
+            result = fut.result()  # a write error surfaces here
+            done = self._done.pop(fut, None)
+            if done is not None:
+                self._unpublished.pop(0)
+                self.report.files_written += result
+                self.report.imported.extend(done)
+                self.report.rows += sum(r for _, _, r in done)
+
+    def wait(self) -> None:
+        self._collect(0)
+
+    def abort(self) -> None:
+        """After an error: let the thread go idle, then drop every unpublished part."""
+        while self._queued:
+            try:
+                self._queued.popleft().result()
+            except BaseException:  # the error being handled is the caller's to raise
+                pass
+        for batch in self._unpublished:
+            batch.abort()
+        self._unpublished.clear()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)

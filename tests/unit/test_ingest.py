@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from allocscope.collector import ingest as ingest_mod
+from allocscope.collector import store as store_mod
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.host import collect_host_metadata
 from allocscope.collector.ingest import ingest, read_snapshot_file
 from allocscope.collector.snapshot import write_snapshot
-from allocscope.collector.store import Store
+from allocscope.collector.store import Store, StoreUnavailable
 from allocscope.collector.synth import FleetSpec, results, write_snapshot_files
 
 SPEC = FleetSpec(hosts=3, sites=25, snapshots=2)
@@ -158,3 +162,188 @@ def test_moved_store_file_is_not_a_snapshot(tmp_path, good):
     shutil.copy(store.files("allocinfo")[0], copy)
     rep = ingest(Store(str(tmp_path / "other")), [str(copy)])
     assert rep.skipped and "not an allocscope snapshot" in rep.skipped[0][1]
+
+
+def _stored_order_ok(store):
+    """Every allocinfo part is sorted by (hostname, taken_at, site_key)."""
+    for f in store.files("allocinfo"):
+        t = pq.read_table(f, columns=["hostname", "taken_at", "site_key"])
+        keys = list(
+            zip(
+                t["hostname"].to_pylist(),
+                t["taken_at"].to_pylist(),
+                t["site_key"].to_pylist(),
+                strict=True,
+            )
+        )
+        assert keys == sorted(keys), f
+    return True
+
+
+def test_unsorted_snapshots_are_stored_sorted(tmp_path, fixtures_dir):
+    """Real snapshots come in /proc/allocinfo order, not site order: the bulk path sorts them."""
+    snap = read_allocinfo(str(fixtures_dir / "allocinfo-7.3-boot.txt"))
+    paths = []
+    for name in ("zeta", "alpha", "mid"):  # not in host order either
+        host = collect_host_metadata({"group": "pilot"})
+        host = dataclasses.replace(host, hostname=name)
+        p = str(tmp_path / f"{name}.parquet")
+        write_snapshot(p, snap, host)
+        paths.append(p)
+    keys = pq.read_table(paths[0])["site_key"].to_pylist()
+    assert keys != sorted(keys), "the fixture must exercise the sort"
+    store = Store(str(tmp_path / "store"))
+    rep = ingest(store, paths)
+    assert not rep.skipped and rep.rows == 3 * len(snap.records)
+    assert len(store.files("allocinfo")) == 1
+    assert _stored_order_ok(store)
+    assert sorted(store.read("hosts")["hostname"].to_pylist()) == ["alpha", "mid", "zeta"]
+
+
+def test_small_chunks_and_batches_store_the_same(tmp_path):
+    """Many chunks per batch and many batches: same rows, same hosts rows, parts sorted."""
+    spec = FleetSpec(hosts=5, sites=40, snapshots=3)
+    paths = write_snapshot_files(str(tmp_path / "in"), spec)
+    one = Store(str(tmp_path / "one"))
+    many = Store(str(tmp_path / "many"))
+    ra = ingest(one, paths)
+    rb = ingest(many, paths, chunk_rows=90, batch_rows=250)
+    assert ra.rows == rb.rows == spec.rows and not rb.skipped
+    assert len(many.files("allocinfo")) > len(one.files("allocinfo"))
+    assert _stored_order_ok(many)
+    cols = ["hostname", "taken_at", "site_key", "bytes", "calls"]
+    a = one.read("allocinfo", cols).sort_by([(c, "ascending") for c in cols])
+    b = many.read("allocinfo", cols).sort_by([(c, "ascending") for c in cols])
+    assert a.equals(b)
+    ha = one.read("hosts").drop_columns(["stored_at"]).sort_by("hostname")
+    hb = many.read("hosts").drop_columns(["stored_at"]).sort_by("hostname")
+    assert ha.sort_by([("hostname", "ascending"), ("taken_at", "ascending")]).equals(
+        hb.sort_by([("hostname", "ascending"), ("taken_at", "ascending")])
+    )
+    assert many.known_snapshots() == one.known_snapshots()
+
+
+def test_batch_spanning_days_is_split_per_day(tmp_path):
+    spec = FleetSpec(hosts=2, sites=10, snapshots=4, step=43_200.0)  # two snapshots a day
+    paths = write_snapshot_files(str(tmp_path / "in"), spec)
+    store = Store(str(tmp_path / "store"))
+    rep = ingest(store, paths)
+    assert rep.rows == spec.rows
+    days = sorted({os.path.basename(os.path.dirname(f)) for f in store.files("allocinfo")})
+    assert len(days) == 2 and len(store.files("hosts")) == 2
+    for f in store.files("allocinfo"):
+        day = os.path.basename(os.path.dirname(f))[3:]
+        stamps = set(pq.read_table(f, columns=["taken_at"])["taken_at"].to_pylist())
+        assert {s.strftime("%Y-%m-%d") for s in stamps} == {day}
+    assert _stored_order_ok(store)
+    # every hosts row joins its rows
+    ai = store.read("allocinfo", ["hostname", "taken_at"])
+    rows_keys = set(zip(ai["hostname"].to_pylist(), ai["taken_at"].to_pylist(), strict=True))
+    h = store.read("hosts", ["hostname", "taken_at"])
+    assert set(zip(h["hostname"].to_pylist(), h["taken_at"].to_pylist(), strict=True)) == rows_keys
+
+
+def test_row_groups_as_one_shot_write(tmp_path, monkeypatch):
+    """Rows streamed chunk by chunk are written in whole row groups, like one write_table."""
+    monkeypatch.setattr(store_mod, "ROW_GROUP_ROWS", 64)
+    spec = FleetSpec(hosts=4, sites=25, snapshots=2)
+    paths = write_snapshot_files(str(tmp_path / "in"), spec)
+    store = Store(str(tmp_path / "store"))
+    ingest(store, paths, chunk_rows=30)
+    (part,) = store.files("allocinfo")
+    md = pq.ParquetFile(part).metadata
+    sizes = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+    assert sizes == [64] * (spec.rows // 64) + [spec.rows % 64]
+
+
+def test_same_snapshot_twice_in_one_ingest(tmp_path, good):
+    snap = [p for p in good if p.endswith(".parquet")][0]
+    copy = tmp_path / "copy.parquet"
+    shutil.copy(snap, copy)
+    store = Store(str(tmp_path / "store"))
+    rep = ingest(store, [snap, str(copy)])
+    assert len(rep.imported) == 1 and len(rep.duplicates) == 1
+    assert store.read("allocinfo").num_rows == SPEC.sites
+
+
+def test_failed_batch_write_leaves_nothing(tmp_path, good, monkeypatch):
+    """The disk fills up mid-batch: the error reaches the caller and no file (whole, partial
+    or temp) is left behind, so nothing of the batch was half-imported."""
+    calls = {"n": 0}
+    real = pq.ParquetWriter.write_table
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(28, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(store_mod, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", flaky)
+    store = Store(str(tmp_path / "store"))
+    snaps = [p for p in good if p.endswith(".parquet")]
+    with pytest.raises(StoreUnavailable, match="No space left"):
+        ingest(store, snaps, chunk_rows=30)
+    assert calls["n"] > 1
+    left = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "store") for f in fs]
+    assert left == []
+
+
+@pytest.mark.parametrize("file_index", [True, False], ids=["file_index", "filename"])
+def test_good_files_take_the_bulk_path(tmp_path, monkeypatch, file_index):
+    """Well-formed snapshots are decoded together, never one by one (the slow, careful way);
+    with DuckDB < 1.3 (no file_index column) by file name instead."""
+    monkeypatch.setattr(ingest_mod, "_HAS_FILE_INDEX", ingest_mod._HAS_FILE_INDEX)
+    monkeypatch.setattr(ingest_mod, "_DB", None)
+    monkeypatch.setattr(ingest_mod, "_duckdb_has_file_index", lambda version: file_index)
+
+    def careful(path):
+        raise AssertionError(f"{path} was read the careful way")
+
+    monkeypatch.setattr(ingest_mod, "read_snapshot_file", careful)
+    spec = FleetSpec(hosts=4, sites=30, snapshots=2)
+    paths = write_snapshot_files(str(tmp_path / "in"), spec)
+    store = Store(str(tmp_path / "store"))
+    rep = ingest(store, paths, chunk_rows=70)
+    assert not rep.skipped and rep.rows == spec.rows
+    assert ingest_mod._HAS_FILE_INDEX is file_index
+    assert _stored_order_ok(store)
+
+
+def test_part_orphaned_by_a_killed_ingest_is_not_counted_twice(tmp_path):
+    """kill -9 between a batch part's rename and its hosts part's: the next ingest removes
+    the orphan (its writer, a process of this host, is dead) before importing again."""
+    spec = FleetSpec(hosts=3, sites=20, snapshots=2)
+    paths = write_snapshot_files(str(tmp_path / "in"), spec)
+    store = Store(str(tmp_path / "store"))
+    ingest(store, paths, batch_rows=40)  # one batch, hence one part pair, per host snapshot
+    part = store.files("allocinfo")[0]
+    name = os.path.basename(part)
+    dead = name.replace(f"-{os.getpid()}@", "-999999999@")
+    assert dead != name
+    os.rename(part, os.path.join(os.path.dirname(part), dead))
+    os.unlink(
+        os.path.join(store.dataset_dir("hosts"), os.path.basename(os.path.dirname(part)), name)
+    )
+    committed = len(store.known_snapshots())
+    assert committed < spec.hosts * spec.snapshots
+
+    rep = ingest(store, paths)
+    assert rep.rows == spec.rows - committed * spec.sites
+    ai = store.read("allocinfo", ["hostname", "taken_at"])
+    per_snapshot = pa.TableGroupBy(ai, ["hostname", "taken_at"]).aggregate([([], "count_all")])
+    assert per_snapshot.num_rows == spec.hosts * spec.snapshots
+    assert set(per_snapshot["count_all"].to_pylist()) == {spec.sites}
+    assert not any(os.path.basename(f) == dead for f in store.files("allocinfo"))
+
+
+def test_a_live_writers_unpublished_pair_is_left_alone(tmp_path):
+    """An allocinfo part without its hosts part whose writer is alive (it may be between
+    the two renames right now) is not touched."""
+    spec = FleetSpec(hosts=1, sites=20, snapshots=1)
+    store = Store(str(tmp_path / "store"))
+    ingest(store, write_snapshot_files(str(tmp_path / "in"), spec))
+    part = store.files("allocinfo")[0]
+    day = os.path.basename(os.path.dirname(part))
+    os.unlink(os.path.join(store.dataset_dir("hosts"), day, os.path.basename(part)))
+    assert store.clean_orphans() == 0 and os.path.exists(part)  # this process: alive

@@ -121,7 +121,8 @@ def test_concurrent_writers_never_collide(tmp_path):
 def test_batch_names_carry_pid(tmp_path):
     store = Store(str(tmp_path))
     a = store.part_path("allocinfo", "2026-11-29", "batch", 123, batch=True)
-    assert a.endswith(f"part-batch-123-{os.getpid()}.parquet")
+    me = safe_name(socket.gethostname())
+    assert a.endswith(f"part-batch-123-{os.getpid()}@{me}.parquet")
     assert store.part_path("hosts", "2026-11-29", "a/b c", 5).endswith("part-a_b_c-5.parquet")
 
 
