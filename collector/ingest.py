@@ -565,6 +565,7 @@ def ingest(
     """
     import duckdb
 
+    store.check_writable()  # before anything: an unmounted store filesystem is refused
     report = IngestReport()
     # What a killed ingest of this host left: hidden temp files, and batch parts published
     # without their commit records (re-importing their snapshots would count them twice).

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from allocscope.collector.atomic import atomic_path, write_atomic
 from allocscope.collector.errors import AllocscopeError
 from allocscope.collector.host import HostMetadata
+from allocscope.collector.mounts import unmounted_home
 from allocscope.collector.snapshot import SNAPSHOT_SCHEMA
 
 STORE_SCHEMA_VERSION = 1
@@ -226,7 +227,15 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------
     def check_writable(self) -> None:
-        """Raise :class:`StoreUnavailable` unless a file can be created in the store now."""
+        """Raise :class:`StoreUnavailable` unless a file can be created in the store now, on
+        the filesystem meant to hold it (an fstab mount point found unmounted is refused:
+        writing would land on the directory underneath, see collector/mounts.py)."""
+        home = unmounted_home(self.root)
+        if home is not None:
+            raise StoreUnavailable(
+                f"store {self.root} belongs on {home} (listed in /etc/fstab), which is not "
+                "mounted: not writing to the directory underneath"
+            )
         try:
             os.makedirs(self.root, exist_ok=True)
             # Named like a temp file so clean_stale_temps removes it if we are killed here.

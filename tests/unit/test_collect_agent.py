@@ -149,3 +149,30 @@ def test_bad_allocinfo_is_one_line_error(tmp_path, cli):
     )
     assert rc == 2 and f"{bad}:2:" in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "s" / "allocinfo")
+
+
+def test_unmounted_store_filesystem_spools_instead_of_writing_underneath(
+    tmp_path, fixtures_dir, monkeypatch
+):
+    """The store's mount point (in fstab) exists as an empty, writable directory but its
+    filesystem is not mounted: snapshots go to the spool, nothing lands in the directory;
+    once it is mounted the spool is flushed into it."""
+    from allocscope.collector import mounts
+
+    mnt = tmp_path / "data"
+    mnt.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"# <fs> <mp> <type>\nUUID=1 / ext4 defaults 0 1\nnfs:/x {mnt} nfs rw 0 0\n")
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("22 1 254:1 / / rw - ext4 /dev/vda rw\n")
+    monkeypatch.setattr(mounts, "FSTAB", str(fstab))
+    monkeypatch.setattr(mounts, "MOUNTINFO", str(mountinfo))
+    agent, out = _agent(tmp_path, fixtures_dir, mnt / "allocscope", once=True)
+    assert agent.run() == 0
+    assert "not mounted" in out.getvalue() and len(agent.spool.pending()) == 1
+    assert list(mnt.iterdir()) == []
+    mountinfo.write_text(mountinfo.read_text() + f"40 22 0:50 / {mnt} rw - nfs nfs:/x rw\n")
+    agent2, out2 = _agent(tmp_path, fixtures_dir, mnt / "allocscope", once=True)
+    assert agent2.run() == 0
+    assert "flushed 1 spooled snapshot(s)" in out2.getvalue()
+    assert len(Store(str(mnt / "allocscope")).known_snapshots()) == 2

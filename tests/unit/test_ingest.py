@@ -347,3 +347,17 @@ def test_a_live_writers_unpublished_pair_is_left_alone(tmp_path):
     day = os.path.basename(os.path.dirname(part))
     os.unlink(os.path.join(store.dataset_dir("hosts"), day, os.path.basename(part)))
     assert store.clean_orphans() == 0 and os.path.exists(part)  # this process: alive
+
+
+def test_ingest_refuses_an_unmounted_store_filesystem(tmp_path, good, cli, monkeypatch):
+    from allocscope.collector import mounts
+
+    mnt = tmp_path / "data"
+    mnt.mkdir()
+    (tmp_path / "fstab").write_text(f"/dev/vdb1 {mnt} xfs defaults 0 2\n")
+    (tmp_path / "mountinfo").write_text("22 1 254:1 / / rw - ext4 /dev/vda rw\n")
+    monkeypatch.setattr(mounts, "FSTAB", str(tmp_path / "fstab"))
+    monkeypatch.setattr(mounts, "MOUNTINFO", str(tmp_path / "mountinfo"))
+    rc, _, err = cli("ingest", "--store", str(mnt / "store"), *good)
+    assert rc != 0 and "not mounted" in err and err.count("\n") == 1
+    assert list(mnt.iterdir()) == []
