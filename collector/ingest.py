@@ -622,6 +622,7 @@ def ingest(
 
         for path in other:
             try:
+                _not_a_result(path)
                 res = read_result(path)
                 if res.kind not in RESULT_DATASETS:
                     raise InputError(
@@ -653,6 +654,25 @@ def ingest(
             con.close()
         writer.shutdown()
     return report
+
+
+def _not_a_result(path: str) -> None:
+    """Name the two usual mistakes before the JSON reader calls them "bad JSON": a file named
+    like a snapshot that is not Parquet, and raw allocinfo text."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return  # read_result reports it
+    if head.lstrip().startswith(b"allocinfo - version"):
+        raise InputError(
+            path,
+            None,
+            "allocinfo text, not a snapshot: make one with "
+            "`allocscope snapshot --file FILE -o FILE.parquet`",
+        )
+    if path.endswith(".parquet"):
+        raise InputError(path, None, "not a Parquet file (no PAR1 magic): truncated or renamed?")
 
 
 def _split(heads: list[_Header], rows: int, files: int) -> Iterator[list[_Header]]:

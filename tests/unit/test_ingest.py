@@ -79,6 +79,11 @@ def _bad_files(tmp_path, good):
     wc2["kind"] = "top-live"
     (d / "toplive.json").write_text(json.dumps(wc2))
     out["toplive.json"] = "are not stored"
+    # the two usual mistakes: something else named .parquet, and raw allocinfo text
+    (d / "junk.parquet").write_text("<html>404</html>")
+    out["junk.parquet"] = "no PAR1 magic"
+    (d / "allocinfo.txt").write_text("allocinfo - version: 2.0\n 4096 1 mm/a.c:1 func:f\n")
+    out["allocinfo.txt"] = "allocinfo text, not a snapshot: make one with `allocscope snapshot"
     return out
 
 
