@@ -79,8 +79,32 @@ static void init_byte_class(void)
 	byte_class['\t'] = BLANK;
 }
 
+/*
+ * The two loops every byte goes through, eight bytes at a time while they are all of the
+ * class looked for (kernel lines are runs of 8-12 blanks of padding and 10-30-byte tokens),
+ * then byte by byte to the exact stop.
+ */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+static uint64_t load8(const char *p)
+{
+	uint64_t w;
+
+	memcpy(&w, p, sizeof(w));
+	return w;
+}
+
+/* Some byte of w is < 0x21 (blank, control) or > 0x7e (DEL, non-ASCII): not all WORD. */
+static int has_non_word(uint64_t w)
+{
+	return (((w - ONES * 0x21) & ~w) | ((w + ONES * (127 - 0x7e)) | w)) & HIGHS ? 1 : 0;
+}
+
 static const char *skip_blanks(const char *p, const char *end)
 {
+	while (end - p >= 8 && load8(p) == ONES * ' ')
+		p += 8;
 	while (p < end && byte_class[(unsigned char)*p] == BLANK)
 		p++;
 	return p;
@@ -88,6 +112,8 @@ static const char *skip_blanks(const char *p, const char *end)
 
 static const char *token_end(const char *p, const char *end)
 {
+	while (end - p >= 8 && !has_non_word(load8(p)))
+		p += 8;
 	while (p < end && byte_class[(unsigned char)*p] == WORD)
 		p++;
 	return p;
