@@ -95,8 +95,8 @@ def scanner() -> str:
 @dataclass(slots=True, frozen=True)
 class StrColumn:
     """A string column in Arrow's layout: value i is ``data[offsets[i]:offsets[i + 1]]``
-    (ASCII; ``offsets`` holds n+1 native int32). Kept as two byte strings so a Parquet writer
-    wraps them without copying and no Python string exists until one is asked for."""
+    (ASCII; ``offsets`` holds n+1 native int32). Kept as two byte strings so no Python string
+    exists until a column is asked for, and then all of it in one C call (:meth:`to_list`)."""
 
     offsets: bytes
     data: bytes

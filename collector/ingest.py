@@ -208,30 +208,6 @@ class _Got:
     offset: int = -1  # where in ``bulk`` its rows start
 
 
-def read_snapshots_bulk(paths: list[str]) -> list[Snapshot | InputError]:
-    """Read and validate many snapshot files at once, one answer per path, in order."""
-    import duckdb
-
-    out: list[Snapshot | InputError | None] = [None] * len(paths)
-    heads: list[tuple[int, _Header]] = []
-    for i, path in enumerate(paths):
-        try:
-            heads.append((i, _header(path)))
-        except InputError as e:
-            out[i] = e
-    con = _connect(duckdb)
-    try:
-        got = _read_chunk(con, [h for _, h in heads])
-    finally:
-        con.close()
-    for (i, _h), g in zip(heads, got, strict=True):
-        out[i] = g if isinstance(g, InputError) else g.snap
-    return [
-        x if x is not None else InputError(p, None, "not read")
-        for x, p in zip(out, paths, strict=True)
-    ]
-
-
 _HAS_FILE_INDEX = True  # read_parquet has a file_index column (DuckDB >= 1.3); see _connect
 
 
