@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from allocscope.collector import stats
-from allocscope.collector.errors import AllocscopeError
 from allocscope.collector.overhead import hist_quantile
 from allocscope.collector.result import Result
+from allocscope.errors import AllocscopeError
 
 METRICS = ("ns_per_call", "inclusive_share")
 # The headline function for "CPU per page allocation", most specific first.

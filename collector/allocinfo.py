@@ -33,9 +33,9 @@ try:  # the compiled fast path (collector/_allocinfo_scan.c), built by `pip inst
 except ImportError:  # no compiler at install time: the pure-Python paths below still work
     _allocinfo_scan = None  # type: ignore[assignment]
 
-from allocscope.collector.errors import InputError
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.site import Site
+from allocscope.errors import InputError
 
 PROC_ALLOCINFO = "/proc/allocinfo"
 KNOWN_VERSIONS = ("1.0", "2.0")
@@ -477,7 +477,7 @@ def query_tags(path: str = PROC_ALLOCINFO, **filters: Any) -> list[AllocRecord]:
     max_bytes=) through the Linux 7.3+ allocinfo ioctl, without reading the whole text.
 
     Explicit on purpose: :func:`read_allocinfo` (the text) stays the default everywhere.
-    Raises :class:`~allocscope.collector.errors.CapabilityError` where the ioctl is missing.
+    Raises :class:`~allocscope.errors.CapabilityError` where the ioctl is missing.
     """
     from allocscope.collector.allocinfo_ioctl import query_tags as _query
 

@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocRecord
-from allocscope.collector.errors import CapabilityError, InputError
 from allocscope.collector.site import Site
+from allocscope.errors import CapabilityError, InputError
 
 STR_SIZE = 64  # ALLOCINFO_STR_SIZE
 IOC_BASE = 0xA6  # ALLOCINFO_IOC_BASE
@@ -319,6 +319,7 @@ def query_tags(
     """
     flt = TagFilter(function, file, line, module, inaccurate, min_bytes, max_bytes)
     with AllocinfoIoctl(path) as dev:
+        recs: list[AllocRecord] = []
         for _ in range(max(1, retries)):
             before = dev.content_id()
             recs = list(dev.iter_tags(flt))

@@ -17,6 +17,8 @@ bytes, is what limits ingest speed. The pipeline, for ~2M rows/s on two cores:
    (store.BatchWriter) while the next chunk is decoded; the batch is published (fsync, rename,
    then the ``hosts`` commit records) once all its files are in.
 """
+# pyright: reportAttributeAccessIssue=false
+# (pyarrow.compute makes its functions at import time and ships no stubs)
 
 from __future__ import annotations
 
@@ -35,7 +37,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from allocscope.collector.errors import InputError
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.result import Result, read_result
 from allocscope.collector.site import SiteQuery, canonical_function
@@ -52,6 +53,7 @@ from allocscope.collector.store import (
     safe_name,
     to_us,
 )
+from allocscope.errors import InputError
 
 BATCH_ROWS = 2_000_000  # rows per allocinfo part file (per day)
 CHUNK_ROWS = 128 * 1024  # rows decoded and checked together while the previous chunk is written

@@ -11,8 +11,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from allocscope.collector.errors import CapabilityError, InputError
 from allocscope.collector.site import canonical_function
+from allocscope.errors import CapabilityError, InputError
 
 PROC_KALLSYMS = "/proc/kallsyms"
 _TEXT_TYPES = frozenset("tTwW")

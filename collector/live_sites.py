@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord
-from allocscope.collector.errors import AllocscopeError, CapabilityError
 from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.site import Site, canonical_function
 from allocscope.collector.workloads import WORKLOADS
+from allocscope.errors import AllocscopeError, CapabilityError
 from allocscope.probes import btf
 from allocscope.probes.loader import Probe, interruptible, sleep_until_interrupted
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, read_allocinfo
-from allocscope.collector.errors import AllocscopeError, CapabilityError, InputError
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.site import canonical_function
+from allocscope.errors import AllocscopeError, CapabilityError, InputError
 from allocscope.probes.loader import captured_stderr
 
 # Index order of the ``counters`` map in probes/oncpu.bpf.c.

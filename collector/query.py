@@ -35,9 +35,9 @@ from typing import Any, Protocol
 
 import pyarrow.parquet as pq
 
-from allocscope.collector.errors import AllocscopeError, CapabilityError
 from allocscope.collector.store import DATASETS, SCHEMAS, Store
 from allocscope.collector.units import parse_size
+from allocscope.errors import AllocscopeError, CapabilityError
 
 ENGINES = ("duckdb", "spark")
 PARAM_TYPES = ("int", "float", "size", "str", "timestamp")

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from allocscope.collector.allocinfo import PROC_ALLOCINFO
-from allocscope.collector.errors import AllocscopeError, InputError
 from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.result import Result, read_result
 from allocscope.collector.subsystem import SubsystemMap, default_map
+from allocscope.errors import AllocscopeError, InputError
 
 GROUP_LABEL = "group"
 PILOT, CONTROL = "pilot", "control"

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from allocscope.collector.atomic import write_text_atomic
-from allocscope.collector.errors import InputError
 from allocscope.collector.host import HostMetadata
+from allocscope.errors import InputError
 
 RESULT_SCHEMA = 1
 KINDS = ("who-calls", "overhead", "top-live", "ab", "ab-toggle")

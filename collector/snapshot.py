@@ -22,10 +22,10 @@ from allocscope.collector.allocinfo import (
     extras_items,
 )
 from allocscope.collector.atomic import write_atomic
-from allocscope.collector.errors import InputError
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.site import Site, exact_key, line_free_key
 from allocscope.collector.subsystem import SubsystemMap, default_map
+from allocscope.errors import InputError
 
 SNAPSHOT_SCHEMA_VERSION = 1
 

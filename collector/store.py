@@ -17,6 +17,8 @@ The ``hosts`` row is the commit record of a snapshot: it is written *after* the 
 allocinfo rows, and queries find snapshots through it. A crash between the two writes leaves
 allocinfo rows no query sees (and that ``ingest``/the agent rewrite under the same name).
 """
+# pyright: reportAttributeAccessIssue=false
+# (pyarrow.compute makes its functions at import time and ships no stubs)
 
 from __future__ import annotations
 
@@ -37,10 +39,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from allocscope.collector.atomic import atomic_path, write_atomic
-from allocscope.collector.errors import AllocscopeError
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.mounts import unmounted_home
 from allocscope.collector.snapshot import SNAPSHOT_SCHEMA
+from allocscope.errors import AllocscopeError
 
 STORE_SCHEMA_VERSION = 1
 DATASETS = ("allocinfo", "hosts", "callers", "overhead")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from allocscope.collector.errors import InputError
+from allocscope.errors import InputError
 
 
 def _expand_braces(pattern: str) -> list[str]:

@@ -6,6 +6,8 @@ outlier hosts, sites that grow after boot, a reboot, and two kernel builds whose
 differ (so the line-free ``loose_key`` matters). It is vectorized with pyarrow.compute so the
 benchmark can produce 100M+ rows without numpy.
 """
+# pyright: reportAttributeAccessIssue=false
+# (pyarrow.compute makes its functions at import time and ships no stubs)
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -151,6 +154,11 @@ def fleet(
             ]
         )
 
+    bases: list[Any] = []
+
+    def seed_of(h: int, k: int) -> Any:  # pyarrow's hint says str; an int seeds it too
+        return spec.seed * 1_000_003 + h * 1009 + k
+
     if by_time:
         bases = [host_base(h) for h in range(spec.hosts)]
         pairs = [(h, k) for k in range(spec.snapshots) for h in range(spec.hosts)]
@@ -171,7 +179,7 @@ def fleet(
         taken = START + k * spec.step + (h % 60)
         noise = pc.add(
             0.9,
-            pc.multiply(0.2, pc.random(n, initializer=spec.seed * 1_000_003 + h * 1009 + k)),
+            pc.multiply(0.2, pc.random(n, initializer=seed_of(h, k))),
         )
         b = pc.add(pc.multiply(hb, noise), pc.multiply(growth, float(since_boot)))
         bytes_ = pc.cast(pc.floor(b), pa.int64())

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from allocscope.collector.errors import AllocscopeError, CapabilityError
 from allocscope.collector.host import MEM_PROFILING_SYSCTL
+from allocscope.errors import AllocscopeError, CapabilityError
 
 T = TypeVar("T")
 

@@ -25,11 +25,11 @@ from typing import Any
 
 from allocscope.collector import attribution, shares
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
-from allocscope.collector.errors import AllocscopeError, CapabilityError
 from allocscope.collector.host import collect_host_metadata
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.result import Result
 from allocscope.collector.site import Site, SiteQuery, canonical_function
+from allocscope.errors import AllocscopeError, CapabilityError
 
 TRACEFS = "/sys/kernel/tracing"
 BACKEND_ORDER = ("fentry", "kprobe", "raw_tracepoint", "tracepoint")

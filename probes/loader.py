@@ -27,7 +27,7 @@ from importlib import resources
 from types import FrameType, TracebackType
 from typing import Any
 
-from allocscope.collector.errors import CapabilityError
+from allocscope.errors import CapabilityError
 from allocscope.probes.headers import HeaderTree, resolve_headers
 
 BACKENDS = ("fentry", "kprobe", "raw_tracepoint", "tracepoint", "perf_event")
@@ -153,6 +153,7 @@ class Probe:
         os.environ.update(self.headers.environment())
         bpf_class = bcc.BPF if self.autoload else _no_autoload_class(bcc)
         t0 = time.monotonic()
+        chatter: list[str] = []
         try:
             with captured_stderr() as chatter:
                 self._bpf = bpf_class(src_file=src.encode(), cflags=cflags)

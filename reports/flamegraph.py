@@ -44,7 +44,7 @@ class Frame:
 
 def parse_folded(lines: Iterable[str], source: str = "<folded>") -> dict[str, int]:
     """``a;b;c 12`` lines (Brendan Gregg's folded format) -> ``{"a;b;c": 12}``."""
-    from allocscope.collector.errors import InputError
+    from allocscope.errors import InputError
 
     out: dict[str, int] = {}
     for lineno, raw in enumerate(lines, 1):

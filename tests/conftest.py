@@ -55,7 +55,7 @@ def fixtures_dir() -> Path:
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
     """Run ``allocscope ARGS`` in-process; returns (rc, stdout, stderr)."""
-    from allocscope.collector.cli import main
+    from allocscope.cli import main
 
     def run(*args: str) -> tuple[int, str, str]:
         rc = main(list(args))

@@ -43,7 +43,7 @@ def doctor_json() -> tuple[int, dict[str, object]]:
     import contextlib
     import io
 
-    from allocscope.collector.cli import main
+    from allocscope.cli import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -93,8 +93,8 @@ def test_attach_verdict_agrees_with_bpftrace(
 def test_raw_tracepoint_verdict_agrees_with_a_real_probe(
     live: None, doctor_json: tuple[int, dict[str, object]]
 ) -> None:
-    from allocscope.collector.errors import CapabilityError
     from allocscope.collector.live_sites import probe_defines
+    from allocscope.errors import CapabilityError
     from allocscope.probes.loader import Probe
 
     _, data = doctor_json

@@ -122,7 +122,7 @@ def test_sigterm_ends_early_and_still_writes(live: None, tmp_path: Path) -> None
         [
             sys.executable,
             "-c",
-            "import sys; from allocscope.collector.cli import main; sys.exit(main())",
+            "import sys; from allocscope.cli import main; sys.exit(main())",
             "overhead",
             "-d",
             "120",

@@ -129,7 +129,7 @@ def test_pid_filter_excludes_other_processes(live: None) -> None:
 
 
 def test_top_live_cli_json(live: None, cli: Callable[..., tuple[int, str, str]]) -> None:
-    pytest.importorskip("allocscope.collector.cli.top")
+    pytest.importorskip("allocscope.cli.top")
     fn = file_allocator()
     rc, out, err = cli("top", "--live", "2", "--workload", "open-close", "--json", "--no-frees")
     assert rc == 0, err

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from allocscope.collector.ab import Loaded, compare_groups, compare_toggle
-from allocscope.collector.errors import AllocscopeError
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.result import Result, read_result
+from allocscope.errors import AllocscopeError
 
 PERIOD_NS = 1e9 / 99
 

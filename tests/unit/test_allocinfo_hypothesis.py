@@ -21,7 +21,7 @@ from allocscope.collector.allocinfo import (
     parse_allocinfo_bytes,
     parse_allocinfo_text,
 )
-from allocscope.collector.errors import InputError
+from allocscope.errors import InputError
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 REAL_LINES: list[str] = []

@@ -12,8 +12,8 @@ import pytest
 
 from allocscope.collector import allocinfo_ioctl as aio
 from allocscope.collector.allocinfo import AllocRecord, query_tags
-from allocscope.collector.errors import CapabilityError
 from allocscope.collector.site import Site
+from allocscope.errors import CapabilityError
 
 
 def test_struct_sizes_follow_the_uapi_header() -> None:

@@ -17,8 +17,8 @@ from allocscope.collector.allocinfo import (
     parse_allocinfo_text,
     read_allocinfo,
 )
-from allocscope.collector.errors import InputError
 from allocscope.collector.site import Site
+from allocscope.errors import InputError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 EXCERPT = DATA / "lpc2024-allocinfo-excerpt.txt"

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from allocscope.collector.atomic import write_text_atomic
-from allocscope.collector.errors import InputError
 from allocscope.collector.host import HostMetadata, collect_host_metadata, parse_labels
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.result import Result, read_result
 from allocscope.collector.subsystem import SubsystemMap, default_map
+from allocscope.errors import InputError
 
 
 def test_host_metadata_roundtrip() -> None:
@@ -139,7 +139,7 @@ def test_kallsyms_from_file(tmp_path: Path) -> None:
 
 
 def test_kallsyms_restricted(tmp_path: Path) -> None:
-    from allocscope.collector.errors import CapabilityError
+    from allocscope.errors import CapabilityError
 
     p = tmp_path / "kallsyms"
     p.write_text("0000000000000000 T _stext\n0000000000000000 t xas_alloc\n")

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from allocscope.collector.errors import InputError
+from allocscope.errors import InputError
 from allocscope.reports.flamegraph import (
     build_tree,
     frame_color,

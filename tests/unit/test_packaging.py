@@ -1,8 +1,9 @@
-"""The installed layout: one ``allocscope`` namespace over the design card's top-level folders.
+"""The installed layout: one ``allocscope`` package whose layers are the card's top-level folders.
 
 ``probes/``, ``collector/`` and ``reports/`` are generic names; installed as top-level packages
-they would collide with anything else in site-packages. These tests pin the mapping in
-pyproject.toml, that every BPF program ships as package data, and that BPF C stays in
+they would collide with anything else in site-packages. ``allocscope/`` is the real package root
+and reaches them through committed relative symlinks, so an import name is a real path. These
+tests pin that layout, that every BPF program ships as package data, and that BPF C stays in
 ``.bpf.c`` files rather than in Python strings.
 """
 
@@ -16,6 +17,7 @@ import importlib.util
 import os
 import re
 import site
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -42,10 +44,14 @@ def _under(path: Path, roots: list[Path]) -> bool:
 
 
 @pytest.mark.parametrize("folder", sorted(FOLDERS))
-def test_namespace_maps_to_repo_folder(folder: str) -> None:
+def test_layer_is_a_relative_symlink_to_the_card_folder(folder: str) -> None:
+    link = REPO / "allocscope" / folder
+    assert link.is_symlink(), f"{link} must be a committed symlink"
+    assert os.readlink(link) == f"../{folder}", "relative, so any checkout works"
     module = importlib.import_module(FOLDERS[folder])
-    locations = [Path(p).resolve() for p in module.__path__]
-    assert locations == [REPO / folder], f"{FOLDERS[folder]} imports from {locations}"
+    (location,) = module.__path__
+    assert Path(location) == link, "the import name must be the path through allocscope/"
+    assert Path(location).resolve() == REPO / folder
 
 
 @pytest.mark.parametrize("name", sorted(FOLDERS))
@@ -61,23 +67,36 @@ def test_no_generic_top_level_packages_installed(name: str) -> None:
     assert not any(_under(p, site_dirs) for p in places), f"top-level {name!r} at {places}"
 
 
-def test_every_subpackage_is_listed_in_pyproject() -> None:
-    """A new folder with an ``__init__.py`` that pyproject doesn't list would not be installed."""
-    dirs = SETUPTOOLS["package-dir"]
-    listed = set(SETUPTOOLS["packages"])
-    assert {dirs[FOLDERS[f]] for f in FOLDERS} == set(FOLDERS), dirs
-    found = set()
-    for folder, package in FOLDERS.items():
-        for init in (REPO / folder).rglob("__init__.py"):
-            rel = init.parent.relative_to(REPO / folder)
-            if "__pycache__" in rel.parts:
-                continue
-            found.add(".".join([package, *rel.parts]))
-    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+def test_packages_are_found_not_listed() -> None:
+    """No package-dir mapping and no hand-kept package list: setuptools finds allocscope*."""
+    assert "package-dir" not in SETUPTOOLS
+    assert SETUPTOOLS["packages"] == {"find": {"include": ["allocscope*"]}}
+
+
+def test_version_typed_marker_and_dash_m() -> None:
+    import allocscope
+
+    assert re.fullmatch(r"\d+\.\d+\.\d+", allocscope.__version__)
+    assert importlib.metadata.version("allocscope") == allocscope.__version__
+    assert (REPO / "allocscope" / "py.typed").is_file()
+    r = subprocess.run(
+        [sys.executable, "-m", "allocscope", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0 and "usage: allocscope" in r.stdout, r.stderr
 
 
 def _package_data_patterns(package: str) -> list[str]:
     return list(SETUPTOOLS.get("package-data", {}).get(package, []))
+
+
+def _subpackages() -> list[str]:
+    """Every package under allocscope/, through the symlinks (as setuptools walks them)."""
+    out = []
+    for d, _dirs, files in os.walk(REPO / "allocscope", followlinks=True):
+        rel = Path(d).relative_to(REPO)
+        if "__init__.py" in files and "__pycache__" not in rel.parts:
+            out.append(".".join(rel.parts))
+    return sorted(out)
 
 
 def test_bpf_programs_are_package_data() -> None:
@@ -95,11 +114,11 @@ DATA_SUFFIXES = (".bpf.c", ".h", ".toml", ".sql", ".js", ".css", ".json", ".html
 
 
 def test_data_files_are_package_data() -> None:
-    dirs = SETUPTOOLS["package-dir"]
     missing = []
-    for package in SETUPTOOLS["packages"]:
-        top = ".".join(package.split(".")[:2])
-        folder = REPO / dirs[top] / Path(*package.split(".")[2:])
+    packages = _subpackages()
+    assert "allocscope.collector.queries" in packages and "allocscope.cli" in packages
+    for package in packages:
+        folder = REPO / Path(*package.split("."))
         patterns = _package_data_patterns(package)
         root = importlib.resources.files(package)
         for path in sorted(folder.iterdir()):
@@ -113,7 +132,7 @@ def test_data_files_are_package_data() -> None:
 
 def test_console_script_installed() -> None:
     (entry,) = importlib.metadata.entry_points(group="console_scripts", name="allocscope")
-    assert entry.value == "allocscope.collector.cli:entry"
+    assert entry.value == "allocscope.cli:entry"
     assert callable(entry.load())
     script = Path(sys.executable).parent / "allocscope"
     assert script.is_file() and os.access(script, os.X_OK), f"{script} missing: run scripts/setup"

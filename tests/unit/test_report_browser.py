@@ -62,7 +62,7 @@ def chromium(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from allocscope.collector.cli import main
+    from allocscope.cli import main
 
     d = tmp_path_factory.mktemp("browser")
     store = make_store(d / "store", hosts=6, sites=40, snapshots=4)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from allocscope.collector.errors import CapabilityError
 from allocscope.collector.toggle import Sysctl, run_toggle
+from allocscope.errors import CapabilityError
 
 
 def _fake(tmp_path: Path, value: str = "1", cmdline: str = "quiet") -> Sysctl:

@@ -233,7 +233,7 @@ def test_missing_file_and_bad_flags(cli: Any, tmp_path: Path) -> None:
 def test_no_allocinfo_suggests_live(
     cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import allocscope.collector.cli.top as top
+    import allocscope.cli.top as top
 
     monkeypatch.setattr(top, "PROC_ALLOCINFO", str(tmp_path / "allocinfo"))
     rc, out, err = cli("top")
@@ -297,7 +297,7 @@ def test_live_path_is_wired(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_help_text_examples(capsys: pytest.CaptureFixture[str]) -> None:
-    from allocscope.collector.cli import main
+    from allocscope.cli import main
 
     for verb in ("top", "snapshot", "diff"):
         with pytest.raises(SystemExit):
@@ -308,7 +308,7 @@ def test_help_text_examples(capsys: pytest.CaptureFixture[str]) -> None:
         assert tail.count("  allocscope ") >= 3
 
 
-ENTRY = "from allocscope.collector.cli import entry; entry()"  # what the console script runs
+ENTRY = "from allocscope.cli import entry; entry()"  # what the console script runs
 
 
 def test_real_process_prints_no_traceback(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import pytest
 
 from allocscope.collector.allocinfo import parse_allocinfo
 from allocscope.collector.attribution import build_skip_rules
-from allocscope.collector.errors import AllocscopeError
 from allocscope.collector.host import collect_host_metadata
 from allocscope.collector.kallsyms import Kallsyms, Symbol
 from allocscope.collector.result import Result, read_result
@@ -27,6 +26,7 @@ from allocscope.collector.whocalls import (
     resolve_sites,
     site_of_macro,
 )
+from allocscope.errors import AllocscopeError
 from allocscope.reports import who_calls as report
 
 BASE = 0xFFFFFFFF81000000
@@ -66,7 +66,7 @@ def test_help_ends_with_real_examples(cli) -> None:  # type: ignore[no-untyped-d
 
 
 def test_help_text(capsys: pytest.CaptureFixture[str]) -> None:
-    from allocscope.collector.cli import main
+    from allocscope.cli import main
 
     with pytest.raises(SystemExit):
         main(["who-calls", "--help"])
@@ -100,7 +100,7 @@ def test_help_text(capsys: pytest.CaptureFixture[str]) -> None:
     ],
 )
 def test_bad_flags_are_usage_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    from allocscope.collector.cli import main
+    from allocscope.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["who-calls", "xas_alloc", *args])

@@ -49,7 +49,7 @@ def _write(value: str) -> None:
 
 def _allocscope(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "allocscope.collector.cli", *args],
+        [sys.executable, "-m", "allocscope.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -142,7 +142,7 @@ def test_ioctl_on_7_3_and_absent_on_6_12(
     """7.3: the ioctl's tags are the text's tags; 6.12: a clear CapabilityError."""
     from allocscope.collector.allocinfo import query_tags
     from allocscope.collector.allocinfo_ioctl import AllocinfoIoctl
-    from allocscope.collector.errors import CapabilityError
+    from allocscope.errors import CapabilityError
 
     if kernel_version < (7, 0):
         with pytest.raises(CapabilityError, match="ioctl"):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from allocscope.collector.cli import doctor as doctor_cli
+from allocscope.cli import doctor as doctor_cli
 from allocscope.probes import capabilities as caps
 
 

@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from allocscope.collector.errors import AllocscopeError
+from allocscope.errors import AllocscopeError
 
 # (verb, module, one-line help): the order is the order of `allocscope --help`. Only the
 # module of the verb being run is imported, so `allocscope top` never loads pyarrow, duckdb or
@@ -59,7 +59,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, module, help_text in VERBS:
         if verb is None or verb == name:
-            importlib.import_module(f"allocscope.collector.cli.{module}").register(sub)
+            importlib.import_module(f"allocscope.cli.{module}").register(sub)
         else:
             sub.add_parser(name, help=help_text, add_help=False)
     return parser

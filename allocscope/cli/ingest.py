@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from allocscope.collector.cli.common import add_verb, print_json
+from allocscope.cli.common import add_verb, print_json
 
 EXAMPLES = """\
   allocscope ingest --store ./store host1.parquet host2.parquet   # snapshot files

@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from allocscope.collector.cli.common import add_verb
-from allocscope.collector.errors import AllocscopeError
+from allocscope.cli.common import add_verb
 from allocscope.collector.query import ENGINES, named_queries, open_engine, run_named, run_sql
 from allocscope.collector.store import Store
+from allocscope.errors import AllocscopeError
 from allocscope.reports.query import render_csv, render_json, render_table
 
 EXAMPLES = """\

@@ -57,7 +57,7 @@ def add_verb(
     func: Callable[[argparse.Namespace], int],
 ) -> argparse.ArgumentParser:
     """A verb parser whose --help ends with real examples, as BCC tools' do."""
-    from allocscope.collector.cli import HelpFormatter
+    from allocscope.cli import HelpFormatter
 
     p: argparse.ArgumentParser = sub.add_parser(
         name,

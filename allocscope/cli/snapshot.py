@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from allocscope.collector.cli.common import add_verb, print_json
-from allocscope.collector.cli.top import load_source, load_subsystems, print_warnings
-from allocscope.collector.errors import AllocscopeError
+from allocscope.cli.common import add_verb, print_json
+from allocscope.cli.top import load_source, load_subsystems, print_warnings
 from allocscope.collector.host import collect_host_metadata, parse_labels
 from allocscope.collector.units import human_bytes
+from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
   allocscope snapshot -o before.parquet                # live /proc/allocinfo + host metadata

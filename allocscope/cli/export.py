@@ -1,4 +1,6 @@
 """``allocscope export --prometheus``: allocinfo as node_exporter textfile metrics."""
+# pyright: reportAttributeAccessIssue=false
+# (pyarrow.compute makes its functions at import time and ships no stubs)
 
 from __future__ import annotations
 
@@ -10,13 +12,13 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from allocscope.cli.common import add_row_limit, add_verb, size_arg
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.atomic import write_text_atomic
-from allocscope.collector.cli.common import add_row_limit, add_verb, size_arg
-from allocscope.collector.errors import AllocscopeError
 from allocscope.collector.host import parse_labels
 from allocscope.collector.store import Store
 from allocscope.collector.subsystem import SubsystemMap, default_map
+from allocscope.errors import AllocscopeError
 from allocscope.reports.prometheus import SiteSample, render
 
 EXAMPLES = """\

@@ -6,21 +6,21 @@ import argparse
 import sys
 from typing import Any
 
-from allocscope.collector.cli.common import (
+from allocscope.cli.common import (
     add_output_format,
     add_row_limit,
     add_verb,
     print_json,
     size_arg,
 )
-from allocscope.collector.cli.top import (
+from allocscope.cli.top import (
     add_common_filters,
     load_source,
     load_subsystems,
     print_warnings,
 )
 from allocscope.collector.diff import DIFF_SORT_KEYS, diff_snapshots, rollup_changes, select_changes
-from allocscope.collector.errors import AllocscopeError
+from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
   allocscope diff before.txt after.txt               # per-site change, largest first

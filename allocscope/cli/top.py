@@ -12,8 +12,7 @@ import os
 import sys
 from typing import Any
 
-from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
-from allocscope.collector.cli.common import (
+from allocscope.cli.common import (
     add_output_format,
     add_row_limit,
     add_verb,
@@ -21,9 +20,10 @@ from allocscope.collector.cli.common import (
     print_json,
     size_arg,
 )
-from allocscope.collector.errors import AllocscopeError
+from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.rollup import GROUP_BY, SORT_KEYS, Filters, rollup
 from allocscope.collector.subsystem import SubsystemMap, default_map
+from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
   allocscope top                            # biggest allocation sites, live /proc/allocinfo

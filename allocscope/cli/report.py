@@ -7,8 +7,8 @@ import os
 import sys
 from typing import Any
 
-from allocscope.collector.cli.common import add_row_limit, add_verb
-from allocscope.collector.errors import AllocscopeError
+from allocscope.cli.common import add_row_limit, add_verb
+from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
   allocscope report --store /srv/allocscope -o fleet.html         # fleet dashboards

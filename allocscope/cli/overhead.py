@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from allocscope.collector.cli.common import add_output_format, add_verb, duration_arg, print_json
-from allocscope.collector.errors import AllocscopeError
+from allocscope.cli.common import add_output_format, add_verb, duration_arg, print_json
+from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
   allocscope overhead -d 60 -o host.json            # 60 s, all CPUs, table + result file

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from allocscope.collector.cli.common import add_output_format, add_verb, duration_arg
-from allocscope.collector.errors import AllocscopeError
+from allocscope.cli.common import add_output_format, add_verb, duration_arg
+from allocscope.errors import AllocscopeError
 
 DESCRIPTION = """\
 Split one allocation site (an allocinfo line, or a function) by the callers behind it, live.

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from allocscope.collector.cli.common import add_output_format, add_verb, duration_arg, emit_result
-from allocscope.collector.errors import AllocscopeError
+from allocscope.cli.common import add_output_format, add_verb, duration_arg, emit_result
+from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
   allocscope ab --pilot p*.json --control c*.json              # host groups, table + verdict
@@ -71,7 +71,7 @@ def register(sub: Any) -> None:
     )
     t.add_argument("--label", action="append", metavar="K=V", help="host label (repeatable)")
     t.add_argument("--sysctl", default=None, help=argparse.SUPPRESS)  # tests: a stand-in file
-    from allocscope.collector.cli.overhead import add_measure_args
+    from allocscope.cli.overhead import add_measure_args
 
     add_measure_args(t, default_duration=120.0)
 
@@ -122,9 +122,9 @@ def run_groups(args: argparse.Namespace) -> int:
 
 
 def run_toggle_cli(args: argparse.Namespace) -> int:
+    from allocscope.cli.overhead import sampler_settings_from
     from allocscope.collector import workloads
     from allocscope.collector.ab import compare_toggle
-    from allocscope.collector.cli.overhead import sampler_settings_from
     from allocscope.collector.host import MEM_PROFILING_SYSCTL, collect_host_metadata, parse_labels
     from allocscope.collector.overhead import Sampler, diff_snapshots, window_payload
     from allocscope.collector.result import Result, now

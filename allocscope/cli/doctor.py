@@ -6,7 +6,7 @@ import argparse
 import shutil
 from typing import Any
 
-from allocscope.collector.cli.common import add_verb, print_json
+from allocscope.cli.common import add_verb, print_json
 
 DESCRIPTION = """\
 Check this host in one screen: kernel release, /proc/allocinfo and its format version,

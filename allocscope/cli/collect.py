@@ -6,11 +6,11 @@ import argparse
 import json
 from typing import Any
 
-from allocscope.collector.cli.common import add_verb, duration_arg
-from allocscope.collector.errors import AllocscopeError
+from allocscope.cli.common import add_verb, duration_arg
 from allocscope.collector.host import parse_labels
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.collector.units import human_bytes
+from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
   allocscope collect --store /mnt/fleet/store --interval 5m --label group=pilot

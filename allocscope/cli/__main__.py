@@ -1,0 +1,5 @@
+"""``python -m allocscope.cli``: the same as the ``allocscope`` command."""
+
+from allocscope.cli import entry
+
+entry()
