@@ -114,11 +114,7 @@ class Spool:
         path = os.path.join(self.dir, "dropped")
         n = self.dropped() + 1
 
-        def write(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                f.write(f"{n}\n")
-
-        write_atomic(path, write)
+        write_atomic(path, lambda f: f.write(f"{n}\n".encode()))
 
     def add(self, table: pa.Table, taken_at: float) -> str | None:
         """Spool one snapshot table; returns the path of a snapshot dropped to make room."""
@@ -134,7 +130,7 @@ class Spool:
             self._count_drop()
             dropped = victim
         path = os.path.join(self.dir, f"snap-{int(round(taken_at * 1e9)):020d}.parquet")
-        write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
         return dropped
 
     def flush(self, store: Store, log: Callable[[str], None]) -> int:

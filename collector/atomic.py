@@ -1,52 +1,180 @@
-"""Crash-safe file writes: temp file in the same directory, fsync, rename.
+"""The one safe writer: every file allocscope writes goes through :func:`write_atomic`.
 
-A reader (or a crash) never sees half a file: either the old content or the whole new one.
-The temp name carries host and pid so many writers on one shared path never collide.
+allocscope runs as root and is pointed at shared and world-writable directories (``-o
+/tmp/x.json``, a store many agents share). Three rules follow, each for a reason:
+
+* **Unguessable, exclusive temp files.** The temp name is ``.<name>.<host>.<pid>.<16 hex>.tmp``
+  in the target's own directory (so the rename is atomic), created with ``O_CREAT | O_EXCL |
+  O_NOFOLLOW``. A predictable name (the old ``.<name>.<host>.<pid>.tmp``) let a local user plant
+  symlinks for upcoming pids and have root overwrite a file of their choice when
+  ``fs.protected_symlinks=0``; with 64 random bits there is nothing to plant, and ``O_EXCL``
+  refuses a link that is there anyway. The caller writes through the file object we opened,
+  never by name, so the name cannot be swapped under it.
+* **Atomic publication.** fsync the file, ``rename`` it over the target, fsync the directory: a
+  reader or a crash sees the old content or the whole new one. ``rename`` replaces a link at the
+  target itself, never what it points to.
+* **One-line failures.** Any ``OSError`` becomes :class:`OutputError` (``PATH: reason``), which
+  the CLI prints as ``allocscope: error: ...``; it is still an ``OSError`` for callers (the store)
+  that turn write failures into their own errors. Missing parent directories are an error
+  unless the caller asks for them (``make_parents``): a typo in ``-o`` should not grow a tree.
+
+Host and pid stay in the temp name so :func:`clean_stale_temps` can remove what a killed writer
+of this host left, and leave a live writer's (or another host's, on a shared filesystem) alone.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import secrets
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import BinaryIO
+
+from allocscope.errors import AllocscopeError
+
+TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.[0-9a-f]{16}\.tmp$")
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class OutputError(AllocscopeError, OSError):
+    """A file could not be written; the message names it and says why, on one line."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "host"
+
+
+def temp_name(path: str) -> str:
+    """A fresh unguessable temp path beside ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    return os.path.join(directory, f".{base}.{_host()}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+
+
+def _reason(e: OSError) -> str:
+    if e.errno == errno.EISDIR:
+        return "is a directory"
+    if e.errno == errno.ENOENT:  # the directory exists (checked first): a pseudo filesystem
+        return "cannot create a file there (a pseudo filesystem such as /proc or /sys?)"
+    return e.strerror or str(e)
+
+
+def _check_target(path: str, make_parents: bool) -> str:
+    if not path:
+        raise OutputError(errno.EINVAL, "'': an empty output path")
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise OutputError(errno.EISDIR, f"{path}: is a directory")
+    if make_parents:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise OutputError(e.errno or 0, f"{path}: {_reason(e)}") from None
+    elif not os.path.isdir(directory):
+        raise OutputError(errno.ENOENT, f"{path}: no such directory {directory} (create it first)")
+    return directory
+
+
+def _fsync_dir(directory: str) -> None:
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # pseudo filesystems
+            raise
+    finally:
+        os.close(dfd)
 
 
 @contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temp path next to ``path``; on success fsync it and rename it into place."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(
-        directory, f".{os.path.basename(path)}.{socket.gethostname()}.{os.getpid()}.tmp"
-    )
+def atomic_file(path: str, *, make_parents: bool = False) -> Iterator[BinaryIO]:
+    """Yield a binary file that becomes ``path`` when the block ends without an exception.
+
+    On an exception the temp file is removed and ``path`` is untouched.
+    """
+    directory = _check_target(path, make_parents)
+    clean_stale_temps(directory, os.path.basename(path))
+    tmp = temp_name(path)
     try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fd = os.open(tmp, _OPEN_FLAGS, 0o666)
+    except OSError as e:
+        raise OutputError(e.errno or 0, f"{path}: {_reason(e)}") from None
+    published = False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        published = True
+        _fsync_dir(directory)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise OutputError(e.errno or 0, f"{path}: {_reason(e)}") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if not published:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
-def write_atomic(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and publish the result atomically at ``path``."""
-    with atomic_path(path) as tmp:
-        write(tmp)
+def write_atomic(
+    path: str, write: Callable[[BinaryIO], object], *, make_parents: bool = False
+) -> None:
+    """Call ``write(f)`` on a fresh temp file and publish the result atomically at ``path``."""
+    with atomic_file(path, make_parents=make_parents) as f:
+        write(f)
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    def _write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
+def write_text_atomic(path: str, text: str, *, make_parents: bool = False) -> None:
+    write_atomic(path, lambda f: f.write(text.encode()), make_parents=make_parents)
 
-    write_atomic(path, _write)
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(directory: str, base: str | None = None) -> int:
+    """Remove temp files in ``directory`` that a dead writer of this host left behind.
+
+    Only our own pattern, only regular files (never a link) owned by us, only this host's, only
+    when the pid is gone; ``base`` limits it to the temps of one target name. Returns how many.
+    """
+    me, uid = _host(), os.geteuid()
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        m = TEMP_RE.match(name)
+        if not m or m["host"] != me or (base is not None and m["name"] != base):
+            continue
+        if _alive(int(m["pid"])):
+            continue
+        full = os.path.join(directory, name)
+        try:
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+                os.unlink(full)
+                removed += 1
+        except OSError:
+            pass
+    return removed

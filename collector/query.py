@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import functools
 import importlib.resources
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,6 +37,7 @@ from typing import Any, Protocol
 
 import pyarrow.parquet as pq
 
+from allocscope.collector.atomic import write_atomic
 from allocscope.collector.store import DATASETS, SCHEMAS, Store
 from allocscope.collector.units import parse_size
 from allocscope.errors import AllocscopeError, CapabilityError
@@ -186,15 +189,28 @@ class Engine(Protocol):
 
 def _empty_file(dataset: str) -> str:
     """A Parquet file with the dataset's schema and no rows: lets queries over a store that
-    has no file of that dataset yet return empty results on both engines."""
+    has no file of that dataset yet return empty results on both engines.
+
+    Kept in a per-uid directory under the temp dir; a directory of that name that is a link,
+    or is not ours with mode 700, was planted by someone else and is not used.
+    """
     d = os.path.join(tempfile.gettempdir(), f"allocscope-empty-{os.getuid()}")
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        d = _private_empty_dir()
     path = os.path.join(d, f"{dataset}.parquet")
     if not os.path.exists(path):
-        os.makedirs(d, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        pq.write_table(SCHEMAS[dataset].empty_table(), tmp)
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: pq.write_table(SCHEMAS[dataset].empty_table(), f))
     return path
+
+
+@functools.cache
+def _private_empty_dir() -> str:
+    return tempfile.mkdtemp(prefix="allocscope-empty-")
 
 
 def _sql_time(v: _dt.datetime) -> str:

@@ -138,7 +138,7 @@ def write_snapshot(
 ) -> int:
     """Write one snapshot atomically (zstd Parquet); returns the row count."""
     table = snapshot_table(snap, host, subsystems)
-    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
     return int(table.num_rows)
 
 

@@ -38,7 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from allocscope.collector.atomic import atomic_path, write_atomic
+from allocscope.collector.atomic import atomic_file, temp_name, write_atomic
+from allocscope.collector.atomic import clean_stale_temps as atomic_clean_stale_temps
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.mounts import unmounted_home
 from allocscope.collector.snapshot import SNAPSHOT_SCHEMA
@@ -154,7 +155,6 @@ SORT_KEYS: dict[str, list[str]] = {
 }
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-_TEMP = re.compile(r"\.(?P<pid>\d+)\.tmp$")
 _BATCH_PART = re.compile(r"-\d+-(?P<pid>\d+)@(?P<writer>[A-Za-z0-9_.-]+)\.parquet$")
 
 
@@ -241,9 +241,9 @@ class Store:
         try:
             os.makedirs(self.root, exist_ok=True)
             # Named like a temp file so clean_stale_temps removes it if we are killed here.
-            probe = os.path.join(self.root, f".writable.{socket.gethostname()}.{os.getpid()}.tmp")
-            with open(probe, "w") as f:
-                f.write("ok")
+            probe = temp_name(os.path.join(self.root, "writable"))
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
             os.unlink(probe)
         except OSError as e:
             raise StoreUnavailable(f"store {self.root} is not writable: {e.strerror or e}") from e
@@ -262,9 +262,10 @@ class Store:
         try:
             write_atomic(
                 path,
-                lambda tmp: pq.write_table(
-                    table, tmp, row_group_size=ROW_GROUP_ROWS, **parquet_options(schema)
+                lambda f: pq.write_table(
+                    table, f, row_group_size=ROW_GROUP_ROWS, **parquet_options(schema)
                 ),
+                make_parents=True,
             )
         except OSError as e:
             raise StoreUnavailable(f"cannot write {path}: {e.strerror or e}") from e
@@ -359,34 +360,15 @@ class Store:
     def clean_stale_temps(self) -> int:
         """Remove temp files a killed writer of *this* host left behind (pid no longer alive).
 
-        Temp names are ``.<name>.<host>.<pid>.tmp`` (collector/atomic.py). Other hosts' temps on
-        a shared path are left alone: only their writer knows whether it is still running.
+        The names and the rule are the safe writer's (collector/atomic.py): other hosts' temps
+        on a shared path are left alone, since only their writer knows whether it still runs.
         """
-        me = socket.gethostname()
-        removed = 0
-        places: list[tuple[str, list[str]]] = []
-        if os.path.isdir(self.root):  # the writability probe's file lives at the top
-            places.append((self.root, [f for f in os.listdir(self.root) if f.endswith(".tmp")]))
+        dirs = [self.root] if os.path.isdir(self.root) else []  # the writability probe's
         for dataset in DATASETS:
             base = self.dataset_dir(dataset)
             if os.path.isdir(base):
-                places.extend((d, names) for d, _dirs, names in os.walk(base))
-        for dirpath, names in places:
-            for name in names:
-                m = _TEMP.search(name)
-                if (
-                    not m
-                    or not name.startswith(".")
-                    or not name[: m.start()].endswith("." + me)
-                    or _alive(int(m["pid"]))
-                ):
-                    continue
-                try:
-                    os.unlink(os.path.join(dirpath, name))
-                    removed += 1
-                except OSError:
-                    pass
-        return removed
+                dirs.extend(d for d, _dirs, _names in os.walk(base))
+        return sum(atomic_clean_stale_temps(d) for d in dirs)
 
 
 class _PartStream:
@@ -406,7 +388,7 @@ class _PartStream:
         self._buf: list[pa.Table] = []
         self._buffered = 0
         try:
-            tmp = self._stack.enter_context(atomic_path(path))
+            tmp = self._stack.enter_context(atomic_file(path, make_parents=True))
             self._writer = pq.ParquetWriter(
                 tmp, self.schema.with_metadata(_part_meta(dataset)), **parquet_options(self.schema)
             )
@@ -457,7 +439,7 @@ class _PartStream:
             except (OSError, pa.ArrowException):
                 pass
             self._writer = None
-        # Leaving atomic_path with an exception skips the rename and removes the temp file.
+        # Leaving atomic_file with an exception skips the rename and removes the temp file.
         self._stack.__exit__(_Aborted, _Aborted(), None)
 
 

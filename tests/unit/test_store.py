@@ -74,8 +74,7 @@ def test_failed_write_leaves_nothing(tmp_path, fixtures_dir, monkeypatch):
     store = Store(str(tmp_path / "s"))
 
     def boom(*a, **k):
-        with open(a[1], "wb") as f:
-            f.write(b"PAR1 half a file")
+        a[1].write(b"PAR1 half a file")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pq, "write_table", boom)
@@ -130,10 +129,10 @@ def test_clean_stale_temps_only_dead_own(tmp_path):
     store = Store(str(tmp_path))
     d = tmp_path / "allocinfo" / "dt=2026-11-29"
     d.mkdir(parents=True)
-    me = socket.gethostname()
-    dead = d / f".part-x-1.parquet.{me}.999999999.tmp"
-    alive = d / f".part-x-2.parquet.{me}.{os.getpid()}.tmp"
-    other = d / ".part-x-3.parquet.otherhost.999999999.tmp"
+    me = socket.gethostname().replace(".", "_")
+    dead = d / f".part-x-1.parquet.{me}.999999999.0123456789abcdef.tmp"
+    alive = d / f".part-x-2.parquet.{me}.{os.getpid()}.0123456789abcdef.tmp"
+    other = d / ".part-x-3.parquet.otherhost.999999999.0123456789abcdef.tmp"
     for p in (dead, alive, other):
         p.write_bytes(b"partial")
     assert store.clean_stale_temps() == 1
@@ -145,7 +144,8 @@ def test_killed_writability_probe_is_cleaned(tmp_path):
     store = Store(str(tmp_path))
     store.check_writable()
     assert os.listdir(tmp_path) == []
-    stale = tmp_path / f".writable.{socket.gethostname()}.999999999.tmp"
+    me = socket.gethostname().replace(".", "_")
+    stale = tmp_path / f".writable.{me}.999999999.0123456789abcdef.tmp"
     stale.write_text("ok")
     assert store.clean_stale_temps() == 1
     assert not stale.exists()
