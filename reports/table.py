@@ -14,6 +14,7 @@ from typing import Any
 from tabulate import tabulate
 
 from allocscope.collector.units import human_bytes, human_count
+from allocscope.reports.terminal import printable
 
 
 def fmt_bytes(n: int | float, human: bool = True) -> str:
@@ -71,7 +72,7 @@ def render(
 
 
 def _cell(v: Any) -> str:
-    return "" if v is None else str(v)
+    return "" if v is None else printable(str(v))
 
 
 def to_csv(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

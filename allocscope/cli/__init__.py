@@ -11,8 +11,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import TextIO, cast
 
 from allocscope.errors import AllocscopeError
+from allocscope.reports.terminal import SafeStream
 
 # (verb, module, one-line help): the order is the order of `allocscope --help`. Only the
 # module of the verb being run is imported, so `allocscope top` never loads pyarrow, duckdb or
@@ -80,6 +82,18 @@ def die(message: str, code: int = 2) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb with stdout and stderr behind the terminal guard (reports/terminal.py):
+    process names and input files are other people's text, and this runs as root."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout = cast(TextIO, SafeStream(out))
+    sys.stderr = cast(TextIO, SafeStream(err))
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = _verb_of(argv)
     parser = build_parser(verb) if verb else build_parser("")
