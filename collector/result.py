@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from allocscope.collector import contracts
 from allocscope.collector.atomic import write_text_atomic
 from allocscope.collector.host import HostMetadata
 from allocscope.errors import InputError
@@ -54,6 +55,8 @@ class Result:
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "<result>") -> Result:
+        """Validate every contracted field (collector/contracts.py) and the kind/payload match;
+        anything wrong is one :class:`InputError` naming ``path`` and the field path."""
         if not isinstance(data, dict):
             raise InputError(path, None, "not a result file (top level is not a JSON object)")
         for key in ("schema", "kind", "host", "start", "duration", "payload"):
@@ -69,11 +72,16 @@ class Result:
         if data["kind"] not in KINDS:
             raise InputError(path, None, f"unknown result kind {data['kind']!r}")
         try:
+            contracts.check(data, contracts.RESULT, "result")
+            if data["start"] < 0 or data["duration"] < 0:
+                raise contracts.ContractError("result.start", "times must not be negative")
+            contracts.check_payload(data["kind"], data["payload"])
+        except contracts.ContractError as e:
+            raise InputError(path, None, str(e)) from None
+        try:
             host = HostMetadata.from_dict(data["host"])
         except (TypeError, ValueError, AttributeError) as e:
-            raise InputError(path, None, f"bad host metadata: {e}") from None
-        if not isinstance(data["payload"], dict):
-            raise InputError(path, None, "payload is not an object")
+            raise InputError(path, None, f"result.host: bad host metadata: {e}") from None
         return cls(
             kind=data["kind"],
             host=host,
@@ -94,6 +102,8 @@ def read_result(path: str, expect_kind: str | None = None) -> Result:
         raise InputError(path, None, "no such file") from None
     except json.JSONDecodeError as e:
         raise InputError(path, e.lineno, f"bad JSON: {e.msg}") from None
+    except RecursionError:
+        raise InputError(path, None, "JSON nested too deeply to be a result file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(path, None, str(e)) from None
     result = Result.from_dict(data, path)

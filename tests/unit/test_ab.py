@@ -185,10 +185,10 @@ def test_cli_rejects_wrong_kind_and_bad_json(tmp_path: Path, cli: Any) -> None:
     bad.write_text('{"schema": 1,\n "kind": ')
     rc, _, err = cli("ab", "--pilot", str(good), "--control", str(bad))
     assert rc != 0 and f"{bad}:2" in err and "Traceback" not in err
-    other = Result.from_dict({**pilot[0].result.to_dict(), "kind": "who-calls"})
-    other.write(str(bad))
+    # an overhead payload labelled who-calls is refused at the door, naming the field
+    bad.write_text(json.dumps({**pilot[0].result.to_dict(), "kind": "who-calls"}))
     rc, _, err = cli("ab", "--pilot", str(good), "--control", str(bad))
-    assert rc != 0 and "expected 'overhead'" in err
+    assert rc != 0 and "payload.site: missing" in err and "looks like a 'overhead'" in err
     rc, _, err = cli("ab", "--pilot", str(good))
     assert rc != 0 and "--control" in err
 

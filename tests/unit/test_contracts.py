@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -33,7 +34,8 @@ def test_parse_labels() -> None:
 
 
 def test_result_roundtrip_and_errors(tmp_path: Path) -> None:
-    r = Result("who-calls", collect_host_metadata(), 1.0, 2.5, {"sample": 1}, {"callers": []})
+    payload = {"site": "xas_alloc", "total_calls": 0, "callers": []}
+    r = Result("who-calls", collect_host_metadata(), 1.0, 2.5, {"sample": 1}, payload)
     p = tmp_path / "r.json"
     r.write(str(p))
     back = read_result(str(p), expect_kind="who-calls")
@@ -56,7 +58,7 @@ def test_result_roundtrip_and_errors(tmp_path: Path) -> None:
 
 def test_atomic_write_leaves_no_temp(tmp_path: Path) -> None:
     p = tmp_path / "sub" / "f.txt"
-    write_text_atomic(str(p), "one")
+    write_text_atomic(str(p), "one", make_parents=True)
     write_text_atomic(str(p), "two")
     assert p.read_text() == "two"
     assert os.listdir(p.parent) == ["f.txt"]
@@ -68,8 +70,8 @@ def test_atomic_write_failure_keeps_old(tmp_path: Path) -> None:
     p = tmp_path / "f.txt"
     p.write_text("old")
 
-    def boom(tmp: str) -> None:
-        Path(tmp).write_text("partial")
+    def boom(f: BinaryIO) -> None:
+        f.write(b"partial")
         raise RuntimeError("crash mid-write")
 
     with pytest.raises(RuntimeError):
@@ -145,3 +147,51 @@ def test_kallsyms_restricted(tmp_path: Path) -> None:
     p.write_text("0000000000000000 T _stext\n0000000000000000 t xas_alloc\n")
     with pytest.raises(CapabilityError, match="kptr_restrict"):
         Kallsyms.load(str(p))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(start="yesterday"), "result.start: expected a finite number"),
+        (lambda d: d.update(start=-5), "times must not be negative"),
+        (lambda d: d.update(duration=float("nan")), "result.duration: expected a finite number"),
+        (
+            lambda d: d.update(kind="overhead"),
+            "payload.seconds: missing (this looks like a 'who-calls'",
+        ),
+        (lambda d: d["payload"]["callers"].append({"caller": 3}), "payload.callers[0].caller"),
+        (lambda d: d["payload"].update(extra=_deep(100)), "nested deeper than"),
+        (lambda d: d.update(payload=[]), "result.payload: expected an object"),
+    ],
+)
+def test_result_fields_are_validated_with_their_path(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    payload = {"site": "xas_alloc", "total_calls": 0, "callers": []}
+    d = Result("who-calls", collect_host_metadata(), 1.0, 2.5, {}, payload).to_dict()
+    edit(d)
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(d, allow_nan=True))
+    with pytest.raises(InputError) as e:
+        read_result(str(p))
+    assert str(e.value).startswith(f"{p}: ") and message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def _deep(n: int) -> object:
+    v: object = 1
+    for _ in range(n):
+        v = {"x": v}
+    return v
+
+
+def test_json_nested_past_the_parser_is_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(InputError, match="nested too deeply"):
+        read_result(str(p))
+
+
+def test_schemas_doc_is_generated_from_the_contracts() -> None:
+    from allocscope.collector.contracts import markdown
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "schemas.md").read_text()
+    assert doc == markdown(), "run scripts/gen-schemas"

@@ -73,12 +73,18 @@ def _bad_files(tmp_path, good):
     wc["callers"] = wc["payload"]["callers"]
     wc["payload"]["callers"][1]["calls"] = "many"
     (d / "badcaller.json").write_text(json.dumps(wc))
-    out["badcaller.json"] = "callers[1].calls is not a number"
+    out["badcaller.json"] = "payload.callers[1].calls: expected an integer"
     # a result kind the store does not take
     wc2 = json.loads(open([p for p in good if "who-calls" in p][0]).read())
     wc2["kind"] = "top-live"
+    wc2["payload"] = {"bytes_kind": "live", "sites": []}
     (d / "toplive.json").write_text(json.dumps(wc2))
     out["toplive.json"] = "are not stored"
+    # a who-calls payload labelled overhead (once ingested as a row of NULLs)
+    wc3 = json.loads(open([p for p in good if "who-calls" in p][0]).read())
+    wc3["kind"] = "overhead"
+    (d / "mislabelled.json").write_text(json.dumps(wc3))
+    out["mislabelled.json"] = "this looks like a 'who-calls' payload"
     # the two usual mistakes: something else named .parquet, and raw allocinfo text
     (d / "junk.parquet").write_text("<html>404</html>")
     out["junk.parquet"] = "no PAR1 magic"

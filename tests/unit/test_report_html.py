@@ -227,6 +227,8 @@ def test_unknown_payload_shapes_render_generically(tmp_path: Path) -> None:
         start=1.0,
         duration=2.0,
         payload={
+            "comparisons": [],
+            "verdicts": [],
             "verdict": "pilot spends +41%",
             "rows": [{"function": "f<1>", "ratio": 1.41}],
             "nested": {"deep": {"x": 1}},
