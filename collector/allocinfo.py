@@ -247,6 +247,26 @@ def _parse_extras(text: str, path: str, lineno: int) -> dict[str, str]:
     return extras
 
 
+# What the kernel can print (lib/alloc_tag.c): bytes and calls are 64-bit counters (a racing
+# free can make a sum dip below zero, hence signed), stored as signed 64-bit downstream
+# (Parquet int64, DuckDB BIGINT); line numbers are the C `int` of __LINE__. A number past
+# these did not come from a kernel, and accepting it would only move the crash to the
+# snapshot or report that tries to store it.
+_S64_MAX = (1 << 63) - 1
+_LINE_MAX = (1 << 31) - 1
+
+
+def _out_of_range(bytes_s: str, calls_s: str, line_s: str) -> str:
+    """Why a line's numbers cannot be a kernel's, or '' when they can."""
+    if abs(int(bytes_s)) > _S64_MAX:
+        return f"bytes {bytes_s[:24]} is out of range (a 64-bit counter)"
+    if abs(int(calls_s)) > _S64_MAX:
+        return f"calls {calls_s[:24]} is out of range (a 64-bit counter)"
+    if not 0 <= int(line_s) <= _LINE_MAX:
+        return f"line number {line_s[:24]} is out of range (0 to 2^31-1)"
+    return ""
+
+
 def parse_allocinfo(
     lines: Iterable[str], source: str = "<allocinfo>", *, lenient: bool = False
 ) -> AllocinfoSnapshot:
@@ -270,6 +290,14 @@ def parse_allocinfo(
         m = match_line(raw)
         if m is not None:
             bytes_s, calls_s, file, line, module, func, rest = m.groups()
+            why = _out_of_range(bytes_s, calls_s, line)
+            if why:
+                err = InputError(source, lineno, why)
+                if not lenient:
+                    raise err
+                warnings.append(str(err))
+                skipped += 1
+                continue
             extras = _parse_extras(rest, source, lineno) if rest else {}
             records.append(
                 AllocRecord(
@@ -398,7 +426,9 @@ def parse_allocinfo_text(
     lines = body.count("\n") + (1 if body and not body.endswith("\n") else 0)
     if lines:
         rows = _FAST.findall(body)
-        if len(rows) == lines:
+        if len(rows) == lines and not any(
+            len(b) > 18 or len(c) > 19 or len(ln) > 9 for b, c, _f, ln, *_ in rows
+        ):
             snap = _parse_head(head, source, lenient)
             # Tens of thousands of new objects, none cyclic: the cyclic GC would run dozens
             # of times for nothing (a third of the parse time when measured).

@@ -20,6 +20,7 @@ from allocscope.collector.allocinfo import (
 )
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.snapshot import snapshot_table
+from allocscope.errors import InputError
 
 HEAD = "allocinfo - version: 2.0\n#     <size>  <calls> <tag info>\n"
 
@@ -75,7 +76,6 @@ def test_columns_hold_every_field() -> None:
     ("why", "line"),
     [
         ("19 digits may overflow int64", " 1234567890123456789 1 a.c:1 func:f\n"),
-        ("a line number past int32", " 1 1 a.c:2147483648 func:f\n"),
         ("a NUMA sub-line", " 1 1 a.c:1 func:f\n  nid0 1 1\n"),
         ("an excerpt's ...", " 1 1 a.c:1 func:f\n...\n"),
         ("a blank line", " 1 1 a.c:1 func:f\n\n 1 1 a.c:2 func:g\n"),
@@ -92,9 +92,22 @@ def test_scanner_declines_and_the_python_path_decides(why: str, line: str) -> No
     assert parse_allocinfo_bytes(text.encode(), "t", lenient=True) == want
 
 
-def test_big_numbers_stay_exact_through_the_fallback() -> None:
-    snap = parse_allocinfo_bytes((HEAD + " 12345678901234567890 3 a.c:1 func:f\n").encode())
-    assert snap.records[0].bytes == 12345678901234567890
+def test_numbers_no_kernel_prints_are_refused_on_every_path() -> None:
+    """Past s64 (bytes, calls) or int32 (line): refused with file:line, compiled or not."""
+    for line in (
+        " 12345678901234567890 3 a.c:1 func:f\n",
+        " 1 123456789012345678901 a.c:1 func:f\n",
+        " 1 1 a.c:2147483648 func:f\n",
+    ):
+        for only_python in (False, True):
+            with pytest.raises(InputError, match=r"^t:3: .* out of range"):
+                if only_python:
+                    with python_only():
+                        parse_allocinfo_bytes((HEAD + line).encode(), "t")
+                else:
+                    parse_allocinfo_bytes((HEAD + line).encode(), "t")
+    edge = parse_allocinfo_bytes((HEAD + f" {(1 << 63) - 1} 3 a.c:2147483647 func:f\n").encode())
+    assert edge.records[0].bytes == (1 << 63) - 1 and edge.records[0].site.line == (1 << 31) - 1
 
 
 def test_snapshot_from_columns_equals_snapshot_from_records(fixtures_dir: Path) -> None:
