@@ -295,7 +295,7 @@ def window_payload(
     frequency: int,
     ncpus: int | None = None,
 ) -> dict[str, Any]:
-    """The ``overhead`` payload for one window (see /work/notes/readme-overhead-ab.md).
+    """The ``overhead`` payload for one window (its contract: collector/contracts.py).
 
     ``ncpus``: the number of CPUs sampled when every task (idle included) was sampled; the
     period one sample stands for is then measured (seconds x CPUs / samples) instead of

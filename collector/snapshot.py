@@ -1,8 +1,8 @@
 """The snapshot file: one allocinfo read plus its host metadata, in one Parquet file.
 
 This is the unit the fleet store ingests, so its schema is versioned and documented
-(README, "Snapshot schema"). One row per allocinfo tag; host columns are repeated on every
-row so a directory of snapshots is queryable as one table without joins. The whole
+(docs/design/store.md, "Snapshot schema"). One row per allocinfo tag; host columns are
+repeated on every row so a directory of snapshots is queryable as one table without joins. The whole
 :class:`HostMetadata` (labels included) and the read's own facts are also kept in the Parquet
 key-value metadata under ``allocscope.*``.
 """

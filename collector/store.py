@@ -1,6 +1,6 @@
 """The fleet store: Hive-partitioned Parquet files that DuckDB (or Spark) query in place.
 
-Layout (``STORE_SCHEMA_VERSION`` 1, documented in the README "Fleet store")::
+Layout (``STORE_SCHEMA_VERSION`` 1, documented in docs/design/store.md)::
 
     <store>/allocinfo/dt=YYYY-MM-DD/part-<host>-<timestamp ns>[-<pid>].parquet
     <store>/hosts/dt=YYYY-MM-DD/part-...      one row per snapshot: metadata, labels, totals

@@ -73,7 +73,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--subsystems",
         metavar="TOML",
-        help="subsystem mapping override for --file inputs (see README)",
+        help="subsystem mapping override for --file inputs (docs/design/allocinfo.md)",
     )
 
 

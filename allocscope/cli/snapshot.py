@@ -1,7 +1,7 @@
 """``allocscope snapshot``: one allocinfo read plus host metadata, saved as Parquet.
 
 The snapshot is the unit fleet collection ingests and ``diff`` compares; its schema is
-versioned (:mod:`allocscope.collector.snapshot`, README "Snapshot schema").
+versioned (:mod:`allocscope.collector.snapshot`, docs/design/store.md "Snapshot schema").
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
         help="save allocinfo plus host metadata as one Parquet file",
         description="Capture /proc/allocinfo (or a saved copy) with this host's metadata "
         "(hostname, kernel, boot id, CPUs, memory, vm.mem_profiling, labels) into one "
-        "Parquet file with a versioned schema (README: Snapshot schema). Written atomically. "
+        "Parquet file with a versioned schema (docs/design/store.md). Written atomically. "
         "A saved copy "
         "is recorded with THIS host's metadata: label it if it came from elsewhere.",
         examples=EXAMPLES,

@@ -87,7 +87,7 @@ def add_common_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--subsystems",
         metavar="FILE.toml",
-        help="subsystem rules tried before the defaults (see README)",
+        help="subsystem rules tried before the defaults (docs/design/allocinfo.md)",
     )
     p.add_argument(
         "--lenient",
