@@ -15,7 +15,6 @@ reported in :attr:`LiveCapture.lost`, never dropped silently.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import re
 import resource
@@ -25,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from allocscope.collector import workloads
 from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord
 from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.site import Site, canonical_function
-from allocscope.collector.workloads import WORKLOADS
 from allocscope.errors import AllocscopeError, CapabilityError
 from allocscope.probes import btf
 from allocscope.probes.loader import Probe, interruptible, sleep_until_interrupted
@@ -427,30 +426,6 @@ def read_records(probe: Probe, ksyms: Kallsyms, *, frees: bool) -> list[AllocRec
 # --- the capture ---------------------------------------------------------------------------
 
 
-def _workload_child(name: str, seconds: float) -> None:
-    try:
-        WORKLOADS[name](seconds)
-    except KeyboardInterrupt:  # stopped early by the parent: not an error
-        pass
-
-
-def _start_workload(name: str, seconds: float) -> mp.process.BaseProcess:
-    p = mp.get_context("fork").Process(
-        target=_workload_child, args=(name, seconds), daemon=True, name=f"allocscope-{name}"
-    )
-    p.start()
-    return p
-
-
-def _stop_workload(p: mp.process.BaseProcess) -> None:
-    if p.is_alive():
-        p.terminate()
-    p.join(10)
-    if p.is_alive():
-        p.kill()
-        p.join(5)
-
-
 def capture_live_sites(
     duration: float | None,
     *,
@@ -467,10 +442,8 @@ def capture_live_sites(
     number of operations inside the window; a BCC compile takes ~10 s in a VM)."""
     if duration is not None and duration <= 0:
         raise AllocscopeError(f"duration must be positive, got {duration:g}")
-    if workload is not None and workload not in WORKLOADS:
-        raise AllocscopeError(
-            f"unknown workload {workload!r} (have: {', '.join(sorted(WORKLOADS))})"
-        )
+    if workload is not None:
+        workloads.check_name(workload)
     if pid is not None and not os.path.exists(f"/proc/{pid}"):
         raise AllocscopeError(f"no process {pid}")
     ksyms = Kallsyms.load()  # before the window: loading takes ~0.5 s
@@ -485,7 +458,7 @@ def capture_live_sites(
             if on_start is not None:
                 on_start()
             if workload is not None:
-                child = _start_workload(workload, duration if duration is not None else 1e9)
+                child = workloads.start(workload, duration if duration is not None else 1e9)
             interrupted = sleep_until_interrupted(duration)
         except KeyboardInterrupt:
             interrupted = True
@@ -493,9 +466,11 @@ def capture_live_sites(
             elapsed = time.monotonic() - t0
             detach_all(probe)
             if child is not None:
-                _stop_workload(child)
+                workloads.stop(child)
         records = read_records(probe, ksyms, frees=frees)
-        counts = dict(zip(COUNTERS, _percpu_sum(probe["counters"], len(COUNTERS)), strict=True))
+        counts: dict[str, int] = dict(
+            zip(COUNTERS, _percpu_sum(probe["counters"], len(COUNTERS)), strict=True)
+        )
         compile_s = probe.compile_seconds
         header_note = probe.headers.note if probe.headers else ""
     snapshot = AllocinfoSnapshot(

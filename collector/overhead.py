@@ -762,9 +762,8 @@ def run_overhead(
                 event, etype, econfig = sampler.event, sampler.event_type, sampler.event_config
                 backends = sampler.backends
         finally:
-            if child is not None and child.is_alive():
-                child.kill()  # SIGKILL: the workload has nothing to save
-                child.join(5)
+            if child is not None:
+                workloads.stop(child)
     payload["profiling_memory"] = profiling_memory(allocinfo_path)
     payload["event"] = event
     result_settings: dict[str, Any] = {

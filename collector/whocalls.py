@@ -565,10 +565,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
             start = time.time()
             t0 = time.monotonic()
             if opts.workload:
-                try:
-                    proc = workloads.start(opts.workload, duration or 10.0)
-                except ValueError as e:
-                    raise AllocscopeError(f"who-calls: {e}") from None
+                proc = workloads.start(opts.workload, duration or 10.0)
             th = None
             if opts.during is not None:
                 th = threading.Thread(target=opts.during, name="who-calls-during", daemon=True)
@@ -579,10 +576,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         finally:
             probe.close()
             if proc is not None:
-                proc.join(timeout=0.5)
-                if proc.is_alive():
-                    proc.terminate()
-                    proc.join(timeout=2)
+                workloads.stop(proc)
     after = (
         read_allocinfo(opts.allocinfo_file, lenient=True)
         if opts.allocinfo_file

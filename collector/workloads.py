@@ -14,15 +14,19 @@ The kernel paths they exercise, on Linux 6.x:
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
+
+from allocscope.errors import AllocscopeError
 
 
 def open_close(ops: int, path: str = "/etc/hostname") -> int:
@@ -52,11 +56,17 @@ def private_tmpfs(size: str = "1g") -> Iterator[str]:
     try:
         yield d
     finally:
-        if mounted:
-            subprocess.run(["umount", "-l", d], capture_output=True)
-            os.rmdir(d)
-        else:
-            shutil.rmtree(d, ignore_errors=True)
+        # A second SIGTERM (or Ctrl-C) must not cut the clean-up short: that left 256 MiB
+        # tmpfs mounts under /tmp.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            if mounted:
+                subprocess.run(["umount", "-l", d], capture_output=True)
+                os.rmdir(d)
+            else:
+                shutil.rmtree(d, ignore_errors=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def tmpfs_write(mib: int, directory: str | None = None, chunk: int = 1 << 20) -> int:
@@ -114,15 +124,83 @@ WORKLOADS["open-close"] = _open_close_for
 WORKLOADS["tmpfs-write"] = _tmpfs_write_for
 
 
-def _child(name: str, seconds: float, delay: float) -> None:
-    time.sleep(delay)
-    WORKLOADS[name](seconds)
+_PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+_CLONE_NEWNS = 0x00020000  # include/uapi/linux/sched.h
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # unwinds through private_tmpfs's finally: the mount is cleaned up
+
+
+def _child(name: str, seconds: float, delay: float, parent: int) -> None:
+    """The workload child's whole life. Each line is one rule of the capture core:
+
+    * it never holds the parent's BPF program, link or perf fds (every inherited fd above
+      stderr is closed first), so killing the parent detaches every probe at once;
+    * it dies with its parent (PR_SET_PDEATHSIG = SIGTERM; re-checked against a parent that
+      died before the prctl);
+    * Ctrl-C is the parent's to handle: SIGINT is ignored, so nothing is printed here;
+    * SIGTERM ends the loop through ``finally`` blocks (tmpfs unmounted, files removed), and
+      its mounts live in a private mount namespace, so even a SIGKILL leaves none behind.
+    """
+    os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 4096)
+    libc = _libc()
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    if os.getppid() != parent:
+        return
+    if os.geteuid() == 0 and libc.unshare(_CLONE_NEWNS) == 0:
+        subprocess.run(["mount", "--make-rprivate", "/"], capture_output=True)
+    try:
+        time.sleep(delay)
+        WORKLOADS[name](seconds)
+    except (SystemExit, KeyboardInterrupt):
+        pass
+
+
+def check_name(name: str) -> None:
+    """The one workload-name check every verb uses."""
+    if name not in WORKLOADS:
+        raise AllocscopeError(f"unknown workload {name!r} (have: {', '.join(sorted(WORKLOADS))})")
 
 
 def start(name: str, seconds: float, delay: float = 0.0) -> BaseProcess:
-    """Run workload ``name`` for ``seconds`` in a child process (after ``delay``)."""
-    if name not in WORKLOADS:
-        raise ValueError(f"unknown workload {name!r} (have: {', '.join(sorted(WORKLOADS))})")
-    p = mp.get_context("fork").Process(target=_child, args=(name, seconds, delay), daemon=True)
+    """Run workload ``name`` for ``seconds`` in a child process (after ``delay``); stop it
+    with :func:`stop`. See :func:`_child` for the rules the child keeps."""
+    check_name(name)
+    p = mp.get_context("fork").Process(
+        target=_child,
+        args=(name, seconds, delay, os.getpid()),
+        daemon=True,
+        name=f"allocscope-{name}",
+    )
     p.start()
     return p
+
+
+def stop(p: BaseProcess, timeout: float = 10.0) -> None:
+    """SIGTERM, so the child cleans up its mounts and files; SIGKILL only if it hangs."""
+    if p.is_alive():
+        p.terminate()
+    p.join(timeout)
+    if p.is_alive():
+        p.kill()
+        p.join(5)
+
+
+@contextmanager
+def workload_child(name: str | None, seconds: float) -> Iterator[BaseProcess | None]:
+    """``with workload_child(name, s):`` runs the workload for the block (None: nothing)."""
+    if name is None:
+        yield None
+        return
+    p = start(name, seconds)
+    try:
+        yield p
+    finally:
+        stop(p)

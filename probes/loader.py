@@ -299,7 +299,16 @@ _LIVE = _LiveProbes()
 atexit.register(_LIVE.close_all)
 
 
+_LAST_SIGNAL = [int(signal.SIGINT)]
+
+
+def interrupting_signal() -> int:
+    """The signal that ended the last interrupted capture (SIGINT unless SIGTERM/SIGHUP)."""
+    return _LAST_SIGNAL[0]
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    _LAST_SIGNAL[0] = signum
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -313,6 +322,7 @@ def interruptible() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _LAST_SIGNAL[0] = int(signal.SIGINT)
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     for s in old:
         signal.signal(s, _raise_interrupt)

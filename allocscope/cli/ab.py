@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from allocscope.cli.common import add_output_format, add_verb, duration_arg, emit_result
+from allocscope.cli.common import add_output_format, add_verb, emit_result, window_arg
 from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
@@ -59,7 +59,7 @@ def register(sub: Any) -> None:
     )
     t.add_argument(
         "--period",
-        type=duration_arg,
+        type=window_arg,
         default=10.0,
         metavar="SECONDS",
         help="length of each on/off window (default 10)",
@@ -194,9 +194,8 @@ def run_toggle_cli(args: argparse.Namespace) -> int:
                         )
                     )
         finally:
-            if child is not None and child.is_alive():
-                child.kill()
-                child.join(5)
+            if child is not None:
+                workloads.stop(child)
     payload = compare_toggle(window_payloads, alpha=args.alpha, seed=_seed(args))
     payload.update(
         original=run.original,

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from allocscope.cli.common import add_verb, duration_arg
+from allocscope.cli.common import add_verb, count_arg, duration_arg, positive_arg
 from allocscope.collector.host import parse_labels
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.collector.units import human_bytes
@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
         help="host label stored with every snapshot (repeatable), e.g. group=pilot",
     )
     p.add_argument("--once", action="store_true", help="take one snapshot and exit (cron)")
-    p.add_argument("--count", type=int, metavar="N", help="stop after N snapshots")
+    p.add_argument("--count", type=positive_arg, metavar="N", help="stop after N snapshots")
     p.add_argument(
         "-f",
         "--file",
@@ -64,7 +64,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--spool-max",
-        type=int,
+        type=count_arg,
         default=1000,
         metavar="N",
         help="most snapshots kept in the spool (default 1000)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,6 +27,48 @@ def _typed(fn: Callable[[str], T], what: str) -> Callable[[str], T]:
 
 size_arg = _typed(parse_size, "size")
 duration_arg = _typed(parse_duration, "duration")
+
+
+def window_arg(text: str) -> float:
+    """A capture window (``-d``): positive. Every live verb refuses ``-d 0`` the same way
+    (it used to mean "for ever" in one verb and a 0-second capture in another); omitting
+    ``-d`` is how to say "until Ctrl-C"."""
+    seconds = duration_arg(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a capture window must be positive (omit -d to run until Ctrl-C)"
+        )
+    return seconds
+
+
+def pid_arg(text: str) -> int:
+    """``-p PID``: a process that exists now, checked once for every verb (who-calls used to
+    capture nothing, silently, for a pid that did not exist)."""
+    try:
+        pid = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
+    if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
+        raise argparse.ArgumentTypeError(f"no such process: {pid}")
+    return pid
+
+
+def positive_arg(text: str) -> int:
+    """A count that must be 1 or more (``collect --count``)."""
+    n = count_arg(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {n}")
+    return n
+
+
+def interrupted_exit_code(result: Any) -> int:
+    """130 after Ctrl-C, 143 after SIGTERM (128 + the signal, as shells report it), 0 when
+    the capture ran its course: the same in every verb."""
+    from allocscope.probes.loader import interrupting_signal
+
+    if not result.settings.get("interrupted"):
+        return 0
+    return 128 + interrupting_signal()
 
 
 def count_arg(text: str) -> int:
@@ -84,15 +127,20 @@ def add_output_format(
 
 
 def emit_result(result: Any, args: argparse.Namespace, table: Callable[[], str]) -> int:
-    """A verb's result: written to ``-o`` (atomically, by Result.write), then printed as JSON
-    (the same document) or as the table ``table()`` renders. Returns the exit status."""
-    if args.output:
-        result.write(args.output)
-    if args.json:
+    """A verb's result, the same way in every verb: printed first (the whole Result document
+    with ``--json``, else the table ``table()`` renders), so a failing ``-o`` (full disk,
+    bad path) never loses the capture; then written to ``-o`` by the safe writer, with
+    "wrote FILE" on stderr. Returns the exit status: 130/143 for a run ended by
+    Ctrl-C/SIGTERM (:func:`interrupted_exit_code`), else 0."""
+    if getattr(args, "json", False):
         print_json(result.to_dict())
     else:
         sys.stdout.write(table())
-    return 0
+    sys.stdout.flush()
+    if getattr(args, "output", None):
+        result.write(args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return interrupted_exit_code(result)
 
 
 def print_json(data: Any) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from allocscope.cli.common import add_output_format, add_verb, duration_arg, print_json
+from allocscope.cli.common import add_output_format, add_verb, emit_result, pid_arg, window_arg
 from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
@@ -59,7 +59,7 @@ def add_measure_args(p: Any, *, default_duration: float | None = 30.0) -> None:
     p.add_argument(
         "-d",
         "--duration",
-        type=duration_arg,
+        type=window_arg,
         default=default_duration,
         metavar="SECONDS",
         help=f"how long to measure (default {default_duration})",
@@ -73,7 +73,7 @@ def add_measure_args(p: Any, *, default_duration: float | None = 30.0) -> None:
         help="sampling frequency per CPU (default 99)",
     )
     p.add_argument("-C", "--cpus", metavar="CPUS", help="only these CPUs, e.g. 0-3,6")
-    p.add_argument("-p", "--pid", type=int, metavar="PID", help="only this process")
+    p.add_argument("-p", "--pid", type=pid_arg, metavar="PID", help="only this process")
     p.add_argument(
         "--function",
         action="append",
@@ -151,20 +151,19 @@ def run(args: argparse.Namespace) -> int:
         labels,
         workload=args.workload,
         on_start=lambda: print(
-            f"sampling for {args.duration or 'ever'} s... Ctrl-C ends early",
+            f"sampling for {args.duration:g} s... Ctrl-C ends early"
+            if args.duration is not None
+            else "sampling until Ctrl-C",
             file=sys.stderr,
             flush=True,
         ),
     )
-    if args.output:
-        result.write(args.output)
     data = result.to_dict()
-    if args.json:
-        print_json(data)
-    else:
-        sys.stdout.write(overhead_table(data, show_absent=args.show_absent))
+
+    def table() -> str:
+        text = overhead_table(data, show_absent=args.show_absent)
         if args.histogram and data["payload"].get("exact"):
-            sys.stdout.write(histogram_table(data["payload"]["exact"]) + "\n")
-        if args.output:
-            print(f"wrote {args.output}")
-    return 0  # an early end (Ctrl-C/SIGTERM) is a normal, shorter capture
+            text += histogram_table(data["payload"]["exact"]) + "\n"
+        return text
+
+    return emit_result(result, args, table)

@@ -16,9 +16,10 @@ from allocscope.cli.common import (
     add_output_format,
     add_row_limit,
     add_verb,
-    duration_arg,
+    pid_arg,
     print_json,
     size_arg,
+    window_arg,
 )
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.rollup import GROUP_BY, SORT_KEYS, Filters, rollup
@@ -152,7 +153,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--live",
-        type=duration_arg,
+        type=window_arg,
         metavar="SECONDS",
         help="trace kmem tracepoints for SECONDS and rank call sites (any kernel)",
     )
@@ -161,7 +162,9 @@ def register(sub: Any) -> None:
         metavar="NAME",
         help="with --live: run a built-in workload during the window (open-close, tmpfs-write)",
     )
-    p.add_argument("-p", "--pid", type=int, metavar="PID", help="with --live: only this process")
+    p.add_argument(
+        "-p", "--pid", type=pid_arg, metavar="PID", help="with --live: only this process"
+    )
     p.add_argument(
         "--no-frees",
         dest="frees",
@@ -245,4 +248,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(rep.top_csv(r))
     else:
         sys.stdout.write(rep.top_table(r, human=args.human, title=title))
+    if extra.get("live", {}).get("interrupted"):
+        from allocscope.probes.loader import interrupting_signal
+
+        return 128 + interrupting_signal()  # 130 / 143, as every live verb
     return 0

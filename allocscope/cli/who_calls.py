@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from allocscope.cli.common import add_output_format, add_verb, duration_arg
+from allocscope.cli.common import add_output_format, add_verb, emit_result, pid_arg, window_arg
 from allocscope.errors import AllocscopeError
 
 DESCRIPTION = """\
@@ -84,7 +85,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-d",
         "--duration",
-        type=duration_arg,
+        type=window_arg,
         default=None,
         help="capture for this long (10, 30s, 2m); default: until Ctrl-C",
     )
@@ -135,7 +136,7 @@ def register(sub: Any) -> None:
         default=0.95,
         help="confidence level of the share intervals (default: 0.95)",
     )
-    p.add_argument("-p", "--pid", type=int, default=None, help="only this process (tgid)")
+    p.add_argument("-p", "--pid", type=pid_arg, default=None, help="only this process (tgid)")
     p.add_argument("--comm", default=None, help="only tasks with this comm")
     p.add_argument("--per-process", action="store_true", help="split callers by process")
     p.add_argument(
@@ -173,13 +174,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.confidence < 1.0:
         raise AllocscopeError("who-calls: --confidence must be in (0, 1)")
     if args.workload is not None:
-        from allocscope.collector.workloads import WORKLOADS
+        from allocscope.collector.workloads import check_name
 
-        if args.workload not in WORKLOADS:
-            raise AllocscopeError(
-                f"who-calls: unknown workload {args.workload!r} "
-                f"(have: {', '.join(sorted(WORKLOADS))})"
-            )
+        check_name(args.workload)
     opts = Options(
         sites=args.sites,
         duration=args.duration,
@@ -198,14 +195,10 @@ def run(args: argparse.Namespace) -> int:
         confidence=args.confidence,
     )
     result = capture(opts, log=lambda m: print(m, file=sys.stderr))
-    if args.output:
-        result.write(args.output)
-    if args.json:
-        sys.stdout.write(report.json_text(result.payload))
-    elif args.folded:
+    if args.folded:
         sys.stdout.write(report.folded(result.payload))
+        args.json = False
+        table: Callable[[], str] = lambda: ""  # noqa: E731
     else:
-        print(report.text(result.payload, result.settings))
-    if args.output:
-        print(f"wrote {args.output}", file=sys.stderr)
-    return 130 if result.settings.get("interrupted") and args.duration is not None else 0
+        table = lambda: report.text(result.payload, result.settings) + "\n"  # noqa: E731
+    return emit_result(result, args, table)
