@@ -139,7 +139,8 @@ def write_text_atomic(path: str, text: str, *, make_parents: bool = False) -> No
     write_atomic(path, lambda f: f.write(text.encode()), make_parents=make_parents)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a live process of this host (ours counts; EPERM means it exists)."""
     if pid == os.getpid():
         return True
     try:
@@ -167,7 +168,7 @@ def clean_stale_temps(directory: str, base: str | None = None) -> int:
         m = TEMP_RE.match(name)
         if not m or m["host"] != me or (base is not None and m["name"] != base):
             continue
-        if _alive(int(m["pid"])):
+        if pid_alive(int(m["pid"])):
             continue
         full = os.path.join(directory, name)
         try:

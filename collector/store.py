@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from allocscope.collector.atomic import atomic_file, temp_name, write_atomic
+from allocscope.collector.atomic import atomic_file, pid_alive, temp_name, write_atomic
 from allocscope.collector.atomic import clean_stale_temps as atomic_clean_stale_temps
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.mounts import unmounted_home
@@ -342,7 +342,7 @@ class Store:
             name = os.path.basename(path)
             batch = _BATCH_PART.search(name)
             if batch:
-                if batch["writer"] != me or _alive(int(batch["pid"])):
+                if batch["writer"] != me or pid_alive(int(batch["pid"])):
                     continue
             elif not agent_prefix or not name.startswith(agent_prefix):
                 continue
@@ -510,18 +510,6 @@ def _part_meta(dataset: str) -> dict[bytes, bytes]:
         b"allocscope.store_schema": str(STORE_SCHEMA_VERSION).encode(),
         b"allocscope.dataset": dataset.encode(),
     }
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def hosts_rows(
