@@ -1,6 +1,6 @@
 """ab --toggle on a real profiling kernel (run inside vmrun):
 
-    cd /work/main
+    cd REPO   # the repository root, with ../shared beside it
     ../shared/kernel/vmrun -- .venv/bin/python -m pytest tests/vm/test_ab_toggle_vm.py -q
 
 Proves that switching vm.mem_profiling on makes page allocations cost more than with it off
