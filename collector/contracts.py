@@ -243,9 +243,9 @@ AB_TOGGLE = obj(
         obj(
             "one function, on vs off",
             function=STR,
-            on_ns_per_call=f("number", "profiling on", nullable=True),
-            off_ns_per_call=f("number", "profiling off", nullable=True),
-            ratio=f("number", "on over off", nullable=True),
+            on_ns_per_call=f("number", "profiling on", optional=True, nullable=True),
+            off_ns_per_call=f("number", "profiling off", optional=True, nullable=True),
+            ratio=f("number", "on over off", optional=True, nullable=True),
         ),
         "paired windows",
     ),
