@@ -15,28 +15,56 @@
  * Maps
  *   start     hash tid(u32) -> u64 entry time; an interrupt that allocates on the same thread
  *             overwrites it, and the outer call is then not timed (rare; undercounts calls)
- *   stats     per-CPU array u64 [2]: 0 = timed calls, 1 = total ns; cumulative
+ *   stats     per-CPU array u64 [NR_STATS]: STAT_CALLS = timed calls, STAT_NS = total ns;
+ *             cumulative
  *   hist      per-CPU array u64 [HIST_SLOTS]: log-linear histogram, 16 sub-buckets per power
  *             of two (~6% wide), so a median moves visibly with a 10-40% change; slot
  *             o*16+s counts calls in [2^o + s*2^o/16, 2^o + (s+1)*2^o/16) ns (o >= 4), slots
  *             0..15 count 0..15 ns exactly; cumulative
- *   cpu_ok    array u8 [MAX_CPUS]: CPU filter (only when FILTER_CPUS)
+ *   cpu_ok    array u8 [MAX_CPUS]: CPU filter (only when FILTER_CPUS; allocscope.bpf.h)
  *
  * Settings (-D)
- *   FUNC          the kernel function to time (e.g. __alloc_pages_noprof)
- *   FILTER_TGID   0 = all, else only this process
- *   FILTER_CPUS   1 = consult cpu_ok
- *   MAX_CPUS      size of cpu_ok
+ *   FUNC          the kernel function to time (e.g. __alloc_pages_noprof); required
+ *   FILTER_TGID   0 = all, else only this process (allocscope.bpf.h)
+ *   FILTER_CPUS   1 = consult cpu_ok (allocscope.bpf.h)
+ *   MAX_CPUS      size of cpu_ok (allocscope.bpf.h)
+ *   START_MAX     size of start: threads inside FUNC at once (default 10240)
+ *
+ * Cost: two trampolines, two hash operations and two clock reads per call of FUNC.
  */
 #include <uapi/linux/ptrace.h>
 
-#include "task_filter.h" /* FILTER_TGID, FILTER_CPUS, cpu_ok, wanted() */
+#ifndef FUNC
+#error "alloc_latency.bpf.c needs -DFUNC=<kernel function to time>"
+#endif
+#ifndef START_MAX
+#define START_MAX 10240
+#endif
 
-BPF_HASH(start, u32, u64, 10240);
-BPF_PERCPU_ARRAY(stats, u64, 2);
-#define SUB_BITS 4
-#define HIST_SLOTS (64 * 16)
+#define STAT_CALLS 0		/* stats index: timed calls */
+#define STAT_NS 1		/* stats index: total ns */
+#define NR_STATS 2
+#define SUB_BITS 4		/* log2 of the sub-buckets per power of two */
+#define HIST_SLOTS (64 * 16) /* keep in sync with collector/overhead.py HIST_SLOTS */
+
+#include "allocscope.bpf.h" /* cpu_ok, allocscope_task_wanted(), ALLOCSCOPE_KFUNC/KRETFUNC */
+
+BPF_HASH(start, u32, u64, START_MAX);
+BPF_PERCPU_ARRAY(stats, u64, NR_STATS);
 BPF_PERCPU_ARRAY(hist, u64, HIST_SLOTS);
+
+/* allocscope_task_wanted() plus FILTER_CPUS; verbatim copy, see allocscope.bpf.h */
+static __always_inline int allocscope_wanted(void)
+{
+#if FILTER_CPUS
+	int cpu = bpf_get_smp_processor_id();
+	u8 *ok = cpu_ok.lookup(&cpu);
+
+	if (!ok || !*ok)
+		return 0;
+#endif
+	return allocscope_task_wanted();
+}
 
 static __always_inline u32 log2_u64(u64 v)
 {
@@ -51,13 +79,9 @@ static __always_inline u32 log2_u64(u64 v)
 	return r;
 }
 
-/* KFUNC_PROBE pastes its argument; the extra level expands FUNC first. */
-#define ENTRY(f) KFUNC_PROBE(f)
-#define EXIT(f) KRETFUNC_PROBE(f)
-
-ENTRY(FUNC)
+ALLOCSCOPE_KFUNC(FUNC)
 {
-	if (!wanted())
+	if (!allocscope_wanted())
 		return 0;
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	u64 ts = bpf_ktime_get_ns();
@@ -65,7 +89,7 @@ ENTRY(FUNC)
 	return 0;
 }
 
-EXIT(FUNC)
+ALLOCSCOPE_KRETFUNC(FUNC)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	u64 *ts = start.lookup(&tid);
@@ -73,11 +97,11 @@ EXIT(FUNC)
 		return 0;
 	u64 delta = bpf_ktime_get_ns() - *ts;
 	start.delete(&tid);
-	int k = 0;
+	int k = STAT_CALLS;
 	u64 *v = stats.lookup(&k);
 	if (v)
 		*v += 1;
-	k = 1;
+	k = STAT_NS;
 	v = stats.lookup(&k);
 	if (v)
 		*v += delta;

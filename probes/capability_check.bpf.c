@@ -10,7 +10,7 @@
  *
  * Maps: none.
  *
- * Programs (each behind a -D switch, all on by default):
+ * Programs (each behind a -D switch; the first four on by default):
  *   CHECK_TRACEPOINT  check_tracepoint(ctx)   BPF_PROG_TYPE_TRACEPOINT, e.g. kmem:kmalloc
  *   CHECK_RAW_TP      check_raw_tp(ctx)       BPF_PROG_TYPE_RAW_TRACEPOINT, e.g. kmalloc
  *   CHECK_KPROBE      check_kprobe(ctx)       BPF_PROG_TYPE_KPROBE on any function
@@ -19,7 +19,14 @@
  *                                             target function per compile. BCC would attach
  *                                             kfunc__* at compile time; the Python side turns
  *                                             that auto-attach off and attaches it itself.
+ *                                             CHECK_FENTRY defaults to 1 exactly when
+ *                                             FENTRY_TARGET is passed.
+ *
+ * Cost: nothing at run time; each program is attached only for as long as the check takes.
  */
+
+/* ALLOCSCOPE_KFUNC */
+#include "allocscope.bpf.h"
 
 #ifndef CHECK_TRACEPOINT
 #define CHECK_TRACEPOINT 1
@@ -32,6 +39,19 @@
 #endif
 #ifndef CHECK_PERF
 #define CHECK_PERF 1
+#endif
+/* FENTRY_TARGET is a function name (no default possible): its presence sets the switch. */
+#ifndef CHECK_FENTRY
+#ifdef FENTRY_TARGET
+#define CHECK_FENTRY 1
+#else
+#define CHECK_FENTRY 0
+#endif
+#endif
+#if CHECK_FENTRY
+#ifndef FENTRY_TARGET
+#error "capability_check.bpf.c: CHECK_FENTRY needs FENTRY_TARGET=<kernel function>"
+#endif
 #endif
 
 #if CHECK_TRACEPOINT
@@ -62,12 +82,10 @@ int check_perf(void *ctx)
 }
 #endif
 
-#ifdef FENTRY_TARGET
-/* KFUNC_PROBE pastes its argument with ##, which would not expand FENTRY_TARGET: go through
- * one more macro so the target name is expanded first. */
-#define ALLOCSCOPE_FENTRY(fn) KFUNC_PROBE(fn)
-ALLOCSCOPE_FENTRY(FENTRY_TARGET)
+#if CHECK_FENTRY
+/* KFUNC_PROBE pastes its argument with ##: ALLOCSCOPE_KFUNC expands FENTRY_TARGET first. */
+ALLOCSCOPE_KFUNC(FENTRY_TARGET)
 {
 	return 0;
 }
-#endif
+#endif /* CHECK_FENTRY */

@@ -20,8 +20,9 @@
  *       PAGE_STACK_DEPTH frames with bpf_get_stack. A stack walk costs ~1.5-2 us, 10-20x the
  *       rest of the handler (~100-150 ns measured with kernel.bpf_stats_enabled on a 2-CPU
  *       VM), so 1-in-64 adds ~30 ns per page event on average while a few seconds of page
- *       traffic still gives hundreds of samples. A bounded depth also bounds the walk. PAGE_STACK_SAMPLE=0 turns stacks off;
- *       TRACK_PAGES=0 drops page events (used when their BTF signature is unexpected).
+ *       traffic still gives hundreds of samples. A bounded depth also bounds the walk.
+ *       PAGE_STACK_SAMPLE=0 turns stacks off; TRACK_PAGES=0 drops page events (used when
+ *       their BTF signature is unexpected).
  *   with TRACK_FREES=1: kfree(call_site, ptr), kmem_cache_free(call_site, ptr, s),
  *       mm_page_free(page, order) -> on_kfree / on_cache_free / on_page_free
  *
@@ -35,7 +36,8 @@
  *                      is counted in CNT_LIVE_FULL (its free can then not be matched). An alloc
  *                      at a pointer still present means its free was missed (e.g. bulk frees
  *                      have no tracepoint): counted in CNT_STALE_PTR and overwritten.
- *   counters     PERCPU_ARRAY[NR_COUNTERS] u64, indices CNT_* below; Python sums the CPUs.
+ *   counters     PERCPU_ARRAY[NR_COUNTERS] u64, indices CNT_* below; Python sums the CPUs
+ *                (declared in allocscope.bpf.h).
  *   page_orders  PERCPU_ARRAY[NR_ORDERS] u64: page allocations per order.
  *   page_stacks  HASH  struct page_stack (PAGE_STACK_DEPTH return addresses) -> samples
  *   stack_buf    PERCPU_ARRAY[1] struct page_stack: scratch for bpf_get_stack (too big for
@@ -49,6 +51,22 @@
  * Filters: FILTER_TGID=n keeps allocations made while a thread of process n is current
  * (interrupt-context allocations are charged to whoever was running). Frees are never
  * filtered: whoever frees an object the filtered process allocated, it is no longer live.
+ *
+ * Settings (-D; keep the defaults in sync with collector/live_sites.py DEFAULT_*):
+ *   SITES_MAX          size of sites (16384)
+ *   LIVE_MAX           size of live (262144)
+ *   TRACK_FREES        1 = hook the frees and keep live (1)
+ *   TRACK_PAGES        1 = hook mm_page_alloc (and mm_page_free) (1)
+ *   FILTER_TGID        0 = all processes, else only this one (allocscope.bpf.h)
+ *   PAGE_SIZE_BYTES    bytes of an order-0 page (4096)
+ *   PAGE_STACK_SAMPLE  walk the stack of every N-th page event per CPU; 0 = never (64)
+ *   PAGE_STACK_DEPTH   frames per sampled page stack (10)
+ *   PAGE_STACKS_MAX    size of page_stacks (4096)
+ *   KMEM_CACHE_SIZE_OFF  offset of size in struct kmem_cache; -1 (default) = not known, use
+ *                      the classic kmem:kmem_cache_alloc tracepoint and TP_CACHE_*_OFF
+ *   TP_CACHE_{CALL_SITE,PTR,BYTES}_OFF     kmem:kmem_cache_alloc record offsets (-1 = unset)
+ *   TP_KMALLOC_{CALL_SITE,PTR,BYTES}_OFF   kmem:kmalloc record offsets; TP_KMALLOC_BYTES_OFF
+ *                      >= 0 selects the classic tracepoint for kmalloc (-1 = raw tracepoint)
  */
 
 #include <uapi/linux/ptrace.h>
@@ -65,9 +83,6 @@
 #ifndef TRACK_PAGES
 #define TRACK_PAGES 1
 #endif
-#ifndef FILTER_TGID
-#define FILTER_TGID 0
-#endif
 #ifndef PAGE_SIZE_BYTES
 #define PAGE_SIZE_BYTES 4096
 #endif
@@ -80,10 +95,42 @@
 #ifndef PAGE_STACKS_MAX
 #define PAGE_STACKS_MAX 4096
 #endif
+/* Record offsets: 0 is a valid offset, so "not passed" is -1. */
+#ifndef KMEM_CACHE_SIZE_OFF
+#define KMEM_CACHE_SIZE_OFF (-1)
+#endif
+#ifndef TP_CACHE_CALL_SITE_OFF
+#define TP_CACHE_CALL_SITE_OFF (-1)
+#endif
+#ifndef TP_CACHE_PTR_OFF
+#define TP_CACHE_PTR_OFF (-1)
+#endif
+#ifndef TP_CACHE_BYTES_OFF
+#define TP_CACHE_BYTES_OFF (-1)
+#endif
+#ifndef TP_KMALLOC_CALL_SITE_OFF
+#define TP_KMALLOC_CALL_SITE_OFF (-1)
+#endif
+#ifndef TP_KMALLOC_PTR_OFF
+#define TP_KMALLOC_PTR_OFF (-1)
+#endif
+#ifndef TP_KMALLOC_BYTES_OFF
+#define TP_KMALLOC_BYTES_OFF (-1)
+#endif
 
+#if KMEM_CACHE_SIZE_OFF < 0 && \
+	(TP_CACHE_CALL_SITE_OFF < 0 || TP_CACHE_PTR_OFF < 0 || TP_CACHE_BYTES_OFF < 0)
+#error "kmem_sites.bpf.c needs KMEM_CACHE_SIZE_OFF, or all three TP_CACHE_*_OFF"
+#endif
+#if TP_KMALLOC_BYTES_OFF >= 0 && (TP_KMALLOC_CALL_SITE_OFF < 0 || TP_KMALLOC_PTR_OFF < 0)
+#error "kmem_sites.bpf.c: TP_KMALLOC_BYTES_OFF needs TP_KMALLOC_{CALL_SITE,PTR}_OFF"
+#endif
+
+/* sources and counter indexes: keep in sync with collector/live_sites.py SOURCES, COUNTERS */
 #define SRC_KMALLOC 0
 #define SRC_CACHE 1
 #define SRC_PAGE 2
+#define NR_SOURCES 3
 
 #define CNT_ALLOC 0
 #define CNT_FREE 1
@@ -96,6 +143,9 @@
 #define CNT_STACKS_FULL 8
 #define NR_COUNTERS 9
 #define NR_ORDERS 16
+
+/* counters, allocscope_task_wanted(), EEXIST */
+#include "allocscope.bpf.h"
 
 struct site_key {
 	u64 call_site;
@@ -122,7 +172,6 @@ struct page_stack {
 };
 
 BPF_PERCPU_HASH(sites, struct site_key, struct site_val, SITES_MAX);
-BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
 BPF_PERCPU_ARRAY(page_orders, u64, NR_ORDERS);
 #if TRACK_FREES
 BPF_HASH(live, u64, struct live_val, LIVE_MAX);
@@ -133,20 +182,13 @@ BPF_PERCPU_ARRAY(stack_buf, struct page_stack, 1);
 BPF_PERCPU_ARRAY(stack_tick, u64, 1);
 #endif
 
-static __always_inline void count(u32 idx)
+/* counters[idx] += by on this CPU (no atomics needed); verbatim copy, see allocscope.bpf.h */
+static __always_inline void allocscope_count(u32 idx, u64 by)
 {
 	u64 *c = counters.lookup(&idx);
-	if (c)
-		(*c)++;
-}
 
-static __always_inline int filtered_out(void)
-{
-#if FILTER_TGID
-	return (bpf_get_current_pid_tgid() >> 32) != FILTER_TGID;
-#else
-	return 0;
-#endif
+	if (c)
+		*c += by;
 }
 
 static __always_inline void account_alloc(u64 call_site, u64 ptr, u64 bytes, u32 source)
@@ -155,10 +197,10 @@ static __always_inline void account_alloc(u64 call_site, u64 ptr, u64 bytes, u32
 	struct site_val zero = {};
 	struct site_val *v;
 
-	count(CNT_ALLOC);
+	allocscope_count(CNT_ALLOC, 1);
 	v = sites.lookup_or_try_init(&k, &zero);
 	if (!v) {
-		count(CNT_SITES_FULL);
+		allocscope_count(CNT_SITES_FULL, 1);
 		return;
 	}
 	v->calls++; /* this CPU's copy: no atomics needed */
@@ -166,11 +208,11 @@ static __always_inline void account_alloc(u64 call_site, u64 ptr, u64 bytes, u32
 #if TRACK_FREES
 	struct live_val lv = {.call_site = call_site, .bytes = bytes, .source = source};
 	int err = live.insert(&ptr, &lv);
-	if (err == -17 /* EEXIST */) {
-		count(CNT_STALE_PTR);
+	if (err == -EEXIST) {
+		allocscope_count(CNT_STALE_PTR, 1);
 		live.update(&ptr, &lv);
 	} else if (err) {
-		count(CNT_LIVE_FULL);
+		allocscope_count(CNT_LIVE_FULL, 1);
 	}
 #endif
 }
@@ -186,10 +228,10 @@ static __always_inline void account_free(u64 ptr)
 
 	if (ptr < 4096)
 		return; /* kfree(NULL) and ZERO_SIZE_PTR are traced too */
-	count(CNT_FREE);
+	allocscope_count(CNT_FREE, 1);
 	lv = live.lookup(&ptr);
 	if (!lv) {
-		count(CNT_FREE_UNMATCHED); /* allocated before the window, or filtered out */
+		allocscope_count(CNT_FREE_UNMATCHED, 1); /* allocated before the window, or filtered out */
 		return;
 	}
 	k.call_site = lv->call_site;
@@ -202,17 +244,17 @@ static __always_inline void account_free(u64 ptr)
 		v->freed_calls++;
 		v->freed_bytes += bytes;
 	} else {
-		count(CNT_SITES_FULL);
+		allocscope_count(CNT_SITES_FULL, 1);
 	}
 }
 #endif
 
-#ifndef TP_KMALLOC_BYTES_OFF
+#if TP_KMALLOC_BYTES_OFF < 0
 int on_kmalloc(struct bpf_raw_tracepoint_args *ctx)
 {
 	u64 ptr = ctx->args[1];
 
-	if (!ptr || filtered_out())
+	if (!ptr || !allocscope_task_wanted())
 		return 0;
 	account_alloc(ctx->args[0], ptr, ctx->args[3], SRC_KMALLOC);
 	return 0;
@@ -222,7 +264,7 @@ int on_kmalloc_tp(void *ctx)
 {
 	u64 call_site = 0, ptr = 0, bytes = 0;
 
-	if (filtered_out())
+	if (!allocscope_task_wanted())
 		return 0;
 	bpf_probe_read_kernel(&ptr, sizeof(ptr), (char *)ctx + TP_KMALLOC_PTR_OFF);
 	if (!ptr)
@@ -234,13 +276,13 @@ int on_kmalloc_tp(void *ctx)
 }
 #endif
 
-#ifdef KMEM_CACHE_SIZE_OFF
+#if KMEM_CACHE_SIZE_OFF >= 0
 int on_cache_alloc(struct bpf_raw_tracepoint_args *ctx)
 {
 	u64 ptr = ctx->args[1];
 	u32 size = 0;
 
-	if (!ptr || filtered_out())
+	if (!ptr || !allocscope_task_wanted())
 		return 0;
 	bpf_probe_read_kernel(&size, sizeof(size), (char *)ctx->args[2] + KMEM_CACHE_SIZE_OFF);
 	account_alloc(ctx->args[0], ptr, size, SRC_CACHE);
@@ -251,7 +293,7 @@ int on_cache_alloc_tp(void *ctx)
 {
 	u64 call_site = 0, ptr = 0, bytes = 0;
 
-	if (filtered_out())
+	if (!allocscope_task_wanted())
 		return 0;
 	bpf_probe_read_kernel(&ptr, sizeof(ptr), (char *)ctx + TP_CACHE_PTR_OFF);
 	if (!ptr)
@@ -271,7 +313,7 @@ int on_page_alloc(struct bpf_raw_tracepoint_args *ctx)
 	u32 slot;
 	u64 *n;
 
-	if (!page || filtered_out())
+	if (!page || !allocscope_task_wanted())
 		return 0;
 	slot = order < NR_ORDERS ? order : NR_ORDERS - 1;
 	n = page_orders.lookup(&slot);
@@ -289,16 +331,16 @@ int on_page_alloc(struct bpf_raw_tracepoint_args *ctx)
 	if (!st)
 		return 0;
 	if (bpf_get_stack(ctx, st->ip, sizeof(st->ip), 0) <= 0) {
-		count(CNT_STACK_FAIL);
+		allocscope_count(CNT_STACK_FAIL, 1);
 		return 0;
 	}
-	count(CNT_STACK_SAMPLES);
+	allocscope_count(CNT_STACK_SAMPLES, 1);
 	u64 init = 0;
 	u64 *c = page_stacks.lookup_or_try_init(st, &init);
 	if (c)
 		__sync_fetch_and_add(c, 1);
 	else
-		count(CNT_STACKS_FULL);
+		allocscope_count(CNT_STACKS_FULL, 1);
 #endif
 	return 0;
 }
@@ -323,5 +365,5 @@ int on_page_free(struct bpf_raw_tracepoint_args *ctx)
 	account_free(ctx->args[0]);
 	return 0;
 }
-#endif
-#endif
+#endif /* TRACK_PAGES */
+#endif /* TRACK_FREES */

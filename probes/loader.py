@@ -145,7 +145,7 @@ class Probe:
         if self.headers.kind == "none":
             raise CapabilityError(self.headers.note)
         src = program_path(self.name)
-        # -I the package dir: programs share helpers such as task_filter.h.
+        # -I the package dir: programs share allocscope.bpf.h.
         cflags = [f"-I{os.path.dirname(src)}"]
         cflags += [_format_define("ALLOCSCOPE_HEADERS_MATCH", self.headers.matches)]
         cflags += [_format_define(k, v) for k, v in sorted(self.defines.items())]

@@ -20,14 +20,17 @@
  *                 Never cleared while running, so stack ids stay stable across windows.
  *   stack_counts  hash stackid(int) -> u64 samples; cumulative (user space takes deltas per
  *                 window, so nothing races with a clear).
- *   counters      per-CPU array of u64, indexes CNT_* below; cumulative as well.
- *   cpu_ok        array u8 [MAX_CPUS]: 1 = this CPU is measured (only when FILTER_CPUS).
+ *   counters      per-CPU array u64 [NR_COUNTERS], indexes CNT_* below; cumulative as well
+ *                 (declared in allocscope.bpf.h).
+ *   cpu_ok        array u8 [MAX_CPUS]: 1 = this CPU is measured (only when FILTER_CPUS;
+ *                 allocscope.bpf.h).
  *
  * Settings (-D)
  *   FILTER_TGID   0 = all processes, else only this process (thread group id)
  *   FILTER_CPUS   1 = consult cpu_ok
  *   MAX_CPUS      size of cpu_ok
- *   STACK_STORAGE size of stack_traces (a full map shows up as CNT_STACK_FULL)
+ *   STACK_STORAGE size of stack_traces and stack_counts (default 16384; a full map shows
+ *                 up as CNT_STACK_FULL / CNT_COUNTS_FULL)
  */
 #include <uapi/linux/ptrace.h>
 
@@ -36,100 +39,104 @@
  * (7.x kheaders) do not compile under BCC's clang. */
 struct bpf_perf_event_data;
 
-/* errno values get_stackid returns (uapi asm-generic/errno-base.h; not included for the same
- * reason) */
-#ifndef ENOMEM
-#define ENOMEM 12
-#endif
-#ifndef EFAULT
-#define EFAULT 14
-#endif
-#ifndef EEXIST
-#define EEXIST 17
-#endif
-
-#include "task_filter.h" /* FILTER_TGID, FILTER_CPUS, cpu_ok, wanted() */
 #ifndef STACK_STORAGE
 #define STACK_STORAGE 16384
 #endif
 
 /* counter indexes: keep in sync with collector/overhead.py COUNTERS */
-#define CNT_SAMPLES 0        /* samples that passed the filters */
-#define CNT_IDLE 1           /* ... taken in the idle task (pid 0) */
-#define CNT_USER 2           /* ... with no kernel stack (user mode) */
-#define CNT_KERNEL 3         /* ... with a kernel stack recorded */
-#define CNT_STACK_FULL 4     /* get_stackid -ENOMEM: stack_traces full, sample lost */
-#define CNT_STACK_COLLIDE 5  /* get_stackid -EEXIST: hash collision, sample lost */
-#define CNT_STACK_OTHER 6    /* get_stackid other error */
-#define CNT_COUNTS_FULL 7    /* stack_counts full, sample lost */
-#define CNT_CACHE_ALLOC 8    /* kmem_cache_alloc events */
-#define CNT_KMALLOC 9        /* kmalloc events */
-#define CNT_PAGE_ALLOC 10    /* mm_page_alloc events (successful) */
-#define CNT_PAGES 11         /* pages allocated (sum of 1 << order) */
-#define NCOUNTERS 12
+#define CNT_SAMPLES 0		/* samples that passed the filters */
+#define CNT_IDLE 1		/* ... taken in the idle task (pid 0) */
+#define CNT_USER 2		/* ... with no kernel stack (user mode) */
+#define CNT_KERNEL 3		/* ... with a kernel stack recorded */
+#define CNT_STACK_FULL 4	/* get_stackid -ENOMEM: stack_traces full, sample lost */
+#define CNT_STACK_COLLIDE 5	/* get_stackid -EEXIST: hash collision, sample lost */
+#define CNT_STACK_OTHER 6	/* get_stackid other error */
+#define CNT_COUNTS_FULL 7	/* stack_counts full, sample lost */
+#define CNT_CACHE_ALLOC 8	/* kmem_cache_alloc events */
+#define CNT_KMALLOC 9		/* kmalloc events */
+#define CNT_PAGE_ALLOC 10	/* mm_page_alloc events (successful) */
+#define CNT_PAGES 11		/* pages allocated (sum of 1 << order) */
+#define NR_COUNTERS 12
+
+/* counters, cpu_ok, allocscope_task_wanted(), ENOMEM/EFAULT/EEXIST */
+#include "allocscope.bpf.h"
 
 BPF_STACK_TRACE(stack_traces, STACK_STORAGE);
 BPF_HASH(stack_counts, int, u64, STACK_STORAGE);
-BPF_PERCPU_ARRAY(counters, u64, NCOUNTERS);
 
-static __always_inline void bump(int idx, u64 by)
+/* counters[idx] += by on this CPU (no atomics needed); verbatim copy, see allocscope.bpf.h */
+static __always_inline void allocscope_count(u32 idx, u64 by)
 {
-	u64 *v = counters.lookup(&idx);
-	if (v)
-		*v += by; /* per-CPU slot: no atomics needed */
+	u64 *c = counters.lookup(&idx);
+
+	if (c)
+		*c += by;
+}
+
+/* allocscope_task_wanted() plus FILTER_CPUS; verbatim copy, see allocscope.bpf.h */
+static __always_inline int allocscope_wanted(void)
+{
+#if FILTER_CPUS
+	int cpu = bpf_get_smp_processor_id();
+	u8 *ok = cpu_ok.lookup(&cpu);
+
+	if (!ok || !*ok)
+		return 0;
+#endif
+	return allocscope_task_wanted();
 }
 
 int on_sample(struct bpf_perf_event_data *ctx)
 {
-	if (!wanted())
+	if (!allocscope_wanted())
 		return 0;
-	bump(CNT_SAMPLES, 1);
+	allocscope_count(CNT_SAMPLES, 1);
 	if ((u32)bpf_get_current_pid_tgid() == 0) {
-		bump(CNT_IDLE, 1);
+		allocscope_count(CNT_IDLE, 1);
 		return 0;
 	}
 	int id = stack_traces.get_stackid(ctx, 0);
 	if (id < 0) {
 		if (id == -EFAULT)
-			bump(CNT_USER, 1);
+			allocscope_count(CNT_USER, 1);
 		else if (id == -ENOMEM)
-			bump(CNT_STACK_FULL, 1);
+			allocscope_count(CNT_STACK_FULL, 1);
 		else if (id == -EEXIST)
-			bump(CNT_STACK_COLLIDE, 1);
+			allocscope_count(CNT_STACK_COLLIDE, 1);
 		else
-			bump(CNT_STACK_OTHER, 1);
+			allocscope_count(CNT_STACK_OTHER, 1);
 		return 0;
 	}
-	bump(CNT_KERNEL, 1);
+	allocscope_count(CNT_KERNEL, 1);
 	u64 zero = 0;
 	u64 *n = stack_counts.lookup_or_try_init(&id, &zero);
 	if (n)
 		__sync_fetch_and_add(n, 1);
 	else
-		bump(CNT_COUNTS_FULL, 1);
+		allocscope_count(CNT_COUNTS_FULL, 1);
 	return 0;
 }
 
 int count_cache_alloc(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (ctx->args[1] && wanted())
-		bump(CNT_CACHE_ALLOC, 1);
+	if (ctx->args[1] && allocscope_wanted())
+		allocscope_count(CNT_CACHE_ALLOC, 1);
 	return 0;
 }
 
 int count_kmalloc(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (ctx->args[1] && wanted())
-		bump(CNT_KMALLOC, 1);
+	if (ctx->args[1] && allocscope_wanted())
+		allocscope_count(CNT_KMALLOC, 1);
 	return 0;
 }
 
 int count_page_alloc(struct bpf_raw_tracepoint_args *ctx)
 {
-	if (!ctx->args[0] || !wanted())
+	if (!ctx->args[0] || !allocscope_wanted())
 		return 0;
 	u32 order = (u32)ctx->args[1];
-	bump(CNT_PAGE_ALLOC, 1);
-	bump(CNT_PAGES, order < 16 ? (1ULL << order) : 1);
+	allocscope_count(CNT_PAGE_ALLOC, 1);
+	allocscope_count(CNT_PAGES, order < 16 ? (1ULL << order) : 1);
 	return 0;
 }
