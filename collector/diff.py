@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord
 from allocscope.collector.rollup import classify
+from allocscope.collector.showmem import ROUNDING_KEY
+from allocscope.collector.showmem import VERSION as SHOW_MEM
 from allocscope.collector.site import Site
 from allocscope.collector.subsystem import SubsystemMap, default_map
 
@@ -111,11 +113,13 @@ class Diff:
     a: SnapshotInfo
     b: SnapshotInfo
     changes: list[SiteChange]  # every site on either side, unsorted, unfiltered
+    notes: list[str] = field(default_factory=list)
 
     @property
     def kernels_differ(self) -> bool:
         """True when A and B come from different kernels (release or allocinfo version)."""
-        if self.a.version and self.b.version and self.a.version != self.b.version:
+        va, vb = self.a.version, self.b.version
+        if va and vb and SHOW_MEM not in (va, vb) and va != vb:
             return True
         ka, kb = self.a.kernel_release, self.b.kernel_release
         return bool(ka and kb and ka != kb)
@@ -187,7 +191,46 @@ def diff_snapshots(
     for xs in only_a.values():
         for x in xs:
             changes.append(change(x, None, "gone"))
-    return Diff(SnapshotInfo.of(a), SnapshotInfo.of(b), changes)
+    if not (a.partial or b.partial):
+        return Diff(SnapshotInfo.of(a), SnapshotInfo.of(b), changes)
+    return _restrict_to_listed(a, b, changes)
+
+
+def _restrict_to_listed(
+    a: AllocinfoSnapshot, b: AllocinfoSnapshot, changes: list[SiteChange]
+) -> Diff:
+    """A side that lists only some tags (a show_mem block) says nothing about the others:
+    keep the tags it lists, and give both sides' totals over the tags kept."""
+    kept = [
+        c
+        for c in changes
+        if not (a.partial and c.status == "new") and not (b.partial and c.status == "gone")
+    ]
+    rounding = {
+        rec.site.tag: int(rec.extras.get(ROUNDING_KEY, 0))
+        for snap in (a, b)
+        if snap.partial
+        for rec in snap.records
+    }
+    for c in kept:  # a change within the kernel's rounding of the printed size is none
+        if c.status == "changed" and c.delta_calls == 0:
+            if abs(c.delta_bytes) <= rounding.get(c.site.tag, 0):
+                c.status = "same"
+    notes = [
+        f"{side} lists only {len(snap.records)} tags (show_mem): only those are compared, "
+        "and the totals are over them"
+        for side, snap in (("A", a), ("B", b))
+        if snap.partial
+    ]
+
+    def info(snap: AllocinfoSnapshot, bytes_of: str, calls_of: str) -> SnapshotInfo:
+        base = SnapshotInfo.of(snap)
+        base.tags = len(kept)
+        base.bytes = sum(getattr(c, bytes_of) for c in kept)
+        base.calls = sum(getattr(c, calls_of) for c in kept)
+        return base
+
+    return Diff(info(a, "bytes_a", "calls_a"), info(b, "bytes_b", "calls_b"), kept, notes)
 
 
 def select_changes(
