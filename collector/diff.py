@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord
-from allocscope.collector.rollup import classify
+from allocscope.collector.containers import container_kind
+from allocscope.collector.rollup import classify, container_group
 from allocscope.collector.showmem import ROUNDING_KEY
 from allocscope.collector.showmem import VERSION as SHOW_MEM
 from allocscope.collector.site import Site
@@ -142,6 +143,12 @@ def _aggregate(records: Iterable[AllocRecord]) -> dict[str, _Agg]:
     return out
 
 
+def _subsystem(site: Site, sub: SubsystemMap) -> str:
+    """As top's roll-up: container tags (slab pages) are not mm's memory."""
+    kind = container_kind(site)
+    return container_group(kind) if kind else classify(site, sub)
+
+
 def diff_snapshots(
     a: AllocinfoSnapshot, b: AllocinfoSnapshot, subsystems: SubsystemMap | None = None
 ) -> Diff:
@@ -160,7 +167,7 @@ def diff_snapshots(
             bytes_b=y.bytes if y else 0,
             calls_a=x.calls if x else 0,
             calls_b=y.calls if y else 0,
-            subsystem=classify(site, sub),
+            subsystem=_subsystem(site, sub),
             old_site=x.site if (x is not None and y is not None and x.site != y.site) else None,
             accurate=(x.accurate if x else True) and (y.accurate if y else True),
         )
