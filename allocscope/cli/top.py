@@ -17,6 +17,7 @@ from allocscope.cli.common import (
     add_row_limit,
     add_verb,
     pid_arg,
+    positive_arg,
     print_json,
     size_arg,
     window_arg,
@@ -24,6 +25,7 @@ from allocscope.cli.common import (
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.rollup import GROUP_BY, SORT_KEYS, Filters, rollup
 from allocscope.collector.subsystem import SubsystemMap, default_map
+from allocscope.collector.top_interval import WATCH_SORT_KEYS
 from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
@@ -34,6 +36,8 @@ EXAMPLES = """\
   allocscope top --file allocinfo.txt.gz --json   # a saved copy (text, gzip, or snapshot)
   cat /proc/allocinfo | allocscope top --file - --csv
   allocscope top --live 5 --workload open-close -n 15   # no allocinfo? trace kmem for 5 s
+  allocscope top -i 2 -s rate               # refresh every 2 s, fastest-growing first
+  allocscope top -i 1 --iterations 10 --by subsystem --json > growth.ndjson
 """
 
 NO_ALLOCINFO = (
@@ -114,7 +118,27 @@ def register(sub: Any) -> None:
         examples=EXAMPLES,
         func=run,
     )
-    p.add_argument("-s", "--sort", choices=SORT_KEYS, default="bytes", help="sort key")
+    p.add_argument(
+        "-s",
+        "--sort",
+        choices=sorted(set(SORT_KEYS) | set(WATCH_SORT_KEYS)),
+        default="bytes",
+        help="sort key; with --interval also delta (Δbytes), rate (Δbytes/s), dcalls (Δcalls)",
+    )
+    p.add_argument(
+        "-i",
+        "--interval",
+        type=window_arg,
+        metavar="SECONDS",
+        help="refresh every SECONDS with the change since the last read: a full-screen view "
+        "on a terminal (keys b c d r k n sort, q quits), repeated tables in a pipe",
+    )
+    p.add_argument(
+        "--iterations",
+        type=positive_arg,
+        metavar="N",
+        help="with --interval: stop after N refreshes (plain tables, never full-screen)",
+    )
     add_row_limit(p)
     p.add_argument(
         "-m",
@@ -206,13 +230,44 @@ def _live(args: argparse.Namespace) -> tuple[AllocinfoSnapshot, str, dict[str, A
     return cap.snapshot, title, extra
 
 
+def _watch(args: argparse.Namespace, subsystems: SubsystemMap) -> int:
+    from allocscope.cli.top_watch import run_watch
+    from allocscope.collector.containers import slab_objects_bytes
+    from allocscope.collector.top_interval import Watcher
+
+    if args.live is not None:
+        raise AllocscopeError("--interval reads allocinfo again each time; it cannot be --live")
+    if args.file == "-":
+        raise AllocscopeError("--interval re-reads its input: stdin cannot be read twice")
+    if args.csv:
+        raise AllocscopeError("--interval prints tables or --json lines, not --csv")
+    path = args.file
+    if path is None and not os.path.exists(PROC_ALLOCINFO):
+        raise AllocscopeError(NO_ALLOCINFO)
+    watcher = Watcher(
+        lambda: load_source(path, lenient=args.lenient),
+        by=args.by,
+        filters=Filters.of(args.function, args.path, args.module),
+        subsystems=subsystems,
+        min_bytes=args.min_bytes,
+        slab_objects=slab_objects_bytes if path is None else None,
+    )
+    return run_watch(args, watcher)
+
+
 def run(args: argparse.Namespace) -> int:
     for flag in ("workload", "pid"):
         if getattr(args, flag) is not None and args.live is None:
             raise AllocscopeError(f"--{flag} needs --live SECONDS")
     if not args.frees and args.live is None:
         raise AllocscopeError("--no-frees needs --live SECONDS")
+    if args.iterations is not None and args.interval is None:
+        raise AllocscopeError("--iterations needs --interval SECONDS")
+    if args.interval is None and args.sort not in SORT_KEYS:
+        raise AllocscopeError(f"-s {args.sort} needs --interval (a change needs two reads)")
     subsystems = load_subsystems(args.subsystems)
+    if args.interval is not None:
+        return _watch(args, subsystems)
     extra: dict[str, Any] = {}
     if args.live is not None:
         snap, title, extra = _live(args)

@@ -1,0 +1,105 @@
+"""``top --interval`` on screen and in pipes: one table per refresh, plus its JSON line.
+
+The same table serves curses (one screen, redrawn) and plain output (one table per refresh,
+as ``vmstat 1`` prints); :func:`frame_table` gives the text, the CLI decides where it goes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from allocscope.collector.top_interval import Frame
+from allocscope.reports.allocinfo import counted_once_line
+from allocscope.reports.table import (
+    fmt_bytes,
+    fmt_count,
+    fmt_signed_bytes,
+    fmt_signed_count,
+    render,
+)
+
+KEYS_HELP = "q quit  b bytes  c calls  d Δbytes  r Δ/s  k Δcalls  n name"
+
+
+def _rate(frame: Frame, delta: int, human: bool) -> str:
+    if frame.seconds <= 0:
+        return ""
+    per_s = delta / frame.seconds
+    return fmt_signed_bytes(round(per_s), human) + "/s"
+
+
+def frame_title(frame: Frame, sort: str) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(frame.taken_at))
+    since = f"Δ over {frame.seconds:.1f}s" if frame.seconds > 0 else "first read: no Δ yet"
+    return f"{when}  refresh {frame.index + 1}, {since}, sorted by {sort}  {frame.source}"
+
+
+def frame_table(frame: Frame, sort: str, limit: int | None, *, human: bool = True) -> str:
+    """The refresh as ``top`` prints a table, with Δbytes, Δcalls and Δbytes/s columns."""
+    by = frame.rollup.by
+    headers = ["BYTES", "CALLS", "ΔBYTES", "ΔCALLS", "ΔBYTES/S", "SUBSYSTEM"]
+    headers.append({"site": "SITE"}.get(by, by.upper()))
+    align = ["right"] * 5 + ["left", "left"]
+    rows = [
+        [
+            fmt_bytes(r.bytes, human),
+            fmt_count(r.calls, human),
+            fmt_signed_bytes(r.delta_bytes, human) if frame.seconds else "",
+            fmt_signed_count(r.delta_calls, human) if frame.seconds else "",
+            _rate(frame, r.delta_bytes, human),
+            r.subsystem,
+            r.key,
+        ]
+        for r in frame.sorted_rows(sort, limit)
+    ]
+    ro = frame.rollup
+    totals = [
+        fmt_bytes(ro.total_bytes, human),
+        fmt_count(ro.total_calls, human),
+        fmt_signed_bytes(frame.delta_bytes, human) if frame.seconds else "",
+        fmt_signed_count(frame.delta_calls, human) if frame.seconds else "",
+        _rate(frame, frame.delta_bytes, human),
+        "",
+        f"total ({ro.total_tags} tags, {len(frame.rows)} rows)",
+    ]
+    out = [render(headers, rows, align=align, totals=totals)]
+    line = counted_once_line(ro, human)
+    if line:
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def frame_json(frame: Frame, sort: str, limit: int | None) -> dict[str, Any]:
+    """One refresh as one JSON document (``--json`` prints one per line)."""
+    ro = frame.rollup
+    return {
+        "refresh": frame.index,
+        "taken_at": frame.taken_at,
+        "seconds": frame.seconds,
+        "source": frame.source,
+        "version": frame.version,
+        "by": ro.by,
+        "sort": sort,
+        "totals": {
+            "bytes": ro.total_bytes,
+            "calls": ro.total_calls,
+            "tags": ro.total_tags,
+            "delta_bytes": frame.delta_bytes,
+            "delta_calls": frame.delta_calls,
+            "memory_bytes": ro.counted.memory_bytes,
+        },
+        "rows": [
+            {
+                "key": r.key,
+                "bytes": r.bytes,
+                "calls": r.calls,
+                "delta_bytes": r.delta_bytes,
+                "delta_calls": r.delta_calls,
+                "bytes_per_second": r.rate(frame.seconds),
+                "subsystem": r.subsystem,
+                "accurate": r.accurate,
+            }
+            for r in frame.sorted_rows(sort, limit)
+        ],
+    }
