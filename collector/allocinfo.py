@@ -219,6 +219,11 @@ class AllocinfoSnapshot:
     # Only some tags are listed (a show_mem block lists the top 10): a tag absent here is
     # unknown, not zero, so diff compares only the tags listed.
     partial: bool = False
+    # A live read bracketed by the 7.3+ CONTENT_ID ioctl: True = one consistent set of tags,
+    # False = modules changed it during every attempt, None = not checked (file, old kernel).
+    consistent: bool | None = None
+    read_attempts: int = 1
+    via: str = "text"  # or "ioctl" (collector/allocinfo_live.py)
 
     @property
     def columns(self) -> AllocColumns | None:

@@ -7,10 +7,12 @@ versioned (:mod:`allocscope.collector.snapshot`, docs/design/store.md "Snapshot 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from allocscope.cli.common import add_verb, print_json
 from allocscope.cli.top import load_source, load_subsystems, print_warnings
+from allocscope.collector.allocinfo import PROC_ALLOCINFO
 from allocscope.collector.host import collect_host_metadata, parse_labels
 from allocscope.collector.units import human_bytes
 from allocscope.errors import AllocscopeError
@@ -72,7 +74,14 @@ def run(args: argparse.Namespace) -> int:
         labels = parse_labels(args.label)
     except ValueError as e:
         raise AllocscopeError(str(e)) from None
-    snap = load_source(args.file, lenient=args.lenient)
+    if args.file is None and os.path.exists(PROC_ALLOCINFO):
+        # this host, now: bracketed by CONTENT_ID on 7.3+ (a read that never settles is
+        # kept and says so)
+        from allocscope.collector.allocinfo_live import read_live
+
+        snap = read_live(None, lenient=args.lenient)
+    else:
+        snap = load_source(args.file, lenient=args.lenient)
     print_warnings(snap)
     if snap.host is not None:
         raise AllocscopeError(f"{args.file}: is already a snapshot; copy it instead")

@@ -68,6 +68,20 @@ def load_source(path: str | None, *, lenient: bool = False) -> AllocinfoSnapshot
     return read_allocinfo(path, lenient=lenient)
 
 
+def read_source(args: argparse.Namespace) -> AllocinfoSnapshot:
+    """``--file`` as given, or this host's allocinfo now: through the 7.3+ ioctl when the
+    filters name exact functions or files, bracketed by CONTENT_ID (collector/allocinfo_live.py).
+    ``-m`` is not pushed into the kernel: totals cover tags below it too."""
+    if args.file is not None:
+        return load_source(args.file, lenient=args.lenient)
+    if not os.path.exists(PROC_ALLOCINFO):
+        raise AllocscopeError(NO_ALLOCINFO)
+    from allocscope.collector.allocinfo_live import LiveFilter, read_live
+
+    flt = LiveFilter(tuple(args.function or ()), tuple(args.path or ()), tuple(args.module or ()))
+    return read_live(flt, lenient=args.lenient)
+
+
 def print_warnings(snap: AllocinfoSnapshot, limit: int = 3) -> None:
     """The first few parse warnings on stderr, and how many malformed lines were skipped."""
     if snap.skipped:
@@ -245,7 +259,7 @@ def _watch(args: argparse.Namespace, subsystems: SubsystemMap) -> int:
     if path is None and not os.path.exists(PROC_ALLOCINFO):
         raise AllocscopeError(NO_ALLOCINFO)
     watcher = Watcher(
-        lambda: load_source(path, lenient=args.lenient),
+        lambda: read_source(args),
         by=args.by,
         filters=Filters.of(args.function, args.path, args.module),
         subsystems=subsystems,
@@ -272,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     if args.live is not None:
         snap, title, extra = _live(args)
     else:
-        snap = load_source(args.file, lenient=args.lenient)
+        snap = read_source(args)
         title = f"{snap.source}: allocinfo {snap.version or '?'}, {len(snap.records)} tags"
     print_warnings(snap)
     limit = args.top
