@@ -10,6 +10,7 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.synth import FleetSpec, results, write_snapshot_files
 
 from allocscope.collector import ingest as ingest_mod
 from allocscope.collector import store as store_mod
@@ -18,7 +19,6 @@ from allocscope.collector.host import collect_host_metadata
 from allocscope.collector.ingest import ingest, read_snapshot_file
 from allocscope.collector.snapshot import write_snapshot
 from allocscope.collector.store import Store, StoreUnavailable
-from allocscope.collector.synth import FleetSpec, results, write_snapshot_files
 
 SPEC = FleetSpec(hosts=3, sites=25, snapshots=2)
 

@@ -92,7 +92,7 @@ def test_unwritable_store_is_unavailable(tmp_path):
 
 
 def _writer(root: str, host_index: int, n: int) -> None:
-    from allocscope.collector.synth import FleetSpec, fleet
+    from support.synth import FleetSpec, fleet
 
     store = Store(root)
     for k, (host, taken, table) in enumerate(
