@@ -42,8 +42,8 @@ import pyarrow.parquet as pq
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.atomic import write_atomic
 from allocscope.collector.host import HostMetadata, collect_host_metadata
-from allocscope.collector.ingest import read_snapshot_file
 from allocscope.collector.snapshot import snapshot_table
+from allocscope.collector.snapshot_check import read_snapshot_file
 from allocscope.collector.store import AgentStats, Store, StoreUnavailable, safe_name
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.collector.units import human_bytes

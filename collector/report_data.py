@@ -20,6 +20,16 @@ from typing import Any
 from allocscope.collector.allocinfo import PROC_ALLOCINFO
 from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.result import Result, read_result
+from allocscope.collector.store import Store
+from allocscope.collector.store_read import (
+    NO_SNAPSHOTS,
+    damaged_part,
+    open_store,
+    pattern,
+    quote,
+    reading,
+    relation_sql,
+)
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.errors import AllocscopeError, InputError
 
@@ -287,24 +297,19 @@ def _labels_from_row(row: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _glob(store: str, dataset: str) -> str:
-    return os.path.join(store, dataset, "**", "*.parquet").replace("'", "''")
-
-
-def store_labels(con: Any, store: str) -> dict[str, dict[str, str]]:
+def store_labels(con: Any, store: Store) -> dict[str, dict[str, str]]:
     """hostname -> labels, from the store's ``hosts`` dataset (latest row per host wins).
 
     Falls back to the host metadata kept in each snapshot file's Parquet footer when the
     store has no ``hosts`` dataset.
     """
     out: dict[str, dict[str, str]] = {}
-    if has_hosts(store):
+    if store.files("hosts"):
         tables = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         rel = con.sql(
             "SELECT * FROM hosts_t"
             if "hosts_t" in tables
-            else f"SELECT * FROM read_parquet('{_glob(store, 'hosts')}', "
-            "hive_partitioning=true, union_by_name=true)"
+            else f"SELECT * FROM {relation_sql(store, 'hosts')}"
         )
         cols = [
             c for c in rel.columns if c in ("hostname", "labels", "group") or c.startswith("label_")
@@ -320,8 +325,9 @@ def store_labels(con: Any, store: str) -> dict[str, dict[str, str]]:
             if row.get("hostname") is not None:
                 out[str(row["hostname"])] = _labels_from_row(row)
         return out
+    parts = quote(pattern(store, "allocinfo"))
     rows = con.sql(
-        f"SELECT file_name, decode(value) FROM parquet_kv_metadata('{_glob(store, 'allocinfo')}')"
+        f"SELECT file_name, decode(value) FROM parquet_kv_metadata({parts})"
         " WHERE decode(key) = 'allocscope.host' ORDER BY file_name"
     ).fetchall()
     for _name, text in rows:
@@ -339,18 +345,18 @@ def store_labels(con: Any, store: str) -> dict[str, dict[str, str]]:
 MAX_MERGED_RESULTS = 500  # who-calls payloads parsed per site for the merged flame graph
 
 
-def _store_results(con: Any, data: ReportData, store: str, top_n: int) -> None:
+def _store_results(con: Any, data: ReportData, store: Store, top_n: int) -> None:
     """who-calls and overhead results ingested into the store, summarized across hosts."""
-    if _has_parquet(os.path.join(store, "callers")):
+    if store.files("callers"):
         _fleet_callers(con, data, store, top_n)
-    if _has_parquet(os.path.join(store, "overhead")):
+    if store.files("overhead"):
         _fleet_overhead(con, data, store)
 
 
-def _fleet_callers(con: Any, data: ReportData, store: str, top_n: int) -> None:
+def _fleet_callers(con: Any, data: ReportData, store: Store, top_n: int) -> None:
     con.execute(
         "CREATE TEMP VIEW callers AS SELECT *, coalesce(site_function, site) AS s FROM "
-        f"read_parquet('{_glob(store, 'callers')}', hive_partitioning=true, union_by_name=true)"
+        + relation_sql(store, "callers")
     )
     sites = _fetch(
         con,
@@ -406,13 +412,10 @@ def _fleet_callers(con: Any, data: ReportData, store: str, top_n: int) -> None:
         )
 
 
-def _fleet_overhead(con: Any, data: ReportData, store: str) -> None:
+def _fleet_overhead(con: Any, data: ReportData, store: Store) -> None:
     """Per allocator function, each host's latest overhead result; pilot vs control medians
     when the results carry ``group`` labels."""
-    con.execute(
-        "CREATE TEMP VIEW overhead AS SELECT * FROM "
-        f"read_parquet('{_glob(store, 'overhead')}', hive_partitioning=true, union_by_name=true)"
-    )
+    con.execute("CREATE TEMP VIEW overhead AS SELECT * FROM " + relation_sql(store, "overhead"))
     con.execute(
         f"""
         CREATE TEMP TABLE oh AS
@@ -464,17 +467,6 @@ def _fleet_overhead(con: Any, data: ReportData, store: str) -> None:
             )
         out.append(row)
     data.fleet_overhead = FleetOverhead(int(hosts), grouped, out)
-
-
-def has_hosts(store: str) -> bool:
-    return _has_parquet(os.path.join(store, "hosts"))
-
-
-def _has_parquet(directory: str) -> bool:
-    for _root, _dirs, files in os.walk(directory):
-        if any(f.endswith(".parquet") for f in files):
-            return True
-    return False
 
 
 # --- the queries ---------------------------------------------------------------------------
@@ -536,41 +528,27 @@ def gather(
     labels: dict[str, dict[str, str]] = {}
     names: dict[tuple[str, int], str] = {}
     cols = ", ".join(COLUMNS)
+    st = open_store(store) if store else None
     store_rows = False
-    if store:
-        if not os.path.isdir(store):
-            raise InputError(store, None, "store directory does not exist")
-        try:
-            _store_results(con, data, store, top_n)
-        except duckdb.Error as e:
-            raise AllocscopeError(
-                f"reading results from store {store} failed: {str(e).splitlines()[0]}"
-            ) from None
-        store_rows = _has_parquet(os.path.join(store, "allocinfo"))
+    if st is not None:
+        with reading(st, "reading results from store"):
+            _store_results(con, data, st, top_n)
+        store_rows = bool(st.files("allocinfo"))
         if not store_rows and not (data.fleet_callers or data.fleet_overhead):
-            raise InputError(
-                store,
-                None,
-                "no allocinfo snapshots or results in this store "
-                "(expected <store>/allocinfo/dt=*/*.parquet)",
-            )
+            raise InputError(st.root, None, NO_SNAPSHOTS)
         if not store_rows:
             data.sources.append(f"store {store} (results only)")
-    if store and store_rows:
-        src = (
-            f"read_parquet('{_glob(store, 'allocinfo')}', hive_partitioning=true, "
-            "union_by_name=true)"
-        )
-        if has_hosts(store):
+    if st is not None and store_rows:
+        src = relation_sql(st, "allocinfo")
+        if st.files("hosts"):
             # The hosts row is a snapshot's commit record (collector/store.py): allocinfo rows
             # without one belong to a write that crashed half way and are not shown.
-            hosts = (
-                f"read_parquet('{_glob(store, 'hosts')}', hive_partitioning=true, "
-                "union_by_name=true)"
-            )
             # One read of the (small: a row per snapshot) hosts dataset serves both the commit
             # check and the labels.
-            con.execute(f"CREATE TEMP TABLE hosts_t AS SELECT * FROM {hosts}")
+            with reading(st):
+                con.execute(
+                    f"CREATE TEMP TABLE hosts_t AS SELECT * FROM {relation_sql(st, 'hosts')}"
+                )
             con.execute(
                 "CREATE TEMP TABLE committed AS SELECT DISTINCT hostname, taken_at FROM hosts_t"
             )
@@ -580,7 +558,8 @@ def gather(
             )
         else:
             parts.append(f"SELECT {cols} FROM {src}")
-        labels.update(store_labels(con, store))
+        with reading(st):
+            labels.update(store_labels(con, st))
         data.sources.append(f"store {store}")
     if not parts and not files:
         return data
@@ -596,6 +575,9 @@ def gather(
         con.execute("CREATE TEMP VIEW a AS " + " UNION ALL ".join(parts))
         _compute(con, data, labels, names, top_n, max_bars, max_subsystems)
     except duckdb.Error as e:
+        hit = damaged_part(st, e) if st is not None else None
+        if hit is not None:
+            raise hit from None
         raise AllocscopeError(
             f"reading the allocinfo data failed: {str(e).splitlines()[0]}"
         ) from None

@@ -339,13 +339,18 @@ class Store:
     def read(self, dataset: str, columns: list[str] | None = None, where: Any = None) -> pa.Table:
         """The dataset (or the rows matching ``where``, a ``pyarrow.dataset`` expression pushed
         down to row-group statistics) as one Arrow table; empty, with the schema, when the
-        dataset has no file yet."""
+        dataset has no file yet. Code reading the store through SQL uses
+        collector/store_read.py's relation instead."""
+        # collector/store_read.py builds on this module: imported here, not at the top.
+        from allocscope.collector.store_read import reading
+
         files = self.files(dataset)
         schema = SCHEMAS[dataset]
         if not files:
             return schema.empty_table() if columns is None else schema.empty_table().select(columns)
-        d = ds.dataset(files, schema=schema, format="parquet")
-        return d.to_table(columns=columns, filter=where)
+        with reading(self):  # a damaged part is named, with how to move it aside
+            d = ds.dataset(files, schema=schema, format="parquet")
+            return d.to_table(columns=columns, filter=where)
 
     def known_snapshots(self) -> set[tuple[str, int]]:
         """(hostname, taken_at µs) of every committed snapshot."""
