@@ -10,7 +10,9 @@ Fleet constraints drive the design:
   (the boot baseline that post-boot growth is measured from) is dropped last; every drop is
   counted (``<spool>/dropped``). The spool is flushed, oldest first, once the store is back.
   Store file names are deterministic per (host, snapshot time), so a flush interrupted after
-  its write but before the spool file's removal just rewrites the same file.
+  its write but before the spool file's removal just rewrites the same file. Two agents of one
+  host (a cron ``--once`` next to the systemd agent) share the default spool, so adding to it
+  and flushing it take a lock on the spool directory: one at a time.
 * **Cheap and measured.** Each snapshot's own CPU time and the RSS are stored in its ``hosts``
   row (``agent_cpu_s``, ``agent_rss_bytes``) and summarized by ``--self-stats``.
 * **Crash-safe.** Every file is written atomically (collector/atomic.py); on start the agent
@@ -19,6 +21,7 @@ Fleet constraints drive the design:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import signal
@@ -26,7 +29,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TextIO
@@ -38,8 +42,8 @@ import pyarrow.parquet as pq
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.atomic import write_atomic
 from allocscope.collector.host import HostMetadata, collect_host_metadata
-from allocscope.collector.ingest import read_snapshot_file
 from allocscope.collector.snapshot import snapshot_table
+from allocscope.collector.snapshot_check import read_snapshot_file
 from allocscope.collector.store import AgentStats, Store, StoreUnavailable, safe_name
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.collector.units import human_bytes
@@ -116,9 +120,27 @@ class Spool:
 
         write_atomic(path, lambda f: f.write(f"{n}\n".encode()))
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One agent at a time adds, prunes or flushes (see the module docstring): two flushing
+        at once would each store a snapshot and then fail to remove the other's file."""
+        os.makedirs(self.dir, exist_ok=True)
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass  # a filesystem without locks: one agent per spool, as before
+            yield
+        finally:
+            os.close(fd)
+
     def add(self, table: pa.Table, taken_at: float) -> str | None:
         """Spool one snapshot table; returns the path of a snapshot dropped to make room."""
-        os.makedirs(self.dir, exist_ok=True)
+        with self._locked():
+            return self._add(table, taken_at)
+
+    def _add(self, table: pa.Table, taken_at: float) -> str | None:
         dropped = None
         pending = self.pending()
         while len(pending) >= self.max:
@@ -135,6 +157,10 @@ class Spool:
 
     def flush(self, store: Store, log: Callable[[str], None]) -> int:
         """Move spooled snapshots into the store, oldest first; stops at the first store error."""
+        with self._locked():
+            return self._flush(store, log)
+
+    def _flush(self, store: Store, log: Callable[[str], None]) -> int:
         done = 0
         for path in self.pending():
             try:

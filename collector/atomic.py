@@ -20,11 +20,16 @@ allocscope runs as root and is pointed at shared and world-writable directories 
 
 Host and pid stay in the temp name so :func:`clean_stale_temps` can remove what a killed writer
 of this host left, and leave a live writer's (or another host's, on a shared filesystem) alone.
+A pid says little on a shared store, though: two cloned machines share a hostname, and the
+other machine's pid is "dead" here. So the writer also holds an exclusive ``flock`` on its temp
+file for as long as it writes (released by the kernel when the writer dies, NFS forwards it to
+the server), and a temp is removed only when that lock can be taken (:func:`writer_gone`).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import secrets
@@ -106,6 +111,7 @@ def atomic_file(path: str, *, make_parents: bool = False) -> Iterator[BinaryIO]:
         fd = os.open(tmp, _OPEN_FLAGS, 0o666)
     except OSError as e:
         raise OutputError(e.errno or 0, f"{path}: {_reason(e)}") from None
+    hold_lock(fd)
     published = False
     try:
         with os.fdopen(fd, "wb") as f:
@@ -152,11 +158,34 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def hold_lock(fd: int) -> bool:
+    """Mark the file open at ``fd`` as being written: an exclusive ``flock`` that the kernel
+    drops when the last descriptor of this open file closes (or the writer dies). A filesystem
+    without locks (``nolock`` NFS) gives no mark, and then nothing is ever proven abandoned."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def writer_gone(fd: int) -> bool:
+    """Is nobody writing the file open at ``fd`` (see :func:`hold_lock`)? A shared lock is
+    taken and kept until ``fd`` is closed, so a writer cannot start on it meanwhile; any
+    failure (held, or locks unsupported) answers no: only a proof removes a file."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 def clean_stale_temps(directory: str, base: str | None = None) -> int:
     """Remove temp files in ``directory`` that a dead writer of this host left behind.
 
     Only our own pattern, only regular files (never a link) owned by us, only this host's, only
-    when the pid is gone; ``base`` limits it to the temps of one target name. Returns how many.
+    when the pid is gone and no writer holds the file's lock (a cloned machine with our hostname
+    may be writing it); ``base`` limits it to the temps of one target name. Returns how many.
     """
     me, uid = _host(), os.geteuid()
     removed = 0
@@ -173,9 +202,17 @@ def clean_stale_temps(directory: str, base: str | None = None) -> int:
         full = os.path.join(directory, name)
         try:
             st = os.lstat(full)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+                continue
+            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if os.path.samestat(os.fstat(fd), st) and writer_gone(fd):
                 os.unlink(full)
                 removed += 1
         except OSError:
             pass
+        finally:
+            os.close(fd)
     return removed

@@ -12,21 +12,20 @@ bytes, is what limits ingest speed. The pipeline, for ~2M rows/s on two cores:
    the rows reach each part already in the store's order and nothing is sorted again;
 2. chunks of ~128K rows decoded together by DuckDB's Parquet reader (both cores) and checked
    with a few vectorized compares per chunk instead of a dozen calls per file; a file failing
-   any check is read again alone, the careful way, which names the reason;
+   any check is read again alone, the careful way, which names the reason (the checks are
+   collector/snapshot_check.py's, the same ``top``/``diff``/``report`` apply);
 3. a writer thread streams each checked chunk into the batch's hidden temp part
    (store.BatchWriter) while the next chunk is decoded; the batch is published (fsync, rename,
    then the ``hosts`` commit records) once all its files are in.
+
+Result files become rows of the ``callers``/``overhead`` datasets by collector/store_tables.py.
 """
 # pyright: reportAttributeAccessIssue=false
 # (pyarrow.compute makes its functions at import time and ships no stubs)
 
 from __future__ import annotations
 
-import bisect
-import json
-import math
 import os
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,53 +34,35 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from allocscope.collector.host import HostMetadata
-from allocscope.collector.result import Result, read_result
-from allocscope.collector.site import SiteQuery, canonical_function
-from allocscope.collector.snapshot import SNAPSHOT_SCHEMA, SNAPSHOT_SCHEMA_VERSION, is_parquet
+from allocscope.collector.result import read_result
+from allocscope.collector.snapshot import is_parquet
+from allocscope.collector.snapshot_check import (
+    Checked,
+    Header,
+    SnapshotFile,
+    header,
+    open_reader,
+    read_chunk,
+    read_snapshot_file,
+)
 from allocscope.collector.store import (
-    CALLERS_SCHEMA,
-    OVERHEAD_SCHEMA,
     BatchWriter,
     Store,
     day_of_us,
-    dumps,
     hosts_rows,
-    result_common,
     safe_name,
     to_us,
 )
+from allocscope.collector.store_tables import RESULT_DATASETS
 from allocscope.errors import InputError
+
+__all__ = ["IngestReport", "SnapshotFile", "expand", "ingest", "read_snapshot_file"]
 
 BATCH_ROWS = 2_000_000  # rows per allocinfo part file (per day)
 CHUNK_ROWS = 128 * 1024  # rows decoded and checked together while the previous chunk is written
 BULK_FILES = 400  # at most this many snapshot files decoded together
 MAX_IN_FLIGHT = 2  # decoded chunks waiting for the writer thread
-_KEY_COLUMNS = (
-    "hostname",
-    "taken_at",
-    "file",
-    "line",
-    "function",
-    "site_key",
-    "loose_key",
-    "bytes",
-    "calls",
-)
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """A validated snapshot file, ready to store."""
-
-    path: str
-    host: HostMetadata
-    taken_at: float
-    version: str | None
-    source: str
-    table: pa.Table
 
 
 @dataclass(slots=True)
@@ -100,416 +81,6 @@ class IngestReport:
             "rows": self.rows,
             "files_written": self.files_written,
         }
-
-
-# -- snapshots -------------------------------------------------------------------------------
-def read_snapshot_file(path: str) -> Snapshot:
-    """Read and fully validate one snapshot Parquet file (collector/snapshot.py schema)."""
-    host, taken_at, ver, src, _n, _exact = _read_header(path)
-    try:
-        table = pq.ParquetFile(path).read(use_threads=False)
-    except (OSError, pa.ArrowException) as e:
-        raise InputError(path, None, f"not a readable Parquet file: {e}") from None
-    missing = set(SNAPSHOT_SCHEMA.names) - set(table.schema.names)
-    if missing:
-        raise InputError(path, None, f"snapshot lacks columns: {', '.join(sorted(missing))}")
-    try:
-        table = table.select(SNAPSHOT_SCHEMA.names)
-        if not table.schema.equals(SNAPSHOT_SCHEMA):
-            table = table.cast(SNAPSHOT_SCHEMA)
-    except (pa.ArrowException, ValueError) as e:
-        raise InputError(path, None, f"columns have the wrong types: {e}") from None
-    return Snapshot(path, host, taken_at, ver, src, _check_rows(path, host, taken_at, table))
-
-
-def _read_header(path: str) -> tuple[HostMetadata, float, str | None, str, int, bool]:
-    """Validate a snapshot file's footer only: (host, taken_at, version, source, rows, exact)
-    where ``exact`` says its columns already have the snapshot schema's types."""
-    try:
-        pf = pq.ParquetFile(path)
-    except FileNotFoundError:
-        raise InputError(path, None, "no such file") from None
-    except (OSError, pa.ArrowException) as e:
-        raise InputError(path, None, f"not a readable Parquet file: {e}") from None
-    schema = pf.schema_arrow
-    meta = schema.metadata or {}
-    if meta.get(b"allocscope.kind") != b"allocinfo-snapshot":
-        raise InputError(path, None, "not an allocscope snapshot (no allocscope.kind metadata)")
-    try:
-        version = int(meta.get(b"allocscope.schema", b"0"))
-        host = HostMetadata.from_dict(json.loads(meta[b"allocscope.host"]))
-        taken_at = float(meta.get(b"allocscope.taken_at", b"nan"))
-    except (KeyError, ValueError, TypeError) as e:
-        raise InputError(path, None, f"bad snapshot metadata: {e}") from None
-    if version > SNAPSHOT_SCHEMA_VERSION or version < 1:
-        raise InputError(
-            path,
-            None,
-            f"snapshot schema {version} is not one this allocscope "
-            f"reads (1..{SNAPSHOT_SCHEMA_VERSION})",
-        )
-    if not math.isfinite(taken_at) or taken_at <= 0:
-        raise InputError(path, None, "bad or missing allocscope.taken_at metadata")
-    exact = schema.names == SNAPSHOT_SCHEMA.names and all(
-        f.type == g.type for f, g in zip(schema, SNAPSHOT_SCHEMA, strict=True)
-    )
-    src = meta.get(b"allocscope.source", b"").decode(errors="replace")
-    ver = meta.get(b"allocscope.allocinfo_version", b"").decode(errors="replace") or None
-    return host, taken_at, ver, src, pf.metadata.num_rows, exact
-
-
-def _check_rows(path: str, host: HostMetadata, taken_at: float, table: pa.Table) -> pa.Table:
-    """The row-level checks of :func:`read_snapshot_file`; returns rows in site_key order."""
-    for col in _KEY_COLUMNS:
-        if table[col].null_count:
-            raise InputError(path, None, f"column {col!r} has {table[col].null_count} nulls")
-    if table.num_rows:
-        for col, want in (("hostname", host.hostname), ("taken_at", None)):
-            mm = pc.min_max(table[col]).as_py()
-            if mm["min"] != mm["max"]:
-                raise InputError(
-                    path,
-                    None,
-                    f"column {col!r} is not one value: a snapshot file holds one host at one time",
-                )
-            if want is not None and mm["min"] != want:
-                raise InputError(path, None, f"rows say host {mm['min']!r}, metadata says {want!r}")
-        ts = pc.cast(table["taken_at"], pa.int64())[0].as_py()
-        if abs(ts - to_us(taken_at)) > 1:
-            raise InputError(path, None, "rows' taken_at differs from the metadata's")
-        keys = table["site_key"]
-        if table.num_rows > 1 and not pc.all(pc.less_equal(keys[:-1], keys[1:])).as_py():
-            table = table.take(pc.sort_indices(keys))  # the store keeps rows in site order
-    return table
-
-
-@dataclass(slots=True)
-class _Header:
-    """A snapshot file whose footer checked out (:func:`_read_header`)."""
-
-    path: str
-    host: HostMetadata
-    taken_at: float
-    version: str | None
-    source: str
-    rows: int
-    exact: bool  # columns already have the snapshot schema's types: eligible for bulk decoding
-
-
-def _header(path: str) -> _Header:
-    return _Header(path, *_read_header(path))
-
-
-@dataclass(slots=True)
-class _Got:
-    """A validated snapshot of a chunk."""
-
-    snap: Snapshot
-    stamp: int  # the rows' taken_at in µs: the duplicate key and the hosts row's join key
-    bulk: pa.Table | None = None  # the chunk's bulk table its rows are a slice of, if any
-    offset: int = -1  # where in ``bulk`` its rows start
-
-
-_HAS_FILE_INDEX = True  # read_parquet has a file_index column (DuckDB >= 1.3); see _connect
-
-
-def _duckdb_has_file_index(version: str) -> bool:
-    try:
-        major, minor = (int(x) for x in version.split(".")[:2])
-    except ValueError:
-        return True
-    return (major, minor) >= (1, 3)
-
-
-_DB: Any = None
-_DB_PID = 0
-_DB_LOCK = threading.Lock()
-
-
-def _connect(duckdb: Any) -> Any:
-    """A connection to this process's in-memory DuckDB database (no tables, only a reader).
-
-    The database is created once and kept: a fresh one starts with no memory of its own and
-    page-faults its way through every buffer it allocates, which cost ingest a quarter of its
-    CPU time when each call opened its own. Each call gets its own connection (cursor), so
-    concurrent ingests do not share one.
-    """
-    global _DB, _DB_PID, _HAS_FILE_INDEX
-    with _DB_LOCK:
-        if _DB is None or _DB_PID != os.getpid():  # a forked child cannot use its parent's
-            _DB, _DB_PID = duckdb.connect(), os.getpid()
-            _HAS_FILE_INDEX = _duckdb_has_file_index(duckdb.__version__)
-        con = _DB.cursor()
-    con.execute("SET TimeZone = 'UTC'")
-    return con
-
-
-def _read_chunk(con: Any, heads: list[_Header]) -> list[_Got | InputError]:
-    """Validate and decode the snapshot files of one chunk: one answer per header, in order.
-
-    Per-file overhead dominates ingest (a snapshot is ~5,000 rows), so files whose columns
-    already have the exact schema are decoded together by DuckDB's multi-threaded Parquet
-    reader, and every check of :func:`read_snapshot_file` runs vectorized over the whole chunk
-    (:func:`_bulk_suspects`), not per file. A file that fails any of them, and anything
-    unusual (other column types, a corrupt data page failing the bulk read), is then read
-    alone the careful way, which gives the exact reason, so a bad file can never pass.
-    """
-    out: list[_Got | InputError | None] = [None] * len(heads)
-    bulk = [i for i, h in enumerate(heads) if h.exact]
-    table = _bulk_rows(con, [heads[i] for i in bulk]) if bulk else None
-    if table is not None:
-        starts = _offsets([heads[i].rows for i in bulk])
-        bad, unsorted, stamps = _bulk_suspects(table, [heads[i] for i in bulk], starts)
-        for j, i in enumerate(bulk):
-            if j in bad:
-                continue
-            h = heads[i]
-            rows = table.slice(starts[j], h.rows)
-            found = stamps[j]
-            stamp = found if found is not None else to_us(h.taken_at)
-            if j in unsorted:  # the store keeps rows in site order
-                rows = rows.take(pc.sort_indices(rows["site_key"]))
-                snap = Snapshot(h.path, h.host, h.taken_at, h.version, h.source, rows)
-                out[i] = _Got(snap, stamp)
-            else:
-                snap = Snapshot(h.path, h.host, h.taken_at, h.version, h.source, rows)
-                out[i] = _Got(snap, stamp, table, starts[j])
-    for i, h in enumerate(heads):
-        if out[i] is None:
-            try:
-                snap = read_snapshot_file(h.path)
-            except InputError as e:
-                out[i] = e
-                continue
-            t = snap.table.replace_schema_metadata(None)
-            snap.table = t
-            first = pc.cast(t["taken_at"][0], pa.int64()).as_py() if t.num_rows else None
-            out[i] = _Got(snap, int(first) if first is not None else to_us(snap.taken_at))
-    return [x for x in out if x is not None]
-
-
-def _offsets(counts: list[int]) -> list[int]:
-    out, n = [], 0
-    for c in counts:
-        out.append(n)
-        n += c
-    return out
-
-
-def _bulk_rows(con: Any, heads: list[_Header]) -> pa.Table | None:
-    """The rows of ``heads`` decoded together, in file order, or None if that failed."""
-    files = [h.path for h in heads]
-    try:
-        if _HAS_FILE_INDEX:
-            sql = "SELECT *, file_index AS _fi FROM read_parquet($files)"
-        else:  # DuckDB < 1.3: the file's name, mapped to its index below
-            sql = "SELECT *, filename AS _fi FROM read_parquet($files, filename = true)"
-        table = con.sql(sql, params={"files": files}).to_arrow_table()
-    except Exception:  # a corrupt page anywhere fails the whole read: go file by file
-        return None
-    if table.num_rows != sum(h.rows for h in heads):
-        return None
-    # Every row of file j must carry file index j: first and last rows, and no step back.
-    fi = table["_fi"]
-    if not _HAS_FILE_INDEX:
-        fi = pc.index_in(fi, value_set=pa.array(files))
-    nonempty = [j for j, h in enumerate(heads) if h.rows]
-    starts = _offsets([h.rows for h in heads])
-    if nonempty and (
-        pc.take(fi, [starts[j] for j in nonempty]).to_pylist() != nonempty
-        or pc.take(fi, [starts[j] + heads[j].rows - 1 for j in nonempty]).to_pylist() != nonempty
-        or not pc.all(pc.less_equal(fi[:-1], fi[1:])).as_py()
-    ):
-        return None
-    table = table.select(SNAPSHOT_SCHEMA.names)
-    if not table.schema.equals(SNAPSHOT_SCHEMA):
-        try:
-            table = table.cast(SNAPSHOT_SCHEMA)
-        except (pa.ArrowException, ValueError):
-            return None
-    return table.replace_schema_metadata(None)
-
-
-def _bulk_suspects(
-    table: pa.Table, heads: list[_Header], starts: list[int]
-) -> tuple[set[int], set[int], list[int | None]]:
-    """The row checks of :func:`_check_rows` for many files at once.
-
-    Returns (files failing a check, files whose rows are not in site order, each file's row
-    stamp). A column holds one value per file exactly when it changes value only where a
-    file starts and each file's first row has that value, so one vectorized compare of
-    neighbours covers every file.
-    """
-    bad: set[int] = set()
-    unsorted: set[int] = set()
-    nonempty = [j for j, h in enumerate(heads) if h.rows]
-    firsts = [starts[j] for j in nonempty]
-    first_set = set(firsts)
-
-    def file_of(row: int) -> int:
-        return nonempty[bisect.bisect_right(firsts, row) - 1]
-
-    def breaks(col: Any, strict: bool) -> list[int]:
-        """Rows (not first of a file) that differ from (strict) or sort before their
-        predecessor."""
-        if table.num_rows < 2:
-            return []
-        prev, cur = col[:-1], col[1:]
-        step = pc.not_equal(prev, cur) if strict else pc.greater(prev, cur)
-        return [r + 1 for r in pc.indices_nonzero(step).to_pylist() if r + 1 not in first_set]
-
-    for name in _KEY_COLUMNS:
-        col = table[name]
-        if col.null_count:
-            nulls = pc.indices_nonzero(pc.is_null(col)).to_pylist()
-            bad.update(file_of(r) for r in nulls)
-    ts = pc.cast(table["taken_at"], pa.int64())
-    stamps: list[int | None] = [None] * len(heads)
-    if not nonempty:
-        return bad, unsorted, stamps
-    for name in ("hostname", "taken_at"):
-        col = ts if name == "taken_at" else table[name]
-        bad.update(file_of(r) for r in breaks(col, strict=True))
-    hosts = pc.take(table["hostname"], firsts).to_pylist()
-    for j, host, stamp in zip(nonempty, hosts, pc.take(ts, firsts).to_pylist(), strict=True):
-        h = heads[j]
-        stamps[j] = stamp
-        if host != h.host.hostname or stamp is None or abs(stamp - to_us(h.taken_at)) > 1:
-            bad.add(j)
-    unsorted.update(file_of(r) for r in breaks(table["site_key"], strict=False))
-    return bad, unsorted, stamps
-
-
-# -- results ---------------------------------------------------------------------------------
-def _num(v: Any, what: str, path: str, integer: bool = False) -> Any:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise InputError(path, None, f"{what} is not a number: {v!r}")
-    if integer:
-        if isinstance(v, float) and not v.is_integer():
-            raise InputError(path, None, f"{what} is not an integer: {v!r}")
-        return int(v)
-    return float(v)
-
-
-def _site_fields(site: Any) -> tuple[str, str | None, str | None]:
-    """(as asked, function, file:line) from a who-calls payload's ``site``."""
-    if isinstance(site, dict):
-        func = site.get("function")
-        key = site.get("key") or (
-            f"{site['file']}:{site['line']}" if site.get("file") and site.get("line") else None
-        )
-        text = str(site.get("query") or key or func or "")
-        return text, canonical_function(func) if func else None, key
-    text = str(site)
-    try:
-        q = SiteQuery.parse(text)
-    except ValueError:
-        return text, None, None
-    key = f"{q.file}:{q.line}" if q.file and q.line is not None else None
-    return text, q.function, key
-
-
-def callers_table(res: Result, path: str) -> pa.Table:
-    """Rows of the ``callers`` dataset for one who-calls result (validated)."""
-    p = res.payload
-    callers = p.get("callers")
-    if not isinstance(callers, list):
-        raise InputError(path, None, "who-calls payload has no 'callers' list")
-    if "site" not in p:
-        raise InputError(path, None, "who-calls payload has no 'site'")
-    site, func, key = _site_fields(p["site"])
-    if func is None:
-        join = p.get("allocinfo") if isinstance(p.get("allocinfo"), dict) else {}
-        f = join.get("function") if join else None
-        func = canonical_function(f) if isinstance(f, str) else None
-    rows: list[dict[str, Any]] = []
-    for i, c in enumerate(callers):
-        what = f"callers[{i}]"
-        if not isinstance(c, dict) or not isinstance(c.get("caller"), str):
-            raise InputError(path, None, f"{what} has no caller name")
-        rows.append(
-            {
-                "caller": c["caller"],
-                "calls": _num(c.get("calls"), f"{what}.calls", path, True),
-                "share": _num(c.get("share"), f"{what}.share", path),
-                "ci_low": _num(c.get("ci_low"), f"{what}.ci_low", path),
-                "ci_high": _num(c.get("ci_high"), f"{what}.ci_high", path),
-                "bytes": _num(c.get("bytes"), f"{what}.bytes", path, True),
-            }
-        )
-    if not rows:
-        rows.append(dict.fromkeys(("caller", "calls", "share", "ci_low", "ci_high", "bytes")))
-    n = len(rows)
-    cols = result_common(res.host, res.start, res.duration, n)
-    cols.update(
-        {
-            "site": [site] * n,
-            "site_function": [func] * n,
-            "site_key": [key] * n,
-            "backend": [str(p["backend"]) if p.get("backend") is not None else None] * n,
-            "total_calls": [_num(p.get("total_calls"), "total_calls", path, True)] * n,
-            "lost": [_num(p.get("lost"), "lost", path, True)] * n,
-            "payload_json": [dumps(p)] * n,
-        }
-    )
-    for k in ("caller", "calls", "share", "ci_low", "ci_high", "bytes"):
-        cols[k] = [r[k] for r in rows]
-    return pa.table(cols).select(CALLERS_SCHEMA.names).cast(CALLERS_SCHEMA)
-
-
-_OVERHEAD_FIELDS: tuple[tuple[str, str], ...] = (
-    ("inclusive_samples", "int"),
-    ("self_samples", "int"),
-    ("inclusive_share", "float"),
-    ("self_share", "float"),
-    ("calls", "int"),
-    ("calls_per_second", "float"),
-    ("ns_per_call", "float"),
-)
-
-
-def overhead_table(res: Result, path: str) -> pa.Table:
-    """Rows of the ``overhead`` dataset: the payload's ``functions`` table flattened, with the
-    raw payload kept in every row so fields this version does not know are not lost."""
-    p = res.payload
-    funcs = p.get("functions")
-    if funcs is not None and not isinstance(funcs, list):
-        raise InputError(path, None, "overhead payload 'functions' is not a list")
-    rows: list[dict[str, Any]] = []
-    for i, f in enumerate(funcs or []):
-        what = f"functions[{i}]"
-        if not isinstance(f, dict) or not isinstance(f.get("function"), str):
-            raise InputError(path, None, f"{what} has no function name")
-        row: dict[str, Any] = {
-            "function": f["function"],
-            "kind": str(f["kind"]) if f.get("kind") is not None else None,
-            "present": bool(f["present"]) if f.get("present") is not None else None,
-            "row_json": dumps(f),
-        }
-        for k, t in _OVERHEAD_FIELDS:
-            row[k] = _num(f.get(k), f"{what}.{k}", path, t == "int")
-        rows.append(row)
-    if not rows:
-        rows.append(
-            dict.fromkeys(
-                ["function", "kind", "present", "row_json"] + [k for k, _ in _OVERHEAD_FIELDS]
-            )
-        )
-    n = len(rows)
-    cols = result_common(res.host, res.start, res.duration, n)
-    for k in ["function", "kind", "present", "row_json"] + [k for k, _ in _OVERHEAD_FIELDS]:
-        cols[k] = [r[k] for r in rows]
-    cols["settings_json"] = [dumps(res.settings)] * n
-    cols["payload_json"] = [dumps(p)] * n
-    return pa.table(cols).select(OVERHEAD_SCHEMA.names).cast(OVERHEAD_SCHEMA)
-
-
-RESULT_DATASETS: dict[str, tuple[str, Callable[[Result, str], pa.Table]]] = {
-    "who-calls": ("callers", callers_table),
-    "overhead": ("overhead", overhead_table),
-}
 
 
 # -- the ingest ------------------------------------------------------------------------------
@@ -541,8 +112,6 @@ def ingest(
     while a writer thread streams the previous chunk into the batch's part: reading and
     writing overlap, and a written part is sorted by host, time and site without a sort.
     """
-    import duckdb
-
     store.check_writable()  # before anything: an unmounted store filesystem is refused
     report = IngestReport()
     # What a killed ingest of this host left: hidden temp files, and batch parts published
@@ -558,20 +127,20 @@ def ingest(
             progress(f"skipped {e}")
 
     files = expand(paths)
-    heads: list[_Header] = []
+    heads: list[Header] = []
     other: list[str] = []
     for path in files:
         if not is_parquet(path):
             other.append(path)
             continue
         try:
-            heads.append(_header(path))
+            heads.append(header(path))
         except InputError as e:
             skip(path, e)
     heads.sort(key=lambda h: (h.host.hostname, h.taken_at, h.path))
 
     writer = _Writer(report)
-    con = _connect(duckdb) if heads else None
+    con = open_reader() if heads else None
     try:
         for batch_heads in _split(heads, batch_rows, len(heads)):
             names = {h.host.hostname for h in batch_heads}
@@ -579,8 +148,8 @@ def ingest(
             writer.begin(batch)
             done: list[tuple[str, str, int]] = []
             for chunk in _split(batch_heads, chunk_rows, BULK_FILES):
-                accepted: list[_Got] = []
-                for h, got in zip(chunk, _read_chunk(con, chunk), strict=True):
+                accepted: list[Checked] = []
+                for h, got in zip(chunk, read_chunk(con, chunk), strict=True):
                     if isinstance(got, InputError):
                         skip(h.path, got)
                         continue
@@ -653,9 +222,9 @@ def _not_a_result(path: str) -> None:
         raise InputError(path, None, "not a Parquet file (no PAR1 magic): truncated or renamed?")
 
 
-def _split(heads: list[_Header], rows: int, files: int) -> Iterator[list[_Header]]:
+def _split(heads: list[Header], rows: int, files: int) -> Iterator[list[Header]]:
     """Consecutive runs of ``heads`` holding about ``rows`` rows and at most ``files`` files."""
-    run: list[_Header] = []
+    run: list[Header] = []
     n = 0
     for h in heads:
         run.append(h)
@@ -667,13 +236,13 @@ def _split(heads: list[_Header], rows: int, files: int) -> Iterator[list[_Header
         yield run
 
 
-def _pieces(accepted: list[_Got]) -> list[tuple[str, pa.Table | None, pa.Table]]:
+def _pieces(accepted: list[Checked]) -> list[tuple[str, pa.Table | None, pa.Table]]:
     """A chunk's accepted snapshots as (day, allocinfo rows, hosts rows) in order.
 
     Snapshots whose rows lie next to each other in the chunk's bulk table (the usual case:
     every file of the chunk) stay one zero-copy slice, not one piece per file.
     """
-    by_day: dict[str, tuple[list[pa.Table], list[_Got]]] = {}
+    by_day: dict[str, tuple[list[pa.Table], list[Checked]]] = {}
     run: tuple[pa.Table, int, int, str] | None = None  # (bulk table, start, end, day)
 
     def close_run() -> None:

@@ -24,21 +24,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
-import functools
 import importlib.resources
 import os
 import re
-import stat
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import pyarrow.parquet as pq
-
-from allocscope.collector.atomic import write_atomic
-from allocscope.collector.store import DATASETS, SCHEMAS, Store
+from allocscope.collector.store import DATASETS, Store
+from allocscope.collector.store_read import damaged_part, empty_file, relation_sql
 from allocscope.collector.units import parse_size
 from allocscope.errors import AllocscopeError, CapabilityError
 
@@ -187,32 +182,6 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def _empty_file(dataset: str) -> str:
-    """A Parquet file with the dataset's schema and no rows: lets queries over a store that
-    has no file of that dataset yet return empty results on both engines.
-
-    Kept in a per-uid directory under the temp dir; a directory of that name that is a link,
-    or is not ours with mode 700, was planted by someone else and is not used.
-    """
-    d = os.path.join(tempfile.gettempdir(), f"allocscope-empty-{os.getuid()}")
-    try:
-        os.mkdir(d, 0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(d)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        d = _private_empty_dir()
-    path = os.path.join(d, f"{dataset}.parquet")
-    if not os.path.exists(path):
-        write_atomic(path, lambda f: pq.write_table(SCHEMAS[dataset].empty_table(), f))
-    return path
-
-
-@functools.cache
-def _private_empty_dir() -> str:
-    return tempfile.mkdtemp(prefix="allocscope-empty-")
-
-
 def _sql_time(v: _dt.datetime) -> str:
     return "TIMESTAMP '" + v.astimezone(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f") + "'"
 
@@ -258,10 +227,7 @@ class DuckDBEngine:
             self.con.execute(f"SET memory_limit = {self.literal(memory_limit)}")
 
     def table_ref(self, dataset: str) -> str:
-        if not self.store.files(dataset):
-            return f"read_parquet({self.literal(_empty_file(dataset))})"
-        pattern = os.path.join(self.store.dataset_dir(dataset), "dt=*", "*.parquet")
-        return f"read_parquet({self.literal(pattern)}, hive_partitioning = true)"
+        return relation_sql(self.store, dataset)
 
     def literal(self, value: Any) -> str:
         return sql_literal(value, lambda s: "'" + s.replace("'", "''") + "'")
@@ -274,6 +240,9 @@ class DuckDBEngine:
             cur = self.con.execute(sql)
             rows = cur.fetchall()
         except duckdb.Error as e:
+            hit = damaged_part(self.store, e)
+            if hit is not None:
+                raise hit from None
             raise QueryError(f"duckdb: {str(e).splitlines()[0]}") from None
         cols = [d[0] for d in cur.description or []]
         return QueryResult(
@@ -336,7 +305,7 @@ class SparkEngine:
                 base = self.store.dataset_dir(dataset)
                 df = self.spark.read.option("basePath", base).parquet(base)
             else:
-                df = self.spark.read.parquet(_empty_file(dataset))
+                df = self.spark.read.parquet(empty_file(dataset))
             df.createOrReplaceTempView(view)
             self._views[dataset] = view
         return self._views[dataset]
@@ -356,6 +325,9 @@ class SparkEngine:
             df = self.spark.sql(sql)
             rows = df.collect()
         except Exception as e:  # pyspark raises its own hierarchy; keep the first line
+            hit = damaged_part(self.store, e)
+            if hit is not None:
+                raise hit from None
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise QueryError(f"spark: {first}") from None
         return QueryResult(

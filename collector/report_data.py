@@ -6,44 +6,37 @@ store (``--store``; Parquet under ``<store>/allocinfo/dt=*/``), and result files
 relation with the snapshot schema, so one set of SQL queries serves one host and a fleet of
 thousands; the queries aggregate in DuckDB and only chart-sized answers (tens of hosts, top-N
 sites, a few dozen time buckets) come back to Python.
+
+Saved files become Arrow tables in collector/report_inputs.py; the store is read through the
+one store relation (collector/store_read.py), so a damaged part is named here as in query.
+This module is the SQL and the view model the page is drawn from.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from allocscope.collector.allocinfo import PROC_ALLOCINFO
-from allocscope.collector.host import HostMetadata, collect_host_metadata
+from allocscope.collector.report_inputs import COLUMNS, load_files
 from allocscope.collector.result import Result, read_result
+from allocscope.collector.store import Store
+from allocscope.collector.store_read import (
+    NO_SNAPSHOTS,
+    damaged_part,
+    open_store,
+    pattern,
+    quote,
+    reading,
+    relation_sql,
+)
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.errors import AllocscopeError, InputError
 
 GROUP_LABEL = "group"
 PILOT, CONTROL = "pilot", "control"
 OTHER_SUBSYSTEMS = "other subsystems"
-COLUMNS = (
-    "hostname",
-    "boot_id",
-    "kernel_release",
-    "taken_at",
-    "uptime_s",
-    "mem_profiling",
-    "file",
-    "line",
-    "module",
-    "function",
-    "site_key",
-    "loose_key",
-    "subsystem",
-    "bytes",
-    "calls",
-    "accurate",
-)
 
 
 @dataclass(slots=True)
@@ -187,80 +180,7 @@ class ReportData:
         return bool(self.hosts)
 
 
-# --- inputs --------------------------------------------------------------------------------
-
-
-def _file_host(path: str) -> HostMetadata:
-    """Text allocinfo carries no host facts: the file name stands in for the host."""
-    return HostMetadata(
-        hostname=os.path.basename(path),
-        kernel_release="unknown",
-        boot_id="",
-        boot_time=0.0,
-        cpus=0,
-        cpu_model="unknown",
-        memory_bytes=0,
-        mem_profiling=None,
-    )
-
-
-def load_files(
-    paths: list[str], subsystems: SubsystemMap
-) -> tuple[Any, dict[str, dict[str, str]], dict[tuple[str, int], str]]:
-    """Saved allocinfo (text, .gz, or snapshot Parquet) -> one Arrow table + host labels.
-
-    Several text files are read as successive snapshots of one host, in the order given
-    (their modification times become the snapshot times), so ``--file before --file after``
-    shows the change. Snapshot Parquet files carry their own host and time. Also returns
-    (host, snapshot ms) -> file name, to label each snapshot's bar with its file.
-    """
-    import pyarrow as pa
-
-    from allocscope.collector.allocinfo import read_allocinfo
-    from allocscope.collector.snapshot import is_parquet, read_snapshot, snapshot_table
-
-    tables = []
-    labels: dict[str, dict[str, str]] = {}
-    names: dict[tuple[str, int], str] = {}
-    text_paths = [p for p in paths if not is_parquet(p)]
-    text_host = (
-        (_file_host(text_paths[0]) if len(text_paths) == 1 else _file_host("allocinfo files"))
-        if text_paths
-        else None
-    )
-    if text_paths and all(p == PROC_ALLOCINFO for p in text_paths):
-        text_host = collect_host_metadata()  # the live file: this host, now
-    last_t = 0.0
-    for path in paths:
-        if is_parquet(path):
-            snap = read_snapshot(path)
-            host = snap.host or _file_host(path)
-            labels[host.hostname] = dict(host.labels)
-        else:
-            snap = read_allocinfo(path)
-            assert text_host is not None
-            host = text_host
-            mtime = _saved_at(path, snap.taken_at)
-            # Distinct, increasing times keep the given order even for copies with equal mtimes.
-            snap.taken_at = max(mtime, last_t + 1.0) if len(text_paths) > 1 else mtime
-            last_t = snap.taken_at
-        if not snap.records:
-            raise InputError(path, None, "no allocinfo lines in this file")
-        tables.append(snapshot_table(snap, host, subsystems).select(list(COLUMNS)))
-        names[(host.hostname, int(snap.taken_at * 1_000_000) // 1000)] = os.path.basename(path)
-    table = pa.concat_tables(tables) if tables else None
-    return table, labels, names
-
-
-def _saved_at(path: str, read_at: float) -> float:
-    """When a saved copy was taken: its mtime; for /proc, stdin and pipes, when we read it."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return read_at
-    if not stat.S_ISREG(st.st_mode) or st.st_size == 0 or path.startswith("/proc/"):
-        return read_at
-    return st.st_mtime
+# --- the store's labels and results ------------------------------------------------------
 
 
 def _labels_from_row(row: dict[str, Any]) -> dict[str, str]:
@@ -287,24 +207,19 @@ def _labels_from_row(row: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _glob(store: str, dataset: str) -> str:
-    return os.path.join(store, dataset, "**", "*.parquet").replace("'", "''")
-
-
-def store_labels(con: Any, store: str) -> dict[str, dict[str, str]]:
+def store_labels(con: Any, store: Store) -> dict[str, dict[str, str]]:
     """hostname -> labels, from the store's ``hosts`` dataset (latest row per host wins).
 
     Falls back to the host metadata kept in each snapshot file's Parquet footer when the
     store has no ``hosts`` dataset.
     """
     out: dict[str, dict[str, str]] = {}
-    if has_hosts(store):
+    if store.files("hosts"):
         tables = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         rel = con.sql(
             "SELECT * FROM hosts_t"
             if "hosts_t" in tables
-            else f"SELECT * FROM read_parquet('{_glob(store, 'hosts')}', "
-            "hive_partitioning=true, union_by_name=true)"
+            else f"SELECT * FROM {relation_sql(store, 'hosts')}"
         )
         cols = [
             c for c in rel.columns if c in ("hostname", "labels", "group") or c.startswith("label_")
@@ -320,8 +235,9 @@ def store_labels(con: Any, store: str) -> dict[str, dict[str, str]]:
             if row.get("hostname") is not None:
                 out[str(row["hostname"])] = _labels_from_row(row)
         return out
+    parts = quote(pattern(store, "allocinfo"))
     rows = con.sql(
-        f"SELECT file_name, decode(value) FROM parquet_kv_metadata('{_glob(store, 'allocinfo')}')"
+        f"SELECT file_name, decode(value) FROM parquet_kv_metadata({parts})"
         " WHERE decode(key) = 'allocscope.host' ORDER BY file_name"
     ).fetchall()
     for _name, text in rows:
@@ -339,18 +255,18 @@ def store_labels(con: Any, store: str) -> dict[str, dict[str, str]]:
 MAX_MERGED_RESULTS = 500  # who-calls payloads parsed per site for the merged flame graph
 
 
-def _store_results(con: Any, data: ReportData, store: str, top_n: int) -> None:
+def _store_results(con: Any, data: ReportData, store: Store, top_n: int) -> None:
     """who-calls and overhead results ingested into the store, summarized across hosts."""
-    if _has_parquet(os.path.join(store, "callers")):
+    if store.files("callers"):
         _fleet_callers(con, data, store, top_n)
-    if _has_parquet(os.path.join(store, "overhead")):
+    if store.files("overhead"):
         _fleet_overhead(con, data, store)
 
 
-def _fleet_callers(con: Any, data: ReportData, store: str, top_n: int) -> None:
+def _fleet_callers(con: Any, data: ReportData, store: Store, top_n: int) -> None:
     con.execute(
         "CREATE TEMP VIEW callers AS SELECT *, coalesce(site_function, site) AS s FROM "
-        f"read_parquet('{_glob(store, 'callers')}', hive_partitioning=true, union_by_name=true)"
+        + relation_sql(store, "callers")
     )
     sites = _fetch(
         con,
@@ -406,13 +322,10 @@ def _fleet_callers(con: Any, data: ReportData, store: str, top_n: int) -> None:
         )
 
 
-def _fleet_overhead(con: Any, data: ReportData, store: str) -> None:
+def _fleet_overhead(con: Any, data: ReportData, store: Store) -> None:
     """Per allocator function, each host's latest overhead result; pilot vs control medians
     when the results carry ``group`` labels."""
-    con.execute(
-        "CREATE TEMP VIEW overhead AS SELECT * FROM "
-        f"read_parquet('{_glob(store, 'overhead')}', hive_partitioning=true, union_by_name=true)"
-    )
+    con.execute("CREATE TEMP VIEW overhead AS SELECT * FROM " + relation_sql(store, "overhead"))
     con.execute(
         f"""
         CREATE TEMP TABLE oh AS
@@ -464,17 +377,6 @@ def _fleet_overhead(con: Any, data: ReportData, store: str) -> None:
             )
         out.append(row)
     data.fleet_overhead = FleetOverhead(int(hosts), grouped, out)
-
-
-def has_hosts(store: str) -> bool:
-    return _has_parquet(os.path.join(store, "hosts"))
-
-
-def _has_parquet(directory: str) -> bool:
-    for _root, _dirs, files in os.walk(directory):
-        if any(f.endswith(".parquet") for f in files):
-            return True
-    return False
 
 
 # --- the queries ---------------------------------------------------------------------------
@@ -536,41 +438,27 @@ def gather(
     labels: dict[str, dict[str, str]] = {}
     names: dict[tuple[str, int], str] = {}
     cols = ", ".join(COLUMNS)
+    st = open_store(store) if store else None
     store_rows = False
-    if store:
-        if not os.path.isdir(store):
-            raise InputError(store, None, "store directory does not exist")
-        try:
-            _store_results(con, data, store, top_n)
-        except duckdb.Error as e:
-            raise AllocscopeError(
-                f"reading results from store {store} failed: {str(e).splitlines()[0]}"
-            ) from None
-        store_rows = _has_parquet(os.path.join(store, "allocinfo"))
+    if st is not None:
+        with reading(st, "reading results from store"):
+            _store_results(con, data, st, top_n)
+        store_rows = bool(st.files("allocinfo"))
         if not store_rows and not (data.fleet_callers or data.fleet_overhead):
-            raise InputError(
-                store,
-                None,
-                "no allocinfo snapshots or results in this store "
-                "(expected <store>/allocinfo/dt=*/*.parquet)",
-            )
+            raise InputError(st.root, None, NO_SNAPSHOTS)
         if not store_rows:
             data.sources.append(f"store {store} (results only)")
-    if store and store_rows:
-        src = (
-            f"read_parquet('{_glob(store, 'allocinfo')}', hive_partitioning=true, "
-            "union_by_name=true)"
-        )
-        if has_hosts(store):
+    if st is not None and store_rows:
+        src = relation_sql(st, "allocinfo")
+        if st.files("hosts"):
             # The hosts row is a snapshot's commit record (collector/store.py): allocinfo rows
             # without one belong to a write that crashed half way and are not shown.
-            hosts = (
-                f"read_parquet('{_glob(store, 'hosts')}', hive_partitioning=true, "
-                "union_by_name=true)"
-            )
             # One read of the (small: a row per snapshot) hosts dataset serves both the commit
             # check and the labels.
-            con.execute(f"CREATE TEMP TABLE hosts_t AS SELECT * FROM {hosts}")
+            with reading(st):
+                con.execute(
+                    f"CREATE TEMP TABLE hosts_t AS SELECT * FROM {relation_sql(st, 'hosts')}"
+                )
             con.execute(
                 "CREATE TEMP TABLE committed AS SELECT DISTINCT hostname, taken_at FROM hosts_t"
             )
@@ -580,7 +468,8 @@ def gather(
             )
         else:
             parts.append(f"SELECT {cols} FROM {src}")
-        labels.update(store_labels(con, store))
+        with reading(st):
+            labels.update(store_labels(con, st))
         data.sources.append(f"store {store}")
     if not parts and not files:
         return data
@@ -596,6 +485,9 @@ def gather(
         con.execute("CREATE TEMP VIEW a AS " + " UNION ALL ".join(parts))
         _compute(con, data, labels, names, top_n, max_bars, max_subsystems)
     except duckdb.Error as e:
+        hit = damaged_part(st, e) if st is not None else None
+        if hit is not None:
+            raise hit from None
         raise AllocscopeError(
             f"reading the allocinfo data failed: {str(e).splitlines()[0]}"
         ) from None

@@ -151,31 +151,20 @@ def is_parquet(path: str) -> bool:
 
 
 def read_snapshot(path: str) -> AllocinfoSnapshot:
-    """Read a snapshot file back into the core model (host metadata attached)."""
+    """Read a snapshot file back into the core model (host metadata attached).
+
+    The file passes the checks ingest applies (collector/snapshot_check.py) first: ``top``,
+    ``diff`` and ``report`` refuse what the store would refuse, with the same one-line reason.
+    """
+    # snapshot_check builds on this module's schema: imported here, not at the top.
+    from allocscope.collector.snapshot_check import read_snapshot_file
+
+    checked = read_snapshot_file(path, keep_order=True)
+    table, host = checked.table, checked.host
     try:
-        table = pq.read_table(path)
-    except FileNotFoundError:
-        raise InputError(path, None, "no such file") from None
+        meta = pq.read_schema(path).metadata or {}
     except (OSError, pa.ArrowException) as e:
         raise InputError(path, None, f"not a readable Parquet file: {e}") from None
-    meta = table.schema.metadata or {}
-    if meta.get(b"allocscope.kind") != b"allocinfo-snapshot":
-        raise InputError(path, None, "not an allocscope snapshot (no allocscope.kind metadata)")
-    version = int(meta.get(b"allocscope.schema", b"0"))
-    if version > SNAPSHOT_SCHEMA_VERSION:
-        raise InputError(
-            path,
-            None,
-            f"snapshot schema {version} is newer than this allocscope "
-            f"reads ({SNAPSHOT_SCHEMA_VERSION})",
-        )
-    missing = set(SNAPSHOT_SCHEMA.names) - set(table.schema.names)
-    if missing:
-        raise InputError(path, None, f"snapshot lacks columns: {', '.join(sorted(missing))}")
-    try:
-        host = HostMetadata.from_dict(json.loads(meta[b"allocscope.host"]))
-    except (KeyError, ValueError, TypeError) as e:
-        raise InputError(path, None, f"bad host metadata: {e}") from None
     d = table.to_pydict()
     records = [
         AllocRecord(
@@ -188,10 +177,10 @@ def read_snapshot(path: str) -> AllocinfoSnapshot:
         for i in range(table.num_rows)
     ]
     return AllocinfoSnapshot(
-        version=meta.get(b"allocscope.allocinfo_version", b"").decode() or None,
+        version=checked.version,
         records=records,
         source=path,
-        taken_at=float(meta.get(b"allocscope.taken_at", b"0")),
+        taken_at=checked.taken_at,
         host=host,
         truncated=meta.get(b"allocscope.truncated") == b"1",
     )

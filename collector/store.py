@@ -16,6 +16,13 @@ fsynced and renamed, so a crash leaves whole files only; the name carries host, 
 The ``hosts`` row is the commit record of a snapshot: it is written *after* the snapshot's
 allocinfo rows, and queries find snapshots through it. A crash between the two writes leaves
 allocinfo rows no query sees (and that ``ingest``/the agent rewrite under the same name).
+
+Such an uncommitted part is removed (:meth:`Store.clean_orphans`) only when its writer is
+provably gone: the writer holds an exclusive ``flock`` on the part from before its rename until
+its commit record is published, and the part is removed only if that lock can be taken.
+A pid is no proof on its own: a cron ``collect --once`` next to the systemd agent is the same
+host, and cloned machines share a hostname; both used to see a running writer's in-flight part
+as an orphan and delete it, leaving a commit record with no rows.
 """
 # pyright: reportAttributeAccessIssue=false
 # (pyarrow.compute makes its functions at import time and ships no stubs)
@@ -31,14 +38,20 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from allocscope.collector.atomic import atomic_file, pid_alive, temp_name, write_atomic
+from allocscope.collector.atomic import (
+    atomic_file,
+    pid_alive,
+    temp_name,
+    write_atomic,
+    writer_gone,
+)
 from allocscope.collector.atomic import clean_stale_temps as atomic_clean_stale_temps
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.mounts import unmounted_home
@@ -252,6 +265,14 @@ class Store:
         self, dataset: str, table: pa.Table, path: str, *, presorted: bool = False
     ) -> str:
         """Sort, cast to the dataset schema, and publish ``table`` atomically at ``path``."""
+        return self._write_part(dataset, table, path, presorted=presorted, held=None)
+
+    def _write_part(
+        self, dataset: str, table: pa.Table, path: str, *, presorted: bool, held: list[int] | None
+    ) -> str:
+        """:meth:`write_part`; with ``held``, a descriptor of the part is appended to it, which
+        keeps the writer's lock (collector/atomic.py ``hold_lock``) past the rename: close it
+        once the commit record is published."""
         schema = SCHEMAS[dataset]
         table = table.select(schema.names)
         if not table.schema.equals(schema):
@@ -259,16 +280,20 @@ class Store:
         if not presorted:
             table = table.sort_by([(k, "ascending") for k in SORT_KEYS[dataset]])
         table = table.replace_schema_metadata(_part_meta(dataset))
+
+        def write(f: BinaryIO) -> None:
+            if held is not None:
+                held.append(os.dup(f.fileno()))
+            pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS, **parquet_options(schema))
+
         try:
-            write_atomic(
-                path,
-                lambda f: pq.write_table(
-                    table, f, row_group_size=ROW_GROUP_ROWS, **parquet_options(schema)
-                ),
-                make_parents=True,
-            )
+            write_atomic(path, write, make_parents=True)
         except OSError as e:
+            _release(held or [])
             raise StoreUnavailable(f"cannot write {path}: {e.strerror or e}") from e
+        except BaseException:
+            _release(held or [])
+            raise
         return path
 
     def commit_snapshot(
@@ -287,13 +312,21 @@ class Store:
         """
         ts_ns = int(round(taken_at * 1e9))
         day = dt_of(taken_at)
-        a = self.write_part(
-            "allocinfo", rows, self.part_path("allocinfo", day, host.hostname, ts_ns)
+        held: list[int] = []
+        a = self._write_part(
+            "allocinfo",
+            rows,
+            self.part_path("allocinfo", day, host.hostname, ts_ns),
+            presorted=False,
+            held=held,
         )
-        if callable(agent):
-            agent = agent()
-        hrow = hosts_rows([(host, taken_at, allocinfo_version, source, rows, agent)])
-        h = self.write_part("hosts", hrow, self.part_path("hosts", day, host.hostname, ts_ns))
+        try:  # the part stays locked (not an orphan to anyone) until its commit is published
+            if callable(agent):
+                agent = agent()
+            hrow = hosts_rows([(host, taken_at, allocinfo_version, source, rows, agent)])
+            h = self.write_part("hosts", hrow, self.part_path("hosts", day, host.hostname, ts_ns))
+        finally:
+            _release(held)
         return a, h
 
     def commit_result(self, dataset: str, table: pa.Table, hostname: str, taken_at: float) -> str:
@@ -306,13 +339,18 @@ class Store:
     def read(self, dataset: str, columns: list[str] | None = None, where: Any = None) -> pa.Table:
         """The dataset (or the rows matching ``where``, a ``pyarrow.dataset`` expression pushed
         down to row-group statistics) as one Arrow table; empty, with the schema, when the
-        dataset has no file yet."""
+        dataset has no file yet. Code reading the store through SQL uses
+        collector/store_read.py's relation instead."""
+        # collector/store_read.py builds on this module: imported here, not at the top.
+        from allocscope.collector.store_read import reading
+
         files = self.files(dataset)
         schema = SCHEMAS[dataset]
         if not files:
             return schema.empty_table() if columns is None else schema.empty_table().select(columns)
-        d = ds.dataset(files, schema=schema, format="parquet")
-        return d.to_table(columns=columns, filter=where)
+        with reading(self):  # a damaged part is named, with how to move it aside
+            d = ds.dataset(files, schema=schema, format="parquet")
+            return d.to_table(columns=columns, filter=where)
 
     def known_snapshots(self) -> set[tuple[str, int]]:
         """(hostname, taken_at µs) of every committed snapshot."""
@@ -330,10 +368,12 @@ class Store:
         was killed between the two renames. Left in place, the snapshots they hold would be
         imported again (nothing commits them) and counted twice.
 
-        A part and its commit record share a file name, so the check is a lookup. Removed:
-        the agent parts of ``hostname`` (that host's agent is their only writer: call this
-        from it) and ingest batch parts whose writer was a process of *this* host that is no
-        longer alive; another host's batches on a shared path are left to that host.
+        A part and its commit record share a file name, so the check is a lookup. Candidates:
+        the agent parts of ``hostname`` and ingest batch parts written by a process of *this*
+        host that is no longer alive; another host's parts on a shared path are left to that
+        host. A candidate is removed only if its writer's lock can be taken (the writer is
+        gone, see the module docstring): another agent of the same host, or a cloned machine
+        with the same hostname, may be between the part's rename and its commit right now.
         """
         me = safe_name(socket.gethostname())
         agent_prefix = f"part-{safe_name(hostname)}-" if hostname else None
@@ -349,12 +389,9 @@ class Store:
             elif not name[len(agent_prefix) : -len(".parquet")].isdigit():
                 continue  # another host's agent part whose name starts like this one's
             day = os.path.basename(os.path.dirname(path))
-            if not os.path.exists(os.path.join(self.dataset_dir("hosts"), day, name)):
-                try:
-                    os.unlink(path)
-                    removed += 1
-                except OSError:
-                    pass
+            commit = os.path.join(self.dataset_dir("hosts"), day, name)
+            if not os.path.exists(commit) and _remove_abandoned(path, commit):
+                removed += 1
         return removed
 
     def clean_stale_temps(self) -> int:
@@ -387,13 +424,16 @@ class _PartStream:
         self._writer: pq.ParquetWriter | None = None
         self._buf: list[pa.Table] = []
         self._buffered = 0
+        self.held: list[int] = []  # keeps the writer's lock past publication (Store._write_part)
         try:
             tmp = self._stack.enter_context(atomic_file(path, make_parents=True))
+            self.held.append(os.dup(tmp.fileno()))
             self._writer = pq.ParquetWriter(
                 tmp, self.schema.with_metadata(_part_meta(dataset)), **parquet_options(self.schema)
             )
         except OSError as e:
             self._stack.__exit__(_Aborted, _Aborted(), None)
+            _release(self.held)
             raise StoreUnavailable(f"cannot write {path}: {e.strerror or e}") from e
 
     def write(self, table: pa.Table) -> None:
@@ -441,6 +481,7 @@ class _PartStream:
             self._writer = None
         # Leaving atomic_file with an exception skips the rename and removes the temp file.
         self._stack.__exit__(_Aborted, _Aborted(), None)
+        _release(self.held)
 
 
 class _Aborted(Exception):
@@ -481,12 +522,20 @@ class BatchWriter:
         try:
             for day in sorted(set(self._parts) | set(self._hosts)):
                 part = self._parts.pop(day, None)
-                if part is not None:
-                    written.append(part.publish())
-                hosts = self._hosts.pop(day, None)
-                if hosts:
-                    path = self.store.part_path("hosts", day, self.tag, self.stamp_ns, batch=True)
-                    written.append(self.store.write_part("hosts", pa.concat_tables(hosts), path))
+                try:
+                    if part is not None:
+                        written.append(part.publish())
+                    hosts = self._hosts.pop(day, None)
+                    if hosts:
+                        path = self.store.part_path(
+                            "hosts", day, self.tag, self.stamp_ns, batch=True
+                        )
+                        written.append(
+                            self.store.write_part("hosts", pa.concat_tables(hosts), path)
+                        )
+                finally:  # the part is committed (or abandoned): its writer's lock goes
+                    if part is not None:
+                        _release(part.held)
         except BaseException:
             self.abort()
             raise
@@ -498,6 +547,43 @@ class BatchWriter:
             part.abort()
         self._parts.clear()
         self._hosts.clear()
+
+
+def _release(held: list[int]) -> None:
+    """Close the descriptors that kept a writer's lock on its parts."""
+    while held:
+        os.close(held.pop())
+
+
+def _remove_abandoned(path: str, commit: str) -> bool:
+    """Remove the uncommitted part ``path`` if its writer is provably gone.
+
+    Its lock is taken and kept while we look. The commit record is looked up again under it
+    (the writer may have committed and let go since the caller looked), and the part is moved
+    aside before removal: if a writer re-published the same (deterministic) name meanwhile,
+    what moved is not the file we hold, and it is put back.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not writer_gone(fd) or os.path.exists(commit):
+            return False
+        aside = temp_name(path)
+        try:
+            os.rename(path, aside)
+        except OSError:
+            return False
+        if not os.path.samestat(os.lstat(aside), os.fstat(fd)):
+            os.rename(aside, path)  # a live writer's new file: put it back
+            return False
+        os.unlink(aside)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def day_of_us(us: int) -> str:

@@ -1,6 +1,4 @@
 """``allocscope export --prometheus``: allocinfo as node_exporter textfile metrics."""
-# pyright: reportAttributeAccessIssue=false
-# (pyarrow.compute makes its functions at import time and ships no stubs)
 
 from __future__ import annotations
 
@@ -9,14 +7,11 @@ import socket
 import sys
 from typing import Any
 
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
-
 from allocscope.cli.common import add_row_limit, add_verb, size_arg
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.atomic import write_text_atomic
 from allocscope.collector.host import parse_labels
-from allocscope.collector.store import Store
+from allocscope.collector.store_read import connect, open_store, reading, relation_sql
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.errors import AllocscopeError
 from allocscope.reports.prometheus import SiteSample, render
@@ -84,29 +79,28 @@ def from_allocinfo(path: str | None, sub: SubsystemMap) -> list[SiteSample]:
 
 
 def from_store(root: str, host: str) -> list[SiteSample]:
-    store = Store(root)
-    hosts = store.read("hosts", ["hostname", "taken_at"])
-    mine = hosts.filter(pc.equal(hosts["hostname"], host))
-    if not mine.num_rows:
-        raise AllocscopeError(f"{root}: no snapshot of host {host!r} in the store")
-    latest = pc.max(mine["taken_at"])
-    t = store.read(
-        "allocinfo",
-        ["file", "line", "function", "module", "subsystem", "bytes", "calls"],
-        where=(ds.field("hostname") == host) & (ds.field("taken_at") == latest),
-    )
-    d = t.to_pydict()
+    """The host's latest committed snapshot (its ``hosts`` row is the commit record)."""
+    store = open_store(root)
+    con = connect()
+    try:
+        with reading(store):
+            (latest,) = con.execute(
+                f"SELECT max(taken_at) FROM {relation_sql(store, 'hosts')} WHERE hostname = ?",
+                [host],
+            ).fetchone()
+            if latest is None:
+                raise AllocscopeError(f"{root}: no snapshot of host {host!r} in the store")
+            rows = con.execute(
+                "SELECT file, line, function, module, subsystem, bytes, calls "
+                f"FROM {relation_sql(store, 'allocinfo')} WHERE hostname = ? AND taken_at = ? "
+                "ORDER BY site_key",
+                [host, latest],
+            ).fetchall()
+    finally:
+        con.close()
     return [
-        SiteSample(
-            d["file"][i],
-            d["line"][i],
-            d["function"][i],
-            d["module"][i] or "",
-            d["subsystem"][i] or "",
-            d["bytes"][i],
-            d["calls"][i],
-        )
-        for i in range(t.num_rows)
+        SiteSample(file, line, function, module or "", subsystem or "", nbytes, calls)
+        for file, line, function, module, subsystem, nbytes, calls in rows
     ]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from allocscope.cli.common import add_verb
 from allocscope.collector.query import ENGINES, named_queries, open_engine, run_named, run_sql
-from allocscope.collector.store import Store
+from allocscope.collector.store_read import open_store
 from allocscope.errors import AllocscopeError
 from allocscope.reports.query import render_csv, render_json, render_table
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     if args.sql and params:
         raise AllocscopeError("--param applies to named queries; write values into --sql")
-    engine = open_engine(args.engine, Store(args.store))
+    engine = open_engine(args.engine, open_store(args.store))
     try:
         res = run_sql(engine, args.sql) if args.sql else run_named(engine, args.name, params)
     finally:

@@ -163,8 +163,9 @@ def overhead_result(path: Path) -> Path:
 
 def make_store(root: Path, hosts: int = 6, sites: int = 40, snapshots: int = 4) -> Path:
     """A fleet store in the real layout (allocinfo + hosts datasets), from the synthetic fleet."""
+    from support.synth import FleetSpec, fleet
+
     from allocscope.collector.store import Store
-    from allocscope.collector.synth import FleetSpec, fleet
 
     store = Store(str(root))
     for host, taken, table in fleet(FleetSpec(hosts=hosts, sites=sites, snapshots=snapshots)):

@@ -176,3 +176,35 @@ def test_unmounted_store_filesystem_spools_instead_of_writing_underneath(
     assert agent2.run() == 0
     assert "flushed 1 spooled snapshot(s)" in out2.getvalue()
     assert len(Store(str(mnt / "allocscope")).known_snapshots()) == 2
+
+
+def test_two_agents_flushing_one_spool_store_each_snapshot_once(tmp_path, fixtures_dir):
+    """A cron --once next to the systemd agent shares the default spool: both flushing it at
+    once store every spooled snapshot once, drop none, and neither fails on the other's
+    removals."""
+    import threading
+
+    blocker = tmp_path / "mnt"
+    blocker.write_text("x")
+    agent, _out = _agent(tmp_path, fixtures_dir, blocker / "store", count=6, interval=0.0)
+    agent.run()
+    assert len(agent.spool.pending()) == 6
+    blocker.unlink()
+    store = Store(str(blocker / "store"))
+    done: list[int] = []
+    errors: list[BaseException] = []
+
+    def flush() -> None:
+        try:
+            done.append(Spool(str(tmp_path / "spool"), 1000).flush(store, lambda m: None))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=flush) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and sorted(done) == [0, 6]
+    assert Spool(str(tmp_path / "spool"), 1000).dropped() == 0
+    assert len(store.known_snapshots()) == 6 and len(store.files("hosts")) == 6

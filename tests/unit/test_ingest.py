@@ -10,15 +10,15 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.synth import FleetSpec, results, write_snapshot_files
 
-from allocscope.collector import ingest as ingest_mod
+from allocscope.collector import snapshot_check as check_mod
 from allocscope.collector import store as store_mod
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.host import collect_host_metadata
 from allocscope.collector.ingest import ingest, read_snapshot_file
 from allocscope.collector.snapshot import write_snapshot
 from allocscope.collector.store import Store, StoreUnavailable
-from allocscope.collector.synth import FleetSpec, results, write_snapshot_files
 
 SPEC = FleetSpec(hosts=3, sites=25, snapshots=2)
 
@@ -304,20 +304,19 @@ def test_failed_batch_write_leaves_nothing(tmp_path, good, monkeypatch):
 def test_good_files_take_the_bulk_path(tmp_path, monkeypatch, file_index):
     """Well-formed snapshots are decoded together, never one by one (the slow, careful way);
     with DuckDB < 1.3 (no file_index column) by file name instead."""
-    monkeypatch.setattr(ingest_mod, "_HAS_FILE_INDEX", ingest_mod._HAS_FILE_INDEX)
-    monkeypatch.setattr(ingest_mod, "_DB", None)
-    monkeypatch.setattr(ingest_mod, "_duckdb_has_file_index", lambda version: file_index)
+    monkeypatch.setattr(check_mod, "_HAS_FILE_INDEX", check_mod._HAS_FILE_INDEX)
+    monkeypatch.setattr(check_mod, "_duckdb_has_file_index", lambda version: file_index)
 
     def careful(path):
         raise AssertionError(f"{path} was read the careful way")
 
-    monkeypatch.setattr(ingest_mod, "read_snapshot_file", careful)
+    monkeypatch.setattr(check_mod, "read_snapshot_file", careful)
     spec = FleetSpec(hosts=4, sites=30, snapshots=2)
     paths = write_snapshot_files(str(tmp_path / "in"), spec)
     store = Store(str(tmp_path / "store"))
     rep = ingest(store, paths, chunk_rows=70)
     assert not rep.skipped and rep.rows == spec.rows
-    assert ingest_mod._HAS_FILE_INDEX is file_index
+    assert check_mod._HAS_FILE_INDEX is file_index
     assert _stored_order_ok(store)
 
 

@@ -16,9 +16,9 @@ import time
 from collections import Counter
 
 import pyarrow.parquet as pq
+from support.synth import FleetSpec, write_snapshot_files
 
 from allocscope.collector.store import DATASETS, Store
-from allocscope.collector.synth import FleetSpec, write_snapshot_files
 
 SPEC = FleetSpec(hosts=40, sites=2000, snapshots=3)
 CHILD = """

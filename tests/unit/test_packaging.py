@@ -169,3 +169,12 @@ def test_bpf_c_detector_catches_embedded_programs() -> None:
     assert BPF_C.search("#include <linux/sched.h>")
     assert not BPF_C.search("BCC attaches ``TRACEPOINT_PR" + "OBE`` functions by name")
     assert not BPF_C.search(r'r"bpf_prog_.*|bpf_get_st' r'ack.*",')
+
+
+def test_test_fixtures_are_not_installed() -> None:
+    """The synthetic-fleet generator is a test fixture: it lives in tests/support/ (tests and
+    scripts/bench-store import it from there), never in the installed package."""
+    assert (REPO / "tests" / "support" / "synth.py").is_file()
+    assert importlib.util.find_spec("allocscope.collector.synth") is None
+    installed = {p.name for p in (REPO / "collector").glob("*.py")}
+    assert "synth.py" not in installed

@@ -11,8 +11,9 @@ from collections import defaultdict
 
 import pytest
 from conftest import need
+from support import synth
+from support.synth import FleetSpec
 
-from allocscope.collector import synth
 from allocscope.collector.query import (
     DuckDBEngine,
     QueryError,
@@ -24,7 +25,6 @@ from allocscope.collector.query import (
     spark_session,
 )
 from allocscope.collector.store import Store
-from allocscope.collector.synth import FleetSpec
 
 SPEC = FleetSpec(hosts=12, sites=60, snapshots=6)
 PARAMS: dict[str, dict[str, str]] = {

@@ -157,8 +157,7 @@ def test_store_ignores_snapshots_without_a_hosts_commit_row(tmp_path: Path) -> N
 def test_store_without_hosts_dataset_reads_labels_from_snapshot_files(tmp_path: Path) -> None:
     """Snapshot files (``allocscope snapshot`` output) copied into the layout by hand."""
     import pyarrow.parquet as pq
-
-    from allocscope.collector.synth import FleetSpec, fleet
+    from support.synth import FleetSpec, fleet
 
     store = tmp_path / "store"
     day = store / "allocinfo" / "dt=2026-11-29"

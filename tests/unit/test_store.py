@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -92,7 +94,7 @@ def test_unwritable_store_is_unavailable(tmp_path):
 
 
 def _writer(root: str, host_index: int, n: int) -> None:
-    from allocscope.collector.synth import FleetSpec, fleet
+    from support.synth import FleetSpec, fleet
 
     store = Store(root)
     for k, (host, taken, table) in enumerate(
@@ -154,3 +156,98 @@ def test_killed_writability_probe_is_cleaned(tmp_path):
 def test_read_empty_dataset_has_schema(tmp_path):
     t = Store(str(tmp_path)).read("callers")
     assert t.num_rows == 0 and "caller" in t.schema.names
+
+
+_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def _hold(path):
+    """Another process writing ``path`` (a same-hostname clone: its pid means nothing here)."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout is not None and p.stdout.readline() == "held\n"
+    return p
+
+
+def _uncommitted(store, fixtures_dir, name):
+    """A published allocinfo part named ``name`` whose commit record is not (yet) written."""
+    _snap_, host, rows = _snap(fixtures_dir)
+    _a, h = store.commit_snapshot(rows, host, 1764400000.0)
+    os.unlink(h)
+    part = os.path.join(store.dataset_dir("allocinfo"), f"dt={dt_of(1764400000.0)}", name)
+    if not os.path.exists(part):
+        os.rename(_a, part)
+    return part
+
+
+@pytest.mark.parametrize("kind", ["agent", "batch"])
+def test_an_uncommitted_part_is_removed_only_when_its_writer_is_provably_gone(
+    tmp_path, fixtures_dir, kind
+):
+    """Pid and hostname are no proof (a cron --once next to the agent, clones sharing a
+    hostname): a part whose writer still holds its lock stays; once the writer is gone it
+    goes."""
+    store = Store(str(tmp_path / "s"))
+    me = safe_name(socket.gethostname())
+    host = collect_host_metadata().hostname
+    name = (
+        f"part-{safe_name(host)}-1764400000000000000.parquet"
+        if kind == "agent"
+        else f"part-batch-1-999999999@{me}.parquet"  # a pid that is dead here
+    )
+    part = _uncommitted(store, fixtures_dir, name)
+    writer = _hold(part)
+    try:
+        assert store.clean_orphans(host) == 0 and os.path.exists(part)
+    finally:
+        writer.communicate("")
+    assert store.clean_orphans(host) == 1 and not os.path.exists(part)
+    assert [os.path.basename(f) for f in os.listdir(os.path.dirname(part))] == []
+
+
+def test_a_commit_written_while_cleaning_keeps_the_part(tmp_path, fixtures_dir, monkeypatch):
+    """The writer commits between the clean-up's first look and its lock: the part stays."""
+    store = Store(str(tmp_path / "s"))
+    host = collect_host_metadata().hostname
+    part = _uncommitted(store, fixtures_dir, f"part-{safe_name(host)}-1764400000000000000.parquet")
+    commit = part.replace(os.sep + "allocinfo" + os.sep, os.sep + "hosts" + os.sep)
+    real_exists = os.path.exists
+    looks = []
+
+    def exists(p):
+        if p == commit:
+            looks.append(p)
+            if len(looks) == 2:  # the look under the lock: committed by now
+                return True
+        return real_exists(p)
+
+    monkeypatch.setattr(os.path, "exists", exists)
+    assert store.clean_orphans(host) == 0
+    monkeypatch.undo()
+    assert len(looks) == 2 and os.path.exists(part)
+
+
+def test_a_clones_live_temp_file_is_left_alone(tmp_path):
+    """A temp with our hostname and a pid dead here, but its writer (a clone) holds it."""
+    store = Store(str(tmp_path))
+    d = tmp_path / "allocinfo" / "dt=2026-11-29"
+    d.mkdir(parents=True)
+    me = socket.gethostname().replace(".", "_")
+    temp = d / f".part-x-1.parquet.{me}.999999999.0123456789abcdef.tmp"
+    temp.write_bytes(b"partial")
+    writer = _hold(temp)
+    try:
+        assert store.clean_stale_temps() == 0 and temp.exists()
+    finally:
+        writer.communicate("")
+    assert store.clean_stale_temps() == 1 and not temp.exists()
