@@ -17,20 +17,13 @@ JSON shapes (stable; tests and scripts rely on them):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from allocscope.collector.diff import Diff, GroupChange, SiteChange
 from allocscope.collector.rollup import BUILTIN_MODULE, UNKNOWN_SUBSYSTEM, Rollup, Row
-from allocscope.reports.table import (
-    fmt_bytes,
-    fmt_count,
-    fmt_pct,
-    fmt_signed_bytes,
-    fmt_signed_count,
-    render,
-    to_csv,
-)
+from allocscope.reports.format import bytes_short, count_short, integer, pct_of, signed
+from allocscope.reports.table import render, to_csv
 
 INACCURATE_MARK = "*"
 
@@ -48,7 +41,13 @@ def site_label(row: Row) -> str:
 # ---------------------------------------------------------------- top
 
 
+def _units(human: bool) -> tuple[Callable[[float], str], Callable[[float], str]]:
+    """(bytes, calls) formatters: human units, or exact integers for ``--raw``."""
+    return (bytes_short, count_short) if human else (integer, integer)
+
+
 def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str:
+    size, count = _units(human)
     by_site = r.by == "site"
     # Live captures know functions, not files: a column of "unknown" says nothing.
     show_subsystem = r.by != "subsystem" and any(
@@ -70,9 +69,9 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
         mark = "" if row.accurate else INACCURATE_MARK
         any_inaccurate = any_inaccurate or not row.accurate
         cells = [
-            fmt_bytes(row.bytes, human) + mark,
-            fmt_count(row.calls, human),
-            fmt_pct(row.bytes, r.total_bytes),
+            size(row.bytes) + mark,
+            count(row.calls),
+            pct_of(row.bytes, r.total_bytes),
         ]
         if not by_site:
             cells.append(str(row.tags))
@@ -82,7 +81,7 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
         rows.append(cells)
     label = f"total ({r.total_tags} tags"
     label += f", {r.all_rows} {r.by}s)" if not by_site else ")"
-    totals = [fmt_bytes(r.total_bytes, human), fmt_count(r.total_calls, human), ""]
+    totals = [size(r.total_bytes), count(r.total_calls), ""]
     if not by_site:
         totals.append(str(r.total_tags))
     if show_subsystem:
@@ -96,7 +95,7 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
     if hidden > 0:
         out.append(
             f"({len(r.rows)} of {r.all_rows} rows shown: "
-            f"{fmt_bytes(r.shown_bytes, human)} of {fmt_bytes(r.total_bytes, human)}; "
+            f"{size(r.shown_bytes)} of {size(r.total_bytes)}; "
             "see -n, --min-bytes)"
         )
     if any_inaccurate:
@@ -240,6 +239,7 @@ def diff_table(
     human: bool = True,
     hidden: int = 0,
 ) -> str:
+    size, count = _units(human)
     t = _diff_totals(d)
     out = [f"A: {_side(d.a)}", f"B: {_side(d.b)}"]
     if d.kernels_differ:
@@ -261,10 +261,10 @@ def diff_table(
         align = ["right"] * 8 + ["left"]
         rows = [
             [
-                fmt_bytes(g.bytes_a, human),
-                fmt_bytes(g.bytes_b, human),
-                fmt_signed_bytes(g.delta_bytes, human),
-                fmt_signed_count(g.delta_calls, human),
+                size(g.bytes_a),
+                size(g.bytes_b),
+                signed(size, g.delta_bytes),
+                signed(count, g.delta_calls),
                 g.sites,
                 g.counts.get("new", 0),
                 g.counts.get("gone", 0),
@@ -274,10 +274,10 @@ def diff_table(
             for g in groups
         ]
         totals = [
-            fmt_bytes(t["bytes_a"], human),
-            fmt_bytes(t["bytes_b"], human),
-            fmt_signed_bytes(t["delta_bytes"], human),
-            fmt_signed_count(t["delta_calls"], human),
+            size(t["bytes_a"]),
+            size(t["bytes_b"]),
+            signed(size, t["delta_bytes"]),
+            signed(count, t["delta_calls"]),
             len(d.changes),
             t["new"],
             t["gone"],
@@ -289,10 +289,10 @@ def diff_table(
         align = ["right"] * 4 + ["left"] * 3
         rows = [
             [
-                fmt_bytes(c.bytes_a, human),
-                fmt_bytes(c.bytes_b, human),
-                fmt_signed_bytes(c.delta_bytes, human),
-                fmt_signed_count(c.delta_calls, human),
+                size(c.bytes_a),
+                size(c.bytes_b),
+                signed(size, c.delta_bytes),
+                signed(count, c.delta_calls),
                 c.status,
                 c.subsystem,
                 _change_label(c),
@@ -300,10 +300,10 @@ def diff_table(
             for c in (changes or [])
         ]
         totals = [
-            fmt_bytes(t["bytes_a"], human),
-            fmt_bytes(t["bytes_b"], human),
-            fmt_signed_bytes(t["delta_bytes"], human),
-            fmt_signed_count(t["delta_calls"], human),
+            size(t["bytes_a"]),
+            size(t["bytes_b"]),
+            signed(size, t["delta_bytes"]),
+            signed(count, t["delta_calls"]),
             "",
             "",
             f"total ({t['changed']} changed, {t['new']} new, {t['gone']} gone, "

@@ -12,7 +12,6 @@ passes through :func:`esc`, which also redacts raw kernel addresses.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -28,9 +27,22 @@ from allocscope.collector.report_data import (
 )
 from allocscope.reports import svg
 from allocscope.reports.flamegraph import parse_folded, render_flamegraph
-from allocscope.reports.svg import Series, esc, fmt_bytes
+from allocscope.reports.format import (
+    bytes_compact,
+    count_exact,
+    decimal,
+    duration,
+    pct,
+    pct_change,
+    ratio,
+    signed,
+    significant,
+    utc_datetime,
+)
+from allocscope.reports.svg import Series, esc
 
 MAX_TABLE_ROWS = 200
+DASH = "\u2014"  # a missing value
 
 
 def asset(name: str) -> str:
@@ -46,47 +58,31 @@ def _version() -> str:
         return "dev"
 
 
-# --- cell formatting ---------------------------------------------------------------------
+# --- cells ---------------------------------------------------------------------------------
 
 
-def fmt_count(n: float) -> str:
-    return f"{n:,.0f}"
-
-
-def fmt_pct(x: float | None, digits: int = 1) -> str:
-    return "\u2014" if x is None else f"{100 * x:.{digits}f}%"
-
-
-def fmt_signed_bytes(n: float) -> str:
-    return ("+" if n > 0 else "") + fmt_bytes(n)
-
-
-def fmt_time(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "\u2014"
-
-
-def fmt_value(key: str, value: Any) -> tuple[str, float | None]:
+def value_text(key: str, value: Any) -> tuple[str, float | None]:
     """(text, sort value) for a payload value, choosing units from the key's name."""
     k = key.lower()
     if value is None:
-        return "\u2014", None
+        return DASH, None
     if isinstance(value, bool):
         return ("yes" if value else "no"), float(value)
     if isinstance(value, (int, float)):
         v = float(value)
         if k == "ratio" or k.endswith("_ratio"):
-            return f"{v:.3f}", v
+            return ratio(v), v
         if "share" in k or k.startswith("ci_") or k.endswith("_pct_frac"):
-            return fmt_pct(v, 2), v
+            return pct(v, 2), v
         if "bytes" in k:
-            return fmt_bytes(v), v
+            return bytes_compact(v), v
         if k.endswith("_ns") or k.startswith("ns_") or "ns_per" in k:
-            return f"{v:,.1f} ns", v
+            return f"{decimal(v, 1)} ns", v
         if k.endswith("per_second"):
-            return f"{v:,.1f}/s", v
+            return f"{decimal(v, 1)}/s", v
         if isinstance(value, int) or v.is_integer() and abs(v) >= 1:
-            return fmt_count(v), v
-        return f"{v:.4g}", v
+            return count_exact(v), v
+        return significant(v), v
     if isinstance(value, (list, tuple)):
         if all(not isinstance(x, (dict, list)) for x in value):
             return ", ".join(str(x) for x in value), None
@@ -139,13 +135,13 @@ def _hosts_section(data: ReportData) -> str:
                 td(h.hostname),
                 td(labels),
                 td(h.kernel_release),
-                td(h.mem_profiling if h.mem_profiling is not None else "\u2014"),
-                td(fmt_count(h.snapshots), h.snapshots),
-                td(fmt_time(h.first_t), h.first_t),
-                td(fmt_time(h.last_t), h.last_t),
-                td(fmt_bytes(h.bytes), h.bytes),
-                td(fmt_count(h.calls), h.calls),
-                td(fmt_count(h.sites), h.sites),
+                td(h.mem_profiling if h.mem_profiling is not None else DASH),
+                td(count_exact(h.snapshots), h.snapshots),
+                td(utc_datetime(h.first_t, DASH), h.first_t),
+                td(utc_datetime(h.last_t, DASH), h.last_t),
+                td(bytes_compact(h.bytes), h.bytes),
+                td(count_exact(h.calls), h.calls),
+                td(count_exact(h.sites), h.sites),
             ]
         )
     more = ""
@@ -154,7 +150,7 @@ def _hosts_section(data: ReportData) -> str:
     total = sum(h.bytes for h in data.hosts)
     intro = (
         f"<p>{len(data.hosts)} host(s), {sum(h.snapshots for h in data.hosts)} "
-        f"snapshot(s); latest snapshots hold {esc(fmt_bytes(total))} in total.</p>"
+        f"snapshot(s); latest snapshots hold {esc(bytes_compact(total))} in total.</p>"
     )
     return _section(
         "hosts",
@@ -233,9 +229,9 @@ def _sites_section(data: ReportData) -> str:
             td(s.function, cls="mono"),
             td(s.module),
             td(s.subsystem),
-            td(fmt_bytes(s.bytes), s.bytes),
-            td(fmt_count(s.calls), s.calls),
-            td(fmt_count(s.hosts), s.hosts),
+            td(bytes_compact(s.bytes), s.bytes),
+            td(count_exact(s.calls), s.calls),
+            td(count_exact(s.hosts), s.hosts),
         ]
         for s in data.top_sites
     ]
@@ -280,10 +276,10 @@ def _changes_section(data: ReportData) -> str:
                 td(c.site_key, cls="mono"),
                 td(c.function, cls="mono"),
                 td(c.subsystem),
-                td(fmt_bytes(c.first_bytes), c.first_bytes),
-                td(fmt_bytes(c.last_bytes), c.last_bytes),
-                td(fmt_signed_bytes(d), d, "up" if d > 0 else "down"),
-                td(fmt_count(c.last_calls - c.first_calls), c.last_calls - c.first_calls),
+                td(bytes_compact(c.first_bytes), c.first_bytes),
+                td(bytes_compact(c.last_bytes), c.last_bytes),
+                td(signed(bytes_compact, d), d, "up" if d > 0 else "down"),
+                td(count_exact(c.last_calls - c.first_calls), c.last_calls - c.first_calls),
             ]
         )
     intro = (
@@ -303,19 +299,19 @@ def _changes_section(data: ReportData) -> str:
 
 def _ratio_td(r: float | None) -> str:
     if r is None:
-        return td("\u2014")
-    return td(f"{r:.3f} ({100 * (r - 1):+.1f}%)", r)
+        return td(DASH)
+    return td(f"{ratio(r)} ({pct_change(r)})", r)
 
 
 def _group_cells(x: GroupRow) -> list[str]:
     diff = x.pilot_median - x.control_median
     return [
-        td(fmt_bytes(x.pilot_median), x.pilot_median),
-        td(fmt_bytes(x.control_median), x.control_median),
-        td(fmt_signed_bytes(diff), diff, "up" if diff > 0 else "down"),
+        td(bytes_compact(x.pilot_median), x.pilot_median),
+        td(bytes_compact(x.control_median), x.control_median),
+        td(signed(bytes_compact, diff), diff, "up" if diff > 0 else "down"),
         _ratio_td(x.ratio),
-        td(fmt_bytes(x.pilot_mean), x.pilot_mean),
-        td(fmt_bytes(x.control_mean), x.control_mean),
+        td(bytes_compact(x.pilot_mean), x.pilot_mean),
+        td(bytes_compact(x.control_mean), x.control_mean),
         _ratio_td(x.mean_ratio),
     ]
 
@@ -342,10 +338,11 @@ def _groups_section(data: ReportData) -> str:
     t = g.total
     r = t.ratio
     verdict = (
-        f"<p class='verdict'>Pilot hosts hold {esc(fmt_bytes(t.pilot_median))} per host (median) "
-        f"vs {esc(fmt_bytes(t.control_median))} on control hosts"
-        + (f" ({100 * (r - 1):+.1f}%)" if r is not None else "")
-        + f"; means {esc(fmt_bytes(t.pilot_mean))} vs {esc(fmt_bytes(t.control_mean))}.</p>"
+        f"<p class='verdict'>Pilot hosts hold {esc(bytes_compact(t.pilot_median))} "
+        "per host (median) "
+        f"vs {esc(bytes_compact(t.control_median))} on control hosts"
+        + (f" ({pct_change(r)})" if r is not None else "")
+        + f"; means {esc(bytes_compact(t.pilot_mean))} vs {esc(bytes_compact(t.control_mean))}.</p>"
     )
     intro = (
         f"<p>Hosts labelled <code>{GROUP_LABEL}={PILOT}</code> ({len(g.pilot_hosts)}) vs "
@@ -426,7 +423,7 @@ def _rows_table(
     for r in rows[:MAX_TABLE_ROWS]:
         cells = []
         for k in keys:
-            text, sort = fmt_value(k, r.get(k))
+            text, sort = value_text(k, r.get(k))
             cells.append(td(text, sort, "mono" if k in ("caller", "function", "site") else ""))
         body.append(cells)
     more = f" (first {MAX_TABLE_ROWS} of {len(rows)})" if len(rows) > MAX_TABLE_ROWS else ""
@@ -444,11 +441,11 @@ def _generic(payload: Mapping[str, Any], skip: Sequence[str] = (), depth: int = 
             blocks.append(_rows_table(v, caption=k))
         elif isinstance(v, Mapping) and v and depth < 3:
             if all(not isinstance(x, (Mapping, list)) for x in v.values()):
-                scalars.extend((f"{k}.{kk}", fmt_value(kk, vv)[0]) for kk, vv in v.items())
+                scalars.extend((f"{k}.{kk}", value_text(kk, vv)[0]) for kk, vv in v.items())
             else:
                 blocks.append(f"<h4>{esc(k)}</h4>" + _generic(v, depth=depth + 1))
         else:
-            scalars.append((k, fmt_value(k, v)[0]))
+            scalars.append((k, value_text(k, v)[0]))
     return (kv(scalars) if scalars else "") + "".join(blocks)
 
 
@@ -460,15 +457,15 @@ def _result_header(entry: ResultEntry) -> str:
         ("host", h.hostname),
         ("kernel", h.kernel_release),
         ("vm.mem_profiling", h.mem_profiling if h.mem_profiling is not None else "absent"),
-        ("start", fmt_time(r.start)),
-        ("duration", f"{r.duration:.1f} s"),
+        ("start", utc_datetime(r.start, DASH)),
+        ("duration", duration(r.duration)),
     ]
     if h.labels:
         pairs.append(("labels", ", ".join(f"{k}={v}" for k, v in sorted(h.labels.items()))))
     settings = {k: v for k, v in r.settings.items() if v not in (None, [], {}, "")}
     if settings:
         pairs.append(
-            ("settings", ", ".join(f"{k}={fmt_value(k, v)[0]}" for k, v in settings.items()))
+            ("settings", ", ".join(f"{k}={value_text(k, v)[0]}" for k, v in settings.items()))
         )
     return kv(pairs)
 
@@ -481,7 +478,7 @@ def _who_calls_block(p: Mapping[str, Any], idx: str, source: str) -> str:
     head = [("site", site)]
     for k in ("backend", "total_calls", "lost", "sample", "sampled", "events", "duration"):
         if k in p and not isinstance(p[k], (list, dict)):
-            head.append((k, fmt_value(k, p[k])[0]))
+            head.append((k, value_text(k, p[k])[0]))
     parts = [f"<h3>callers of <code>{esc(site)}</code></h3>", kv(head)]
     callers = p.get("callers")
     if isinstance(callers, list) and callers:
@@ -502,7 +499,7 @@ def _who_calls_block(p: Mapping[str, Any], idx: str, source: str) -> str:
                     labels,
                     [Series("share", shares)],
                     title="caller shares",
-                    fmt=lambda v: fmt_pct(v, 1),
+                    fmt=lambda v: pct(v, 1),
                     colors={"share": svg.PALETTE[2]},
                 ),
                 "Share of the site's calls by caller.",
@@ -553,7 +550,7 @@ def _who_calls(entry: ResultEntry, idx: int) -> str:
 def _overhead(entry: ResultEntry, idx: int) -> str:
     p = entry.result.payload
     parts = []
-    head = [(k, fmt_value(k, p[k])[0]) for k in ("event", "seconds", "period_ns") if k in p]
+    head = [(k, value_text(k, p[k])[0]) for k in ("event", "seconds", "period_ns") if k in p]
     if head:
         parts.append(kv(head))
     funcs = [f for f in p.get("functions") or [] if isinstance(f, Mapping)]
@@ -570,7 +567,7 @@ def _overhead(entry: ResultEntry, idx: int) -> str:
                 Series("self", [float(f.get("self_share") or 0) for f in shown]),
             ],
             title="allocator CPU share",
-            fmt=lambda v: fmt_pct(v, 2),
+            fmt=lambda v: pct(v, 2),
             colors={"inclusive": svg.PALETTE[3], "self": svg.PALETTE[1]},
         )
         parts.append(
@@ -605,7 +602,7 @@ def _overhead(entry: ResultEntry, idx: int) -> str:
     if isinstance(exact, Mapping):
         hist = [h for h in exact.get("hist") or [] if isinstance(h, Mapping) and h.get("count")]
         parts.append(f"<h4>exact timing of <code>{esc(exact.get('function', '?'))}</code></h4>")
-        parts.append(kv([(k, fmt_value(k, v)[0]) for k, v in exact.items() if k != "hist"]))
+        parts.append(kv([(k, value_text(k, v)[0]) for k, v in exact.items() if k != "hist"]))
         if hist:
             parts.append(
                 figure(
@@ -613,7 +610,7 @@ def _overhead(entry: ResultEntry, idx: int) -> str:
                         [f"{h.get('lo_ns')}\u2013{h.get('hi_ns')} ns" for h in hist],
                         [Series("calls", [float(h["count"]) for h in hist])],
                         title="latency histogram",
-                        fmt=fmt_count,
+                        fmt=count_exact,
                         colors={"calls": svg.PALETTE[0]},
                         binary=False,
                     ),
@@ -637,10 +634,10 @@ def _fleet_callers_section(data: ReportData) -> str:
         parts.append(
             kv(
                 [
-                    ("results", fmt_count(fc.results)),
-                    ("hosts", fmt_count(fc.hosts)),
-                    ("total calls", fmt_count(fc.total_calls)),
-                    ("backends", fc.backends or "\u2014"),
+                    ("results", count_exact(fc.results)),
+                    ("hosts", count_exact(fc.hosts)),
+                    ("total calls", count_exact(fc.total_calls)),
+                    ("backends", fc.backends or DASH),
                 ]
             )
         )
@@ -681,7 +678,7 @@ def _fleet_overhead_section(data: ReportData) -> str:
                             Series(CONTROL, [float(r["control_ns_per_call"]) for r in top]),
                         ],
                         title="ns per call, pilot vs control",
-                        fmt=lambda v: f"{v:,.0f} ns",
+                        fmt=lambda v: f"{decimal(v)} ns",
                         binary=False,
                         colors={PILOT: svg.PALETTE[3], CONTROL: svg.PALETTE[0]},
                     ),
@@ -696,7 +693,7 @@ def _fleet_overhead_section(data: ReportData) -> str:
                     [str(r["function"]) for r in top],
                     [Series("inclusive", [float(r["inclusive_share_median"]) for r in top])],
                     title="allocator CPU share across hosts",
-                    fmt=lambda v: fmt_pct(v, 2),
+                    fmt=lambda v: pct(v, 2),
                     colors={"inclusive": svg.PALETTE[3]},
                 ),
                 "Median inclusive CPU share across hosts.",
@@ -731,7 +728,7 @@ def _result_section(entry: ResultEntry, idx: int) -> str:
         body += _overhead(entry, idx)
     else:
         body += _generic(r.payload)
-    title = f"{r.kind}: {r.host.hostname}, {fmt_time(r.start)}"
+    title = f"{r.kind}: {r.host.hostname}, {utc_datetime(r.start, DASH)}"
     return _section(f"result-{idx}", title, body, cls=f"result kind-{r.kind}")
 
 
@@ -795,7 +792,8 @@ def render_report(data: ReportData) -> str:
             '<meta name="generator" content="allocscope report">',
             f"<title>{esc(data.title)}</title><style>{asset('report.css')}</style></head><body>",
             f'<header><h1>{esc(data.title)}</h1><p class="meta">Generated '
-            f"{esc(fmt_time(data.generated_at))} by allocscope {esc(_version())}. Self-contained: "
+            f"{esc(utc_datetime(data.generated_at, DASH))} by allocscope {esc(_version())}. "
+            "Self-contained: "
             "works offline; hover any bar or frame for exact values.</p>",
             f'<details class="sources"><summary>inputs</summary><ul>{sources}</ul></details>',
             _nav([(i, t) for i, t, _ in blocks]),

@@ -19,8 +19,8 @@ from report_samples import EVIL, ingest_results, make_store, overhead_result, wh
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.report_data import gather
 from allocscope.collector.subsystem import default_map
+from allocscope.reports.format import bytes_compact
 from allocscope.reports.html import render_report
-from allocscope.reports.svg import fmt_bytes
 
 FIXTURE = "allocinfo-6.12-tmpfs-write.txt"
 
@@ -63,7 +63,7 @@ def test_file_report_matches_the_allocinfo_parser(cli, fixtures_dir: Path, tmp_p
         by_sub[m.classify(r.site.file, r.site.function)] += r.bytes
     biggest, nbytes = max(by_sub.items(), key=lambda kv: kv[1])
     chart = section(page, "subsystems")
-    assert f"{biggest}: {fmt_bytes(nbytes)}" in html.unescape(chart)
+    assert f"{biggest}: {bytes_compact(nbytes)}" in html.unescape(chart)
     # One snapshot: no trend, no changes, no groups.
     for absent in ('id="trend"', 'id="top-changes"', 'id="groups"'):
         assert absent not in page
