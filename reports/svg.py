@@ -52,9 +52,22 @@ def redact(text: str) -> str:
     return _KADDR.sub("[kernel address]", text)
 
 
+# Characters XML 1.0 forbids (C0 controls but tab, newline and CR; lone surrogates; U+FFFE and
+# U+FFFF), and DEL and the C1 controls, which HTML calls parse errors. A function or file name
+# read from a result file can hold any of them; shown as ``\x01`` or ``\ud800`` they keep the
+# inline SVG well-formed, and a lone surrogate can no longer fail the UTF-8 write of the page.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def _visible(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
 def esc(text: object) -> str:
-    """Escape for both element text and attribute values; raw kernel addresses are redacted."""
-    return html.escape(redact(str(text)), quote=True)
+    """Escape for both element text and attribute values; raw kernel addresses are redacted
+    and characters invalid in XML are shown as escapes (``\\x01``)."""
+    return html.escape(_NOT_XML.sub(_visible, redact(str(text))), quote=True)
 
 
 def color_map(names: Sequence[str]) -> dict[str, str]:

@@ -313,3 +313,25 @@ def test_snapshot_parquet_file_carries_its_host_and_labels(
     assert host.kernel_release == HOST.kernel_release
     assert host.last_t == pytest.approx(snap.taken_at)
     assert host.bytes == snap.total_bytes and host.sites == len(snap.records)
+
+
+def test_characters_invalid_in_xml_never_reach_the_page(tmp_path: Path) -> None:
+    """A name from a result file may hold any code point; the page stays well-formed."""
+    import xml.etree.ElementTree as ET
+
+    wc = who_calls_result(tmp_path / "wc.json")
+    data = gather(title="t\x00itle", results=[str(wc)])
+    payload = data.results[0].result.payload
+    bad = "sh\x01mem\x1b[31m\ud800\ufffe\x85"
+    payload["callers"][0]["caller"] = bad
+    payload["folded"][f"{bad};xas_alloc"] = 7
+    page = render_report(data)
+    page.encode("utf-8")  # a lone surrogate would fail the write of the report
+    invalid = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+    assert not invalid.search(page)
+    shown = html.unescape(page)
+    assert "sh\\x01mem\\x1b[31m\\ud800\\ufffe\\x85" in shown and "t\\x00itle" in shown
+    charts = re.findall(r"<svg\b.*?</svg>", page, re.S)
+    assert len(charts) >= 2  # the caller-share chart and the flame graph
+    for chart in charts:
+        ET.fromstring(chart)  # raises on a character XML forbids
