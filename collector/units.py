@@ -1,7 +1,12 @@
-"""Human units for sizes and durations, in both directions."""
+"""Parsing the sizes and durations users type (``64K``, ``5m``).
+
+Printing numbers is the reports' job (:mod:`allocscope.reports.format`); the one exception,
+:func:`human_bytes`, is for collector log lines.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 
 _SIZE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
@@ -27,22 +32,18 @@ def parse_duration(text: str) -> float:
 
 
 def human_bytes(n: float) -> str:
-    """1536 -> ``1.5K``; keeps the sign because allocinfo counters and diffs can be negative."""
-    sign = "-" if n < 0 else ""
+    """1536 -> ``1.5K``, for the collector's own log lines (the agent's ``rss=``).
+
+    Reports format through :mod:`allocscope.reports.format`; collector cannot import reports,
+    so this one formatter stays here, printing the same text as ``format.bytes_short``
+    (``tests/unit/test_format.py`` compares the two at every boundary).
+    """
+    if not math.isfinite(n):
+        return str(float(n))
     v = float(abs(n))
-    for unit in ("", "K", "M", "G", "T"):
-        if v < 1024 or unit == "T":
-            return f"{sign}{int(v)}" if unit == "" else f"{sign}{v:.1f}{unit}"
+    for unit in ("", "K", "M", "G", "T", "P", "E"):
+        if v < 1024 or unit == "E":
+            text = str(int(v)) if unit == "" else f"{v:.1f}{unit}"
+            return text if text == "0" or n >= 0 else "-" + text
         v /= 1024
-    raise AssertionError("unreachable")
-
-
-def human_count(n: float) -> str:
-    """12345678 -> ``12.3M`` (decimal: counts are not bytes)."""
-    sign = "-" if n < 0 else ""
-    v = float(abs(n))
-    for unit in ("", "k", "M", "G"):
-        if v < 1000 or unit == "G":
-            return f"{sign}{int(v)}" if unit == "" else f"{sign}{v:.1f}{unit}"
-        v /= 1000
     raise AssertionError("unreachable")

@@ -17,21 +17,14 @@ JSON shapes (stable; tests and scripts rely on them):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from allocscope.collector.containers import LABELS
 from allocscope.collector.diff import Diff, GroupChange, SiteChange
 from allocscope.collector.rollup import BUILTIN_MODULE, UNKNOWN_SUBSYSTEM, Rollup, Row
-from allocscope.reports.table import (
-    fmt_bytes,
-    fmt_count,
-    fmt_pct,
-    fmt_signed_bytes,
-    fmt_signed_count,
-    render,
-    to_csv,
-)
+from allocscope.reports.format import bytes_short, count_short, integer, pct_of, signed
+from allocscope.reports.table import render, to_csv
 
 INACCURATE_MARK = "*"
 
@@ -49,7 +42,13 @@ def site_label(row: Row) -> str:
 # ---------------------------------------------------------------- top
 
 
+def _units(human: bool) -> tuple[Callable[[float], str], Callable[[float], str]]:
+    """(bytes, calls) formatters: human units, or exact integers for ``--raw``."""
+    return (bytes_short, count_short) if human else (integer, integer)
+
+
 def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str:
+    size, count = _units(human)
     by_site = r.by == "site"
     # Live captures know functions, not files: a column of "unknown" says nothing.
     show_subsystem = r.by != "subsystem" and any(
@@ -71,9 +70,9 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
         mark = "" if row.accurate else INACCURATE_MARK
         any_inaccurate = any_inaccurate or not row.accurate
         cells = [
-            fmt_bytes(row.bytes, human) + mark,
-            fmt_count(row.calls, human),
-            fmt_pct(row.bytes, r.total_bytes),
+            size(row.bytes) + mark,
+            count(row.calls),
+            pct_of(row.bytes, r.total_bytes),
         ]
         if not by_site:
             cells.append(str(row.tags))
@@ -83,7 +82,7 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
         rows.append(cells)
     label = f"total ({r.total_tags} tags"
     label += f", {r.all_rows} {r.by}s)" if not by_site else ")"
-    totals = [fmt_bytes(r.total_bytes, human), fmt_count(r.total_calls, human), ""]
+    totals = [size(r.total_bytes), count(r.total_calls), ""]
     if not by_site:
         totals.append(str(r.total_tags))
     if show_subsystem:
@@ -97,7 +96,7 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
     if hidden > 0:
         out.append(
             f"({len(r.rows)} of {r.all_rows} rows shown: "
-            f"{fmt_bytes(r.shown_bytes, human)} of {fmt_bytes(r.total_bytes, human)}; "
+            f"{size(r.shown_bytes)} of {size(r.total_bytes)}; "
             "see -n, --min-bytes)"
         )
     line = counted_once_line(r, human)
@@ -114,6 +113,7 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
 def counted_once_line(r: Rollup, human: bool = True) -> str:
     """One line under the total when containers are in it: the plain sum counts the slab
     and per-CPU pages and the objects inside them (collector/containers.py)."""
+    size, _ = _units(human)
     t = r.counted
     held = {k: c for k, c in t.containers.items() if c.bytes}
     if not held:
@@ -122,15 +122,14 @@ def counted_once_line(r: Rollup, human: bool = True) -> str:
     for c in held.values():
         label = LABELS[c.kind]
         if c.overhead_bytes is None:
-            parts.append(f"{label} {fmt_bytes(c.bytes, human)}")
+            parts.append(f"{label} {size(c.bytes)}")
         else:
             parts.append(
-                f"{label} {fmt_bytes(c.bytes, human)}, of which free or fragmented "
-                f"{fmt_bytes(c.overhead_bytes, human)}"
+                f"{label} {size(c.bytes)}, of which free or fragmented {size(c.overhead_bytes)}"
             )
     bound = "" if t.exact else " (at least: free slab space unknown for a saved file)"
     return (
-        f"memory counted once: {fmt_bytes(t.memory_bytes, human)}{bound}; the total also "
+        f"memory counted once: {size(t.memory_bytes)}{bound}; the total also "
         f"counts the objects' containers: {'; '.join(parts)}"
     )
 
@@ -271,6 +270,7 @@ def diff_table(
     human: bool = True,
     hidden: int = 0,
 ) -> str:
+    size, count = _units(human)
     t = _diff_totals(d)
     out = [f"A: {_side(d.a)}", f"B: {_side(d.b)}"]
     if d.kernels_differ:
@@ -292,10 +292,10 @@ def diff_table(
         align = ["right"] * 8 + ["left"]
         rows = [
             [
-                fmt_bytes(g.bytes_a, human),
-                fmt_bytes(g.bytes_b, human),
-                fmt_signed_bytes(g.delta_bytes, human),
-                fmt_signed_count(g.delta_calls, human),
+                size(g.bytes_a),
+                size(g.bytes_b),
+                signed(size, g.delta_bytes),
+                signed(count, g.delta_calls),
                 g.sites,
                 g.counts.get("new", 0),
                 g.counts.get("gone", 0),
@@ -305,10 +305,10 @@ def diff_table(
             for g in groups
         ]
         totals = [
-            fmt_bytes(t["bytes_a"], human),
-            fmt_bytes(t["bytes_b"], human),
-            fmt_signed_bytes(t["delta_bytes"], human),
-            fmt_signed_count(t["delta_calls"], human),
+            size(t["bytes_a"]),
+            size(t["bytes_b"]),
+            signed(size, t["delta_bytes"]),
+            signed(count, t["delta_calls"]),
             len(d.changes),
             t["new"],
             t["gone"],
@@ -320,10 +320,10 @@ def diff_table(
         align = ["right"] * 4 + ["left"] * 3
         rows = [
             [
-                fmt_bytes(c.bytes_a, human),
-                fmt_bytes(c.bytes_b, human),
-                fmt_signed_bytes(c.delta_bytes, human),
-                fmt_signed_count(c.delta_calls, human),
+                size(c.bytes_a),
+                size(c.bytes_b),
+                signed(size, c.delta_bytes),
+                signed(count, c.delta_calls),
                 c.status,
                 c.subsystem,
                 _change_label(c),
@@ -331,10 +331,10 @@ def diff_table(
             for c in (changes or [])
         ]
         totals = [
-            fmt_bytes(t["bytes_a"], human),
-            fmt_bytes(t["bytes_b"], human),
-            fmt_signed_bytes(t["delta_bytes"], human),
-            fmt_signed_count(t["delta_calls"], human),
+            size(t["bytes_a"]),
+            size(t["bytes_b"]),
+            signed(size, t["delta_bytes"]),
+            signed(count, t["delta_calls"]),
             "",
             "",
             f"total ({t['changed']} changed, {t['new']} new, {t['gone']} gone, "

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from allocscope.reports.format import count_exact, pct
 from allocscope.reports.svg import esc
 
 FRAME_H = 18
@@ -157,11 +158,11 @@ def render_flamegraph(
         x = PAD + f.x * inner_w
         w = f.w * inner_w
         y = head + (max_depth - f.depth) * FRAME_H
-        pct = f.value / total * 100
         parts.append(
             f'<g class="f" data-x="{f.x:.6f}" data-w="{f.w:.6f}" data-d="{f.depth}" '
-            f'data-n="{esc(f.name)}"><title>{esc(f.name)} \u2014 {f.value:,} {esc(unit)} '
-            f"({pct:.2f}%)</title>"
+            f'data-n="{esc(f.name)}"><title>{esc(f.name)} \u2014 '
+            f"{count_exact(f.value)} {esc(unit)} "
+            f"({pct(f.value / total, 2)})</title>"
             f'<rect x="{x:.2f}" y="{y}" width="{max(w - 0.5, 0.1):.2f}" height="{FRAME_H - 1}" '
             f'rx="2" fill="{frame_color(f.name)}"/>'
             f'<text x="{x + 3:.2f}" y="{y + FRAME_H - 5}">{esc(clip_label(f.name, w))}</text></g>'

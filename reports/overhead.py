@@ -9,23 +9,15 @@ from typing import Any
 
 from tabulate import tabulate
 
-from allocscope.collector.units import human_bytes, human_count
-
-
-def _pct(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{100 * x:.{digits}f}%"
-
-
-def _num(x: float | None, digits: int = 0) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.{digits}f}"
-
-
-def _signed_pct(ratio: float | None) -> str:
-    if ratio is None:
-        return "-"
-    return f"{100 * (ratio - 1):+.1f}%"
+from allocscope.reports.format import (
+    bytes_short,
+    count_exact,
+    count_short,
+    decimal,
+    duration,
+    pct,
+    pct_change,
+)
 
 
 def overhead_table(result: dict[str, Any], *, show_absent: bool = False) -> str:
@@ -38,12 +30,13 @@ def overhead_table(result: dict[str, Any], *, show_absent: bool = False) -> str:
         f"host {host['hostname']}  kernel {host['kernel_release']}  "
         f"vm.mem_profiling={host.get('mem_profiling') or 'absent'}"
         + ("  (compressed)" if host.get("mem_profiling_compressed") else ""),
-        f"event {s['event']} at {s['frequency']} Hz, {result['duration']:.1f} s"
+        f"event {s['event']} at {s['frequency']} Hz, {duration(result['duration'])}"
         + (f", CPUs {','.join(map(str, s['cpus']))}" if s.get("cpus") else "")
         + (f", pid {s['pid']}" if s.get("pid") else "")
         + (" (interrupted)" if s.get("interrupted") else ""),
-        f"samples {smp['total']:,} ({smp['busy']:,} busy, {smp['kernel']:,} with a kernel stack, "
-        f"{smp['profiler']:,} in allocscope's own BPF)",
+        f"samples {count_exact(smp['total'])} ({count_exact(smp['busy'])} busy, "
+        f"{count_exact(smp['kernel'])} with a kernel stack, "
+        f"{count_exact(smp['profiler'])} in allocscope's own BPF)",
     ]
     lost = (
         smp["lost_stack_full"]
@@ -53,8 +46,9 @@ def overhead_table(result: dict[str, Any], *, show_absent: bool = False) -> str:
     )
     if lost:
         lines.append(
-            f"warning: {lost:,} samples lost (stack map full {smp['lost_stack_full']:,}, "
-            f"collisions {smp['lost_stack_collision']:,}); raise --stack-storage"
+            f"warning: {count_exact(lost)} samples lost "
+            f"(stack map full {count_exact(smp['lost_stack_full'])}, "
+            f"collisions {count_exact(smp['lost_stack_collision'])}); raise --stack-storage"
         )
     rows = []
     unsampled = []
@@ -69,10 +63,10 @@ def overhead_table(result: dict[str, Any], *, show_absent: bool = False) -> str:
             [
                 r["function"],
                 r["kind"],
-                _pct(r["inclusive_share"]),
-                _pct(r["self_share"]),
-                human_count(r["calls_per_second"]) if r["calls_per_second"] is not None else "-",
-                _num(r["ns_per_call"], 0),
+                pct(r["inclusive_share"], 2),
+                pct(r["self_share"], 2),
+                count_short(r["calls_per_second"]) if r["calls_per_second"] is not None else "-",
+                decimal(r["ns_per_call"], 0),
             ]
         )
     lines.append("")
@@ -87,16 +81,16 @@ def overhead_table(result: dict[str, Any], *, show_absent: bool = False) -> str:
     cps = p["calls_per_second"]
     lines.append("")
     lines.append(
-        f"calls/s from kmem tracepoints: kmem_cache_alloc {human_count(cps['kmem_cache_alloc'])}, "
-        f"kmalloc {human_count(cps['kmalloc'])}, mm_page_alloc "
-        f"{human_count(cps['mm_page_alloc'])} ({human_count(cps['pages'])} pages)"
+        f"calls/s from kmem tracepoints: kmem_cache_alloc {count_short(cps['kmem_cache_alloc'])}, "
+        f"kmalloc {count_short(cps['kmalloc'])}, mm_page_alloc "
+        f"{count_short(cps['mm_page_alloc'])} ({count_short(cps['pages'])} pages)"
     )
     lines.append(
         "inclusive/self = share of busy (non-idle) samples; calls/s = events of the "
         "kind's tracepoint(s), shared by every function of that kind;"
     )
     lines.append(
-        f"ns/call = inclusive samples x {p['period_ns']:,.0f} ns / calls "
+        f"ns/call = inclusive samples x {decimal(p['period_ns'])} ns / calls "
         "(samples inside allocscope's own BPF counters excluded)"
     )
     if p.get("exact"):
@@ -114,8 +108,9 @@ def exact_line(e: dict[str, Any]) -> str:
     if not e.get("calls"):
         return f"exact (fexit) {e['function']}: no calls timed"
     return (
-        f"exact (fexit) {e['function']}: {e['calls']:,} calls, mean {e['mean_ns']:,.0f} ns, "
-        f"median ~{e['median_ns']:,.0f} ns, p99 ~{e['p99_ns']:,.0f} ns"
+        f"exact (fexit) {e['function']}: {count_exact(e['calls'])} calls, "
+        f"mean {decimal(e['mean_ns'])} ns, "
+        f"median ~{decimal(e['median_ns'])} ns, p99 ~{decimal(e['p99_ns'])} ns"
     )
 
 
@@ -125,8 +120,8 @@ def histogram_table(e: dict[str, Any]) -> str:
     for b in e.get("hist", []):
         rows.append(
             [
-                f"{b['lo_ns']:,} .. {b['hi_ns'] - 1:,}",
-                f"{b['count']:,}",
+                f"{count_exact(b['lo_ns'])} .. {count_exact(b['hi_ns'] - 1)}",
+                f"{count_exact(b['count'])}",
                 "*" * max(1, round(40 * b["count"] / peak)),
             ]
         )
@@ -137,9 +132,9 @@ def memory_line(m: dict[str, Any]) -> str:
     if m.get("status") != "known":
         return f"profiling memory: unknown ({m.get('reason', 'not measured')})"
     return (
-        f"profiling memory: {human_bytes(m['total_bytes'])} (page_ext "
-        f"{human_bytes(m['page_ext_bytes'])}, slab obj_ext "
-        f"{human_bytes(m['slab_obj_ext_bytes'])}) from {m.get('source')}"
+        f"profiling memory: {bytes_short(m['total_bytes'])} (page_ext "
+        f"{bytes_short(m['page_ext_bytes'])}, slab obj_ext "
+        f"{bytes_short(m['slab_obj_ext_bytes'])}) from {m.get('source')}"
     )
 
 
@@ -160,12 +155,12 @@ def comparison_verdict(c: dict[str, Any], a: str, b: str) -> str:
     if ratio is None:
         return f"{c['function']}: not enough data ({c.get('note', '')})"
     what = METRIC_WORDS.get(c["metric"], c["metric"])
-    ci = f"CI {_signed_pct(lo)}…{_signed_pct(hi)}" if lo is not None else "no CI"
+    ci = f"CI {pct_change(lo)}…{pct_change(hi)}" if lo is not None else "no CI"
     p = c.get("p_value")
     pstr = f"p={p:.3g}" if p is not None else "p=-"
     sig = "" if c.get("significant") else " (not significant)"
     return (
-        f"{a} spends {_signed_pct(ratio)} ({ci}) {what} in `{c['function']}` vs {b}, {pstr}, "
+        f"{a} spends {pct_change(ratio)} ({ci}) {what} in `{c['function']}` vs {b}, {pstr}, "
         f"n={c['n_a']}/{c['n_b']}{sig}"
     )
 
@@ -178,10 +173,10 @@ def ab_table(payload: dict[str, Any]) -> str:
             [
                 c["function"],
                 c["metric"],
-                _num(c["mean_a"], 4 if c["metric"] == "inclusive_share" else 1),
-                _num(c["mean_b"], 4 if c["metric"] == "inclusive_share" else 1),
-                _signed_pct(c["ratio"]),
-                f"{_signed_pct(c['ci_low'])}…{_signed_pct(c['ci_high'])}"
+                decimal(c["mean_a"], 4 if c["metric"] == "inclusive_share" else 1),
+                decimal(c["mean_b"], 4 if c["metric"] == "inclusive_share" else 1),
+                pct_change(c["ratio"]),
+                f"{pct_change(c['ci_low'])}…{pct_change(c['ci_high'])}"
                 if c["ci_low"] is not None
                 else "-",
                 f"{c['p_value']:.3g}" if c.get("p_value") is not None else "-",
@@ -204,17 +199,17 @@ def ab_table(payload: dict[str, Any]) -> str:
 def toggle_table(payload: dict[str, Any]) -> str:
     lines = [
         f"vm.mem_profiling alternated {payload['windows']} windows of "
-        f"{payload['period']:.1f} s ({payload['pairs']} on/off pairs); original value "
+        f"{duration(payload['period'])} ({payload['pairs']} on/off pairs); original value "
         f"{payload['original']!r} restored: {payload['restored']}"
     ]
     lines.append(ab_table(payload).rstrip("\n"))
     rows = [
         [
             r["function"],
-            _num(r["on_ns_per_call"], 1),
-            _num(r["off_ns_per_call"], 1),
-            _signed_pct(r["ratio"]),
-            f"{r['on_calls']:,}/{r['off_calls']:,}",
+            decimal(r["on_ns_per_call"], 1),
+            decimal(r["off_ns_per_call"], 1),
+            pct_change(r["ratio"]),
+            f"{count_exact(r['on_calls'])}/{count_exact(r['off_calls'])}",
         ]
         for r in payload.get("pooled", [])
         if r["ratio"] is not None

@@ -16,7 +16,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from allocscope.collector.units import human_bytes
+from allocscope.reports.format import bytes_short, signed, significant
 
 _BYTES_COLUMNS = ("bytes", "median", "mad", "mean_", "median_", "growth", "delta")
 
@@ -49,10 +49,9 @@ def _cell(name: str, v: Any, human: bool) -> Any:
     if isinstance(v, _dt.datetime):
         return v.astimezone(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     if human and isinstance(v, int | float) and not isinstance(v, bool) and _is_bytes_column(name):
-        s = human_bytes(v)
-        return f"+{s}" if name.lower() in ("delta", "growth") and v > 0 else s
+        return signed(bytes_short, v) if name.lower() in ("delta", "growth") else bytes_short(v)
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return significant(v)
     return v
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import html
 import math
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from allocscope.reports.format import bytes_compact, pct, utc_datetime, utc_tick
 
 # Distinguishable on white and for the common colour-vision deficiencies (Okabe-Ito first,
 # then Tableau-like extras); "other" is always grey.
@@ -51,22 +52,22 @@ def redact(text: str) -> str:
     return _KADDR.sub("[kernel address]", text)
 
 
+# Characters XML 1.0 forbids (C0 controls but tab, newline and CR; lone surrogates; U+FFFE and
+# U+FFFF), and DEL and the C1 controls, which HTML calls parse errors. A function or file name
+# read from a result file can hold any of them; shown as ``\x01`` or ``\ud800`` they keep the
+# inline SVG well-formed, and a lone surrogate can no longer fail the UTF-8 write of the page.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def _visible(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
 def esc(text: object) -> str:
-    """Escape for both element text and attribute values; raw kernel addresses are redacted."""
-    return html.escape(redact(str(text)), quote=True)
-
-
-def fmt_bytes(n: float) -> str:
-    """Binary units, like the kernel's own tools (1536 -> ``1.5K``)."""
-    sign = "-" if n < 0 else ""
-    v = float(abs(n))
-    for unit in ("", "K", "M", "G", "T", "P"):
-        if v < 1024 or unit == "P":
-            if unit == "":
-                return f"{sign}{v:.0f}"
-            return f"{sign}{v:.1f}{unit}" if v < 100 else f"{sign}{v:.0f}{unit}"
-        v /= 1024
-    raise AssertionError("unreachable")
+    """Escape for both element text and attribute values; raw kernel addresses are redacted
+    and characters invalid in XML are shown as escapes (``\\x01``)."""
+    return html.escape(_NOT_XML.sub(_visible, redact(str(text))), quote=True)
 
 
 def color_map(names: Sequence[str]) -> dict[str, str]:
@@ -99,16 +100,6 @@ def nice_ticks(vmax: float, binary: bool = True, count: int = 5) -> list[float]:
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw) * base
     n = math.ceil(vmax / step - 1e-9)
     return [i * step for i in range(n + 1)]
-
-
-def fmt_time(t: float, span: float) -> str:
-    """UTC axis label precise enough for the span shown."""
-    tm = time.gmtime(t)
-    if span >= 3 * 86400:
-        return time.strftime("%m-%d", tm)
-    if span >= 86400:
-        return time.strftime("%m-%d %H:%M", tm)
-    return time.strftime("%H:%M", tm) if span >= 120 else time.strftime("%H:%M:%S", tm)
 
 
 @dataclass(slots=True)
@@ -170,7 +161,7 @@ def stacked_bars(
     series: Sequence[Series],
     *,
     title: str,
-    fmt: Callable[[float], str] = fmt_bytes,
+    fmt: Callable[[float], str] = bytes_compact,
     width: int = 1000,
     height: int = 360,
     colors: dict[str, str] | None = None,
@@ -209,12 +200,12 @@ def stacked_bars(
             if v <= 0:
                 continue
             y1, y0 = y_of(acc + v), y_of(acc)
-            share = v / totals[i] * 100 if totals[i] else 0.0
+            share = v / totals[i] if totals[i] else 0.0
             parts.append(
                 f'<rect x="{x:.1f}" y="{y1:.1f}" width="{bar_w:.1f}" '
                 f'height="{max(0.5, y0 - y1):.1f}" '
                 f'fill="{colors[s.name]}"><title>{esc(cat)} \u00b7 {esc(s.name)}: {esc(fmt(v))} '
-                f"({share:.1f}%)</title></rect>"
+                f"({pct(share)})</title></rect>"
             )
             acc += v
         parts.append(f"<title>{esc(cat)}: {esc(fmt(totals[i]))} total</title></g>")
@@ -241,7 +232,7 @@ def line_chart(
     series: Sequence[Series],
     *,
     title: str,
-    fmt: Callable[[float], str] = fmt_bytes,
+    fmt: Callable[[float], str] = bytes_compact,
     width: int = 1000,
     height: int = 320,
     colors: dict[str, str] | None = None,
@@ -278,7 +269,7 @@ def line_chart(
             f'<line class="xtick" x1="{x:.1f}" x2="{x:.1f}" y1="{bottom:.1f}" '
             f'y2="{bottom + 4:.1f}"/>'
             f'<text class="tick" x="{x:.1f}" y="{bottom + 18:.1f}" text-anchor="middle">'
-            f"{esc(fmt_time(t, span))}</text>"
+            f"{esc(utc_tick(t, span))}</text>"
         )
     for s in series:
         pts = " ".join(f"{x_of(t):.1f},{y_of(v):.1f}" for t, v in zip(times, s.values, strict=True))
@@ -289,10 +280,9 @@ def line_chart(
         )
         if len(times) <= 200:
             for t, v in zip(times, s.values, strict=True):
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
                 parts.append(
                     f'<circle cx="{x_of(t):.1f}" cy="{y_of(v):.1f}" r="3" fill="{c}">'
-                    f"<title>{esc(s.name)} @ {stamp} UTC: {esc(fmt(v))}</title></circle>"
+                    f"<title>{esc(s.name)} @ {utc_datetime(t)}: {esc(fmt(v))}</title></circle>"
                 )
         parts.append("</g>")
     parts.append(f'<line class="axis" x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}"/>')
@@ -306,7 +296,7 @@ def hbars(
     series: Sequence[Series],
     *,
     title: str,
-    fmt: Callable[[float], str] = fmt_bytes,
+    fmt: Callable[[float], str] = bytes_compact,
     width: int = 1000,
     colors: dict[str, str] | None = None,
     label_width: int | None = None,

@@ -1,4 +1,4 @@
-"""Generic terminal tables: human units, a totals row, numbers right-aligned.
+"""Generic terminal tables: a totals row, numbers right-aligned (units: :mod:`.format`).
 
 Every verb's table goes through :func:`render` so they look alike: a header, the rows, a
 rule, then the totals row; numeric columns right-aligned, text left-aligned.
@@ -13,33 +13,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from allocscope.collector.units import human_bytes, human_count
 from allocscope.reports.terminal import printable
-
-
-def fmt_bytes(n: int | float, human: bool = True) -> str:
-    return human_bytes(n) if human else str(int(n))
-
-
-def fmt_count(n: int | float, human: bool = True) -> str:
-    return human_count(n) if human else str(int(n))
-
-
-def fmt_signed_bytes(n: int | float, human: bool = True) -> str:
-    """A change: always signed (``+1.5M``, ``-4096``, ``0``)."""
-    s = fmt_bytes(n, human)
-    return f"+{s}" if n > 0 else s
-
-
-def fmt_signed_count(n: int | float, human: bool = True) -> str:
-    s = fmt_count(n, human)
-    return f"+{s}" if n > 0 else s
-
-
-def fmt_pct(part: float, whole: float) -> str:
-    if not whole:
-        return ""
-    return f"{100.0 * part / whole:.1f}%"
 
 
 def render(

@@ -11,22 +11,33 @@ from typing import Any
 
 from allocscope.collector.top_interval import Frame
 from allocscope.reports.allocinfo import counted_once_line
-from allocscope.reports.table import (
-    fmt_bytes,
-    fmt_count,
-    fmt_signed_bytes,
-    fmt_signed_count,
-    render,
-)
+from allocscope.reports.format import bytes_short, count_short, integer, signed
+from allocscope.reports.table import render
 
 KEYS_HELP = "q quit  b bytes  c calls  d Δbytes  r Δ/s  k Δcalls  n name"
+
+
+def _size(n: float, human: bool) -> str:
+    return bytes_short(n) if human else integer(n)
+
+
+def _calls(n: float, human: bool) -> str:
+    return count_short(n) if human else integer(n)
+
+
+def _delta_size(n: float, human: bool) -> str:
+    return signed(bytes_short if human else integer, n)
+
+
+def _delta_calls(n: float, human: bool) -> str:
+    return signed(count_short if human else integer, n)
 
 
 def _rate(frame: Frame, delta: int, human: bool) -> str:
     if frame.seconds <= 0:
         return ""
     per_s = delta / frame.seconds
-    return fmt_signed_bytes(round(per_s), human) + "/s"
+    return _delta_size(round(per_s), human) + "/s"
 
 
 def frame_title(frame: Frame, sort: str) -> str:
@@ -43,10 +54,10 @@ def frame_table(frame: Frame, sort: str, limit: int | None, *, human: bool = Tru
     align = ["right"] * 5 + ["left", "left"]
     rows = [
         [
-            fmt_bytes(r.bytes, human),
-            fmt_count(r.calls, human),
-            fmt_signed_bytes(r.delta_bytes, human) if frame.seconds else "",
-            fmt_signed_count(r.delta_calls, human) if frame.seconds else "",
+            _size(r.bytes, human),
+            _calls(r.calls, human),
+            _delta_size(r.delta_bytes, human) if frame.seconds else "",
+            _delta_calls(r.delta_calls, human) if frame.seconds else "",
             _rate(frame, r.delta_bytes, human),
             r.subsystem,
             r.key,
@@ -55,10 +66,10 @@ def frame_table(frame: Frame, sort: str, limit: int | None, *, human: bool = Tru
     ]
     ro = frame.rollup
     totals = [
-        fmt_bytes(ro.total_bytes, human),
-        fmt_count(ro.total_calls, human),
-        fmt_signed_bytes(frame.delta_bytes, human) if frame.seconds else "",
-        fmt_signed_count(frame.delta_calls, human) if frame.seconds else "",
+        _size(ro.total_bytes, human),
+        _calls(ro.total_calls, human),
+        _delta_size(frame.delta_bytes, human) if frame.seconds else "",
+        _delta_calls(frame.delta_calls, human) if frame.seconds else "",
         _rate(frame, frame.delta_bytes, human),
         "",
         f"total ({ro.total_tags} tags, {len(frame.rows)} rows)",

@@ -9,11 +9,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from allocscope.reports.table import fmt_bytes, fmt_count, render
-
-
-def _pct(x: float) -> str:
-    return f"{100.0 * x:.1f}%"
+from allocscope.reports.format import bytes_short, count_short, duration, pct
+from allocscope.reports.table import render
 
 
 def header(payload: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> str:
@@ -33,8 +30,8 @@ def header(payload: Mapping[str, Any], settings: Mapping[str, Any] | None = None
         tag = block.get("tag") or "(tag unknown: matched by function name)"
         lines.append(f"site: {block['site']}  tag: {tag}")
         lines.append(
-            f"  events: {fmt_count(block['total_calls'])} ({fmt_bytes(block['total_bytes'])})"
-            f"  stacks sampled: {fmt_count(block['stacks'])}"
+            f"  events: {count_short(block['total_calls'])} ({bytes_short(block['total_bytes'])})"
+            f"  stacks sampled: {count_short(block['stacks'])}"
             f"  lost: {block['lost']} (stack map {block['stack_errors']}, "
             f"hash full {block['hash_full']})"
         )
@@ -44,8 +41,8 @@ def header(payload: Mapping[str, Any], settings: Mapping[str, Any] | None = None
         if join and join.get("after"):
             a = join["after"]
             line = (
-                f"  allocinfo ({join['match']}): {fmt_bytes(a['bytes'])} in "
-                f"{fmt_count(a['calls'])} live allocations"
+                f"  allocinfo ({join['match']}): {bytes_short(a['bytes'])} in "
+                f"{count_short(a['calls'])} live allocations"
             )
             if join.get("delta"):
                 d = join["delta"]
@@ -54,7 +51,7 @@ def header(payload: Mapping[str, Any], settings: Mapping[str, Any] | None = None
     lines.insert(
         0,
         (
-            f"who-calls: backend {payload.get('backend')}, {payload.get('duration', 0):.1f}s"
+            f"who-calls: backend {payload.get('backend')}, {duration(payload.get('duration', 0))}"
             f"{' (interrupted)' if interrupted else ''}, sampling {sampling}, "
             f"tags {payload.get('tag_mode')}"
         ),
@@ -102,7 +99,7 @@ def table(payload: Mapping[str, Any]) -> str:
         ]:
             caller = r["caller"]
             if r["caller"] == "other":
-                caller = f"other ({r['callers']} callers < {_pct(min_share)})"
+                caller = f"other ({r['callers']} callers < {pct(min_share)})"
             elif "caller_address" in r:
                 caller = f"{caller} ({r['caller_address']})"
             row: list[Any] = [site] if multi else []
@@ -110,13 +107,13 @@ def table(payload: Mapping[str, Any]) -> str:
                 row += [r.get("pid", ""), r.get("comm", "")]
             row += [
                 caller,
-                fmt_count(r["calls"]),
-                _pct(r["share"]),
-                f"{_pct(r['ci_low'])}-{_pct(r['ci_high'])}",
-                fmt_bytes(r["bytes"]),
+                count_short(r["calls"]),
+                pct(r["share"]),
+                f"{pct(r['ci_low'])}-{pct(r['ci_high'])}",
+                bytes_short(r["bytes"]),
             ]
             if joined:
-                row.append(fmt_bytes(r["joined_bytes"]) if "joined_bytes" in r else "")
+                row.append(bytes_short(r["joined_bytes"]) if "joined_bytes" in r else "")
             if with_tag:
                 row.append(r.get("tag", ""))
             rows.append(row)

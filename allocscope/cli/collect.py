@@ -9,8 +9,8 @@ from typing import Any
 from allocscope.cli.common import add_verb, count_arg, duration_arg, positive_arg
 from allocscope.collector.host import parse_labels
 from allocscope.collector.subsystem import SubsystemMap, default_map
-from allocscope.collector.units import human_bytes
 from allocscope.errors import AllocscopeError
+from allocscope.reports.format import bytes_short
 
 EXAMPLES = """\
   allocscope collect --store /mnt/fleet/store --interval 5m --label group=pilot
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{s['cpu_s_per_snapshot_mean'] * 1000:.1f} ms mean / "
                 f"{s['cpu_s_per_snapshot_max'] * 1000:.1f} ms max, wall "
                 f"{s['wall_s_per_snapshot_mean'] * 1000:.1f} ms, RSS "
-                f"{human_bytes(s['rss_bytes'])} (peak {human_bytes(s['peak_rss_bytes'])}); "
+                f"{bytes_short(s['rss_bytes'])} (peak {bytes_short(s['peak_rss_bytes'])}); "
                 f"{s['cpu_percent_at_1min']:.4f}% of one CPU at a 1-minute interval, "
                 f"{s['cpu_percent_at_interval']:.4f}% at this interval"
             )

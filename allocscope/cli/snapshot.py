@@ -14,8 +14,8 @@ from allocscope.cli.common import add_verb, print_json
 from allocscope.cli.top import load_source, load_subsystems, print_warnings
 from allocscope.collector.allocinfo import PROC_ALLOCINFO
 from allocscope.collector.host import collect_host_metadata, parse_labels
-from allocscope.collector.units import human_bytes
 from allocscope.errors import AllocscopeError
+from allocscope.reports.format import bytes_short
 
 EXAMPLES = """\
   allocscope snapshot -o before.parquet                # live /proc/allocinfo + host metadata
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(summary)
     else:
         print(
-            f"wrote {args.output}: {rows} tags, {human_bytes(snap.total_bytes)} from "
+            f"wrote {args.output}: {rows} tags, {bytes_short(snap.total_bytes)} from "
             f"{snap.source} (allocinfo {snap.version or '?'}), host {host.hostname}, "
             f"kernel {host.kernel_release}, schema v{SNAPSHOT_SCHEMA_VERSION}"
         )

@@ -19,8 +19,8 @@ from report_samples import EVIL, ingest_results, make_store, overhead_result, wh
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.report_data import gather
 from allocscope.collector.subsystem import default_map
+from allocscope.reports.format import bytes_compact
 from allocscope.reports.html import render_report
-from allocscope.reports.svg import fmt_bytes
 
 FIXTURE = "allocinfo-6.12-tmpfs-write.txt"
 
@@ -63,7 +63,7 @@ def test_file_report_matches_the_allocinfo_parser(cli, fixtures_dir: Path, tmp_p
         by_sub[m.classify(r.site.file, r.site.function)] += r.bytes
     biggest, nbytes = max(by_sub.items(), key=lambda kv: kv[1])
     chart = section(page, "subsystems")
-    assert f"{biggest}: {fmt_bytes(nbytes)}" in html.unescape(chart)
+    assert f"{biggest}: {bytes_compact(nbytes)}" in html.unescape(chart)
     # One snapshot: no trend, no changes, no groups.
     for absent in ('id="trend"', 'id="top-changes"', 'id="groups"'):
         assert absent not in page
@@ -312,3 +312,25 @@ def test_snapshot_parquet_file_carries_its_host_and_labels(
     assert host.kernel_release == HOST.kernel_release
     assert host.last_t == pytest.approx(snap.taken_at)
     assert host.bytes == snap.total_bytes and host.sites == len(snap.records)
+
+
+def test_characters_invalid_in_xml_never_reach_the_page(tmp_path: Path) -> None:
+    """A name from a result file may hold any code point; the page stays well-formed."""
+    import xml.etree.ElementTree as ET
+
+    wc = who_calls_result(tmp_path / "wc.json")
+    data = gather(title="t\x00itle", results=[str(wc)])
+    payload = data.results[0].result.payload
+    bad = "sh\x01mem\x1b[31m\ud800\ufffe\x85"
+    payload["callers"][0]["caller"] = bad
+    payload["folded"][f"{bad};xas_alloc"] = 7
+    page = render_report(data)
+    page.encode("utf-8")  # a lone surrogate would fail the write of the report
+    invalid = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+    assert not invalid.search(page)
+    shown = html.unescape(page)
+    assert "sh\\x01mem\\x1b[31m\\ud800\\ufffe\\x85" in shown and "t\\x00itle" in shown
+    charts = re.findall(r"<svg\b.*?</svg>", page, re.S)
+    assert len(charts) >= 2  # the caller-share chart and the flame graph
+    for chart in charts:
+        ET.fromstring(chart)  # raises on a character XML forbids

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from allocscope.collector.site import Site, SiteQuery, canonical_function
-from allocscope.collector.units import human_bytes, human_count, parse_duration, parse_size
+from allocscope.collector.units import human_bytes, parse_duration, parse_size
 
 
 def test_site_keys() -> None:
@@ -63,4 +63,3 @@ def test_units() -> None:
     assert human_bytes(1536) == "1.5K"
     assert human_bytes(-2 << 20) == "-2.0M"
     assert human_bytes(12) == "12"
-    assert human_count(12_345_678) == "12.3M"
