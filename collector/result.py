@@ -65,15 +65,15 @@ class Result:
         """A result of the kind ``payload``'s type is the payload of."""
         return cls(payload.KIND, host, start, duration, dict(settings or {}), payload.to_dict())
 
-    def typed(self, cls: type[P]) -> P:
-        """The payload as ``cls`` (checked); :class:`InputError` if this result is another kind
-        or its payload does not hold (a Result built in memory is checked here too)."""
+    def typed(self, cls: type[P], path: str = "<result>") -> P:
+        """The payload as ``cls`` (checked); :class:`InputError` naming ``path`` if this result
+        is another kind or its payload does not hold (one built in memory is checked too)."""
         if self.kind != cls.KIND:
-            raise InputError("<result>", None, f"is a {self.kind!r} result, expected {cls.KIND!r}")
+            raise InputError(path, None, f"is a {self.kind!r} result, expected {cls.KIND!r}")
         try:
             return cast(P, cls.from_dict(self.payload, "payload"))
         except ContractError as e:
-            raise InputError("<result>", None, str(e)) from None
+            raise InputError(path, None, str(e)) from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"

@@ -1,14 +1,22 @@
 """Terminal tables and verdict lines for ``overhead``, ``ab`` and ``ab --toggle``.
 
-Presentation only: takes the payload dicts the collector built and returns text.
+Presentation only: takes the typed payloads the collector built (collector/payloads/) and
+returns text.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from tabulate import tabulate
 
+from allocscope.collector.payloads import (
+    AbPayload,
+    Comparison,
+    ExactTiming,
+    OverheadPayload,
+    ProfilingMemory,
+    TogglePayload,
+)
+from allocscope.collector.result import Result
 from allocscope.collector.units import human_bytes, human_count
 
 
@@ -28,51 +36,55 @@ def _signed_pct(ratio: float | None) -> str:
     return f"{100 * (ratio - 1):+.1f}%"
 
 
-def overhead_table(result: dict[str, Any], *, show_absent: bool = False) -> str:
+def overhead_table(result: Result, *, show_absent: bool = False) -> str:
     """The ``allocscope overhead`` table: one row per allocator function present."""
-    s = result["settings"]
-    p = result["payload"]
-    host = result["host"]
-    smp = p["samples"]
+    s = result.settings
+    p = result.typed(OverheadPayload)
+    host = result.host
+    smp = p.samples
+    cpus = s.get("cpus")
     lines = [
-        f"host {host['hostname']}  kernel {host['kernel_release']}  "
-        f"vm.mem_profiling={host.get('mem_profiling') or 'absent'}"
-        + ("  (compressed)" if host.get("mem_profiling_compressed") else ""),
-        f"event {s['event']} at {s['frequency']} Hz, {result['duration']:.1f} s"
-        + (f", CPUs {','.join(map(str, s['cpus']))}" if s.get("cpus") else "")
+        f"host {host.hostname}  kernel {host.kernel_release}  "
+        f"vm.mem_profiling={host.mem_profiling or 'absent'}"
+        + ("  (compressed)" if host.mem_profiling_compressed else ""),
+        f"event {s.get('event')} at {s.get('frequency')} Hz, {result.duration:.1f} s"
+        + (f", CPUs {','.join(map(str, cpus))}" if cpus else "")
         + (f", pid {s['pid']}" if s.get("pid") else "")
         + (" (interrupted)" if s.get("interrupted") else ""),
-        f"samples {smp['total']:,} ({smp['busy']:,} busy, {smp['kernel']:,} with a kernel stack, "
-        f"{smp['profiler']:,} in allocscope's own BPF)",
     ]
-    lost = (
-        smp["lost_stack_full"]
-        + smp["lost_stack_collision"]
-        + smp["lost_stack_other"]
-        + smp["lost_counts_full"]
-    )
-    if lost:
+    if smp is not None:
         lines.append(
-            f"warning: {lost:,} samples lost (stack map full {smp['lost_stack_full']:,}, "
-            f"collisions {smp['lost_stack_collision']:,}); raise --stack-storage"
+            f"samples {smp.total:,} ({smp.busy:,} busy, {smp.kernel:,} with a kernel stack, "
+            f"{smp.profiler:,} in allocscope's own BPF)"
         )
+        lost = (
+            smp.lost_stack_full
+            + smp.lost_stack_collision
+            + smp.lost_stack_other
+            + smp.lost_counts_full
+        )
+        if lost:
+            lines.append(
+                f"warning: {lost:,} samples lost (stack map full {smp.lost_stack_full:,}, "
+                f"collisions {smp.lost_stack_collision:,}); raise --stack-storage"
+            )
     rows = []
     unsampled = []
-    for r in p["functions"]:
-        if not r["present"] and not show_absent:
+    for r in p.functions:
+        if not r.present and not show_absent:
             continue
-        if r["present"] and not r["inclusive_samples"] and not show_absent:
-            if not r["function"].startswith("["):
-                unsampled.append(r["function"])
+        if r.present and not r.inclusive_samples and not show_absent:
+            if not r.function.startswith("["):
+                unsampled.append(r.function)
                 continue
         rows.append(
             [
-                r["function"],
-                r["kind"],
-                _pct(r["inclusive_share"]),
-                _pct(r["self_share"]),
-                human_count(r["calls_per_second"]) if r["calls_per_second"] is not None else "-",
-                _num(r["ns_per_call"], 0),
+                r.function,
+                r.kind,
+                _pct(r.inclusive_share),
+                _pct(r.self_share),
+                human_count(r.calls_per_second) if r.calls_per_second is not None else "-",
+                _num(r.ns_per_call, 0),
             ]
         )
     lines.append("")
@@ -84,24 +96,25 @@ def overhead_table(result: dict[str, Any], *, show_absent: bool = False) -> str:
             colalign=("left", "left", "right", "right", "right", "right"),
         )
     )
-    cps = p["calls_per_second"]
+    cps = p.calls_per_second
     lines.append("")
     lines.append(
-        f"calls/s from kmem tracepoints: kmem_cache_alloc {human_count(cps['kmem_cache_alloc'])}, "
-        f"kmalloc {human_count(cps['kmalloc'])}, mm_page_alloc "
-        f"{human_count(cps['mm_page_alloc'])} ({human_count(cps['pages'])} pages)"
+        "calls/s from kmem tracepoints: kmem_cache_alloc "
+        f"{human_count(cps.get('kmem_cache_alloc', 0))}, "
+        f"kmalloc {human_count(cps.get('kmalloc', 0))}, mm_page_alloc "
+        f"{human_count(cps.get('mm_page_alloc', 0))} ({human_count(cps.get('pages', 0))} pages)"
     )
     lines.append(
         "inclusive/self = share of busy (non-idle) samples; calls/s = events of the "
         "kind's tracepoint(s), shared by every function of that kind;"
     )
     lines.append(
-        f"ns/call = inclusive samples x {p['period_ns']:,.0f} ns / calls "
+        f"ns/call = inclusive samples x {p.period_ns or 0:,.0f} ns / calls "
         "(samples inside allocscope's own BPF counters excluded)"
     )
-    if p.get("exact"):
-        lines.append(exact_line(p["exact"]))
-    lines.append(memory_line(p.get("profiling_memory") or {}))
+    if p.exact is not None:
+        lines.append(exact_line(p.exact))
+    lines.append(memory_line(p.profiling_memory))
     if unsampled:
         lines.append(f"present but not sampled: {', '.join(unsampled)}")
     absent = s.get("functions_absent") or []
@@ -110,36 +123,44 @@ def overhead_table(result: dict[str, Any], *, show_absent: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def exact_line(e: dict[str, Any]) -> str:
-    if not e.get("calls"):
-        return f"exact (fexit) {e['function']}: no calls timed"
+def exact_line(e: ExactTiming) -> str:
+    if not e.calls:
+        return f"exact (fexit) {e.function}: no calls timed"
     return (
-        f"exact (fexit) {e['function']}: {e['calls']:,} calls, mean {e['mean_ns']:,.0f} ns, "
-        f"median ~{e['median_ns']:,.0f} ns, p99 ~{e['p99_ns']:,.0f} ns"
+        f"exact (fexit) {e.function}: {e.calls:,} calls, mean {_num(e.mean_ns)} ns, "
+        f"median ~{_num(e.median_ns)} ns, p99 ~{_num(e.p99_ns)} ns"
     )
 
 
-def histogram_table(e: dict[str, Any]) -> str:
+def histogram_table(e: ExactTiming) -> str:
     rows = []
-    peak = max((b["count"] for b in e.get("hist", [])), default=0) or 1
-    for b in e.get("hist", []):
+    peak = max((b.count for b in e.hist), default=0) or 1
+    for b in e.hist:
         rows.append(
             [
-                f"{b['lo_ns']:,} .. {b['hi_ns'] - 1:,}",
-                f"{b['count']:,}",
-                "*" * max(1, round(40 * b["count"] / peak)),
+                f"{b.lo_ns:,} .. {b.hi_ns - 1:,}",
+                f"{b.count:,}",
+                "*" * max(1, round(40 * b.count / peak)),
             ]
         )
     return tabulate(rows, headers=["ns", "calls", "distribution"], tablefmt="simple")
 
 
-def memory_line(m: dict[str, Any]) -> str:
-    if m.get("status") != "known":
-        return f"profiling memory: unknown ({m.get('reason', 'not measured')})"
+def memory_line(m: ProfilingMemory | None) -> str:
+    """The profiling's own memory; its figures are the untyped part of the block (see
+    :class:`ProfilingMemory`), read defensively."""
+    if m is None or m.status != "known":
+        reason = m.reason if m is not None and m.reason else "not measured"
+        return f"profiling memory: unknown ({reason})"
+
+    def size(key: str) -> str:
+        v = m.extra.get(key)
+        return human_bytes(v) if isinstance(v, int) and not isinstance(v, bool) else "?"
+
     return (
-        f"profiling memory: {human_bytes(m['total_bytes'])} (page_ext "
-        f"{human_bytes(m['page_ext_bytes'])}, slab obj_ext "
-        f"{human_bytes(m['slab_obj_ext_bytes'])}) from {m.get('source')}"
+        f"profiling memory: {size('total_bytes')} (page_ext "
+        f"{size('page_ext_bytes')}, slab obj_ext "
+        f"{size('slab_obj_ext_bytes')}) from {m.extra.get('source')}"
     )
 
 
@@ -153,71 +174,72 @@ METRIC_WORDS = {
 }
 
 
-def comparison_verdict(c: dict[str, Any], a: str, b: str) -> str:
+def comparison_verdict(c: Comparison, a: str, b: str) -> str:
     """One line a reader can quote, e.g. "pilot spends +41% (CI +35…+47%) CPU per call in
     `__alloc_pages_noprof` vs control, p=0.002, n=12/12"."""
-    ratio, lo, hi = c["ratio"], c["ci_low"], c["ci_high"]
+    ratio, lo, hi = c.ratio, c.ci_low, c.ci_high
     if ratio is None:
-        return f"{c['function']}: not enough data ({c.get('note', '')})"
-    what = METRIC_WORDS.get(c["metric"], c["metric"])
+        return f"{c.function}: not enough data ({c.note})"
+    what = METRIC_WORDS.get(c.metric, c.metric)
     ci = f"CI {_signed_pct(lo)}…{_signed_pct(hi)}" if lo is not None else "no CI"
-    p = c.get("p_value")
-    pstr = f"p={p:.3g}" if p is not None else "p=-"
-    sig = "" if c.get("significant") else " (not significant)"
+    pstr = f"p={c.p_value:.3g}" if c.p_value is not None else "p=-"
+    sig = "" if c.significant else " (not significant)"
     return (
-        f"{a} spends {_signed_pct(ratio)} ({ci}) {what} in `{c['function']}` vs {b}, {pstr}, "
-        f"n={c['n_a']}/{c['n_b']}{sig}"
+        f"{a} spends {_signed_pct(ratio)} ({ci}) {what} in `{c.function}` vs {b}, {pstr}, "
+        f"n={c.n_a}/{c.n_b}{sig}"
     )
 
 
-def ab_table(payload: dict[str, Any]) -> str:
-    a, b = payload["labels"]
+def ab_table(payload: AbPayload | TogglePayload) -> str:
+    a, b = payload.labels
     rows = []
-    for c in payload["comparisons"]:
+    for c in payload.comparisons:
+        digits = 4 if c.metric == "inclusive_share" else 1
         rows.append(
             [
-                c["function"],
-                c["metric"],
-                _num(c["mean_a"], 4 if c["metric"] == "inclusive_share" else 1),
-                _num(c["mean_b"], 4 if c["metric"] == "inclusive_share" else 1),
-                _signed_pct(c["ratio"]),
-                f"{_signed_pct(c['ci_low'])}…{_signed_pct(c['ci_high'])}"
-                if c["ci_low"] is not None
+                c.function,
+                c.metric,
+                _num(c.mean_a, digits),
+                _num(c.mean_b, digits),
+                _signed_pct(c.ratio),
+                f"{_signed_pct(c.ci_low)}…{_signed_pct(c.ci_high)}"
+                if c.ci_low is not None
                 else "-",
-                f"{c['p_value']:.3g}" if c.get("p_value") is not None else "-",
-                f"{c['n_a']}/{c['n_b']}",
+                f"{c.p_value:.3g}" if c.p_value is not None else "-",
+                f"{c.n_a}/{c.n_b}",
             ]
         )
-    head = [f"{payload.get('kind_note', '')}".strip()]
+    head = [f"{payload.extra.get('kind_note', '')}".strip()]
     table = tabulate(
         rows,
         headers=["function", "metric", f"mean {a}", f"mean {b}", f"{a}/{b}", "95% CI", "p", "n"],
         tablefmt="simple",
     )
     lines = [h for h in head if h] + [table, ""]
-    lines += [comparison_verdict(c, a, b) for c in payload["verdicts"]]
-    for note in payload.get("notes", []):
+    lines += [comparison_verdict(c, a, b) for c in payload.verdicts]
+    for note in payload.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines) + "\n"
 
 
-def toggle_table(payload: dict[str, Any]) -> str:
+def toggle_table(payload: TogglePayload) -> str:
+    period = f"{payload.period:.1f}" if payload.period is not None else "?"
     lines = [
-        f"vm.mem_profiling alternated {payload['windows']} windows of "
-        f"{payload['period']:.1f} s ({payload['pairs']} on/off pairs); original value "
-        f"{payload['original']!r} restored: {payload['restored']}"
+        f"vm.mem_profiling alternated {payload.windows} windows of "
+        f"{period} s ({payload.pairs} on/off pairs); original value "
+        f"{payload.original!r} restored: {payload.restored}"
     ]
     lines.append(ab_table(payload).rstrip("\n"))
     rows = [
         [
-            r["function"],
-            _num(r["on_ns_per_call"], 1),
-            _num(r["off_ns_per_call"], 1),
-            _signed_pct(r["ratio"]),
-            f"{r['on_calls']:,}/{r['off_calls']:,}",
+            r.function,
+            _num(r.on_ns_per_call, 1),
+            _num(r.off_ns_per_call, 1),
+            _signed_pct(r.ratio),
+            f"{r.on_calls:,}/{r.off_calls:,}",
         ]
-        for r in payload.get("pooled", [])
-        if r["ratio"] is not None
+        for r in payload.pooled
+        if r.ratio is not None
     ]
     if rows:
         lines.append("")
@@ -229,6 +251,6 @@ def toggle_table(payload: dict[str, Any]) -> str:
                 tablefmt="simple",
             )
         )
-    if payload.get("interrupted"):
+    if payload.interrupted:
         lines.append("interrupted: the windows finished so far are reported")
     return "\n".join(lines) + "\n"

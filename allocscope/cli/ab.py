@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -103,12 +104,12 @@ def run_groups(args: argparse.Namespace) -> int:
     payload = compare_groups(
         pilot, control, stat=args.stat, alpha=args.alpha, seed=_seed(args), force=args.force
     )
-    result = Result(
-        kind="ab",
-        host=collect_host_metadata(),
-        start=now(),
-        duration=0.0,
-        settings={
+    result = Result.of(
+        payload,
+        collect_host_metadata(),
+        now(),
+        0.0,
+        {
             "stat": args.stat,
             "alpha": args.alpha,
             "seed": _seed(args),
@@ -116,7 +117,6 @@ def run_groups(args: argparse.Namespace) -> int:
             "pilot": args.pilot,
             "control": args.control,
         },
-        payload=payload,
     )
     return emit_result(result, args, lambda: ab_table(payload))
 
@@ -126,7 +126,9 @@ def run_toggle_cli(args: argparse.Namespace) -> int:
     from allocscope.collector import workloads
     from allocscope.collector.ab import compare_toggle
     from allocscope.collector.host import MEM_PROFILING_SYSCTL, collect_host_metadata, parse_labels
-    from allocscope.collector.overhead import Sampler, diff_snapshots, window_payload
+    from allocscope.collector.overhead import Sampler, diff_snapshots
+    from allocscope.collector.overhead_payload import window_payload
+    from allocscope.collector.payloads import OverheadPayload, ToggleWindowResult
     from allocscope.collector.result import Result, now
     from allocscope.collector.toggle import SEMANTICS_NOTE, Sysctl, ToggleWindow, run_toggle
     from allocscope.probes.loader import interruptible
@@ -151,7 +153,7 @@ def run_toggle_cli(args: argparse.Namespace) -> int:
     settings, functions = sampler_settings_from(args)
     host = collect_host_metadata(labels)
     start = now()
-    window_payloads: list[tuple[str, dict[str, Any]]] = []
+    window_payloads: list[tuple[str, OverheadPayload]] = []
     child = None
     with interruptible():
         try:
@@ -196,24 +198,26 @@ def run_toggle_cli(args: argparse.Namespace) -> int:
         finally:
             if child is not None:
                 workloads.stop(child)
-    payload = compare_toggle(window_payloads, alpha=args.alpha, seed=_seed(args))
-    payload.update(
+    compared = compare_toggle(window_payloads, alpha=args.alpha, seed=_seed(args))
+    payload = dataclasses.replace(
+        compared,
         original=run.original,
         restored=run.restored,
         period=args.period,
         windows=len(window_payloads),
         interrupted=run.interrupted,
-        window_results=[
-            {"index": i, "mem_profiling": s, **p} for i, (s, p) in enumerate(window_payloads)
-        ],
-        notes=[SEMANTICS_NOTE, *payload.get("sample_notes", [])],
+        window_results=tuple(
+            ToggleWindowResult(index=i, mem_profiling=s, window=p)
+            for i, (s, p) in enumerate(window_payloads)
+        ),
+        notes=(SEMANTICS_NOTE, *compared.sample_notes),
     )
-    result = Result(
-        kind="ab-toggle",
-        host=host,
-        start=start,
-        duration=now() - start,
-        settings={
+    result = Result.of(
+        payload,
+        host,
+        start,
+        now() - start,
+        {
             "event": event,
             "frequency": settings.frequency,
             "period": args.period,
@@ -227,6 +231,5 @@ def run_toggle_cli(args: argparse.Namespace) -> int:
             "sysctl": sysctl.path,
             "interrupted": run.interrupted,
         },
-        payload=payload,
     )
     return emit_result(result, args, lambda: toggle_table(payload))

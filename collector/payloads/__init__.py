@@ -18,7 +18,7 @@ from allocscope.collector.payloads.ab import (
     Comparison,
     PooledRow,
     TogglePayload,
-    ToggleWindow,
+    ToggleWindowResult,
 )
 from allocscope.collector.payloads.overhead import (
     ExactTiming,
@@ -141,7 +141,7 @@ __all__ = [
     "SampleEpoch",
     "SiteBlock",
     "TogglePayload",
-    "ToggleWindow",
+    "ToggleWindowResult",
     "TopLivePayload",
     "TopSelfRow",
     "WhoCallsPayload",

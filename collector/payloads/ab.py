@@ -70,7 +70,7 @@ class PooledRow(Contract):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ToggleWindow(Contract):
+class ToggleWindowResult(Contract):
     """One window of an ``ab --toggle`` run: its index, the sysctl state, its overhead payload."""
 
     index: int | None = opt("position in the run", nonneg=True)
@@ -97,5 +97,5 @@ class TogglePayload(Contract):
     period: float | None = opt("window seconds", nonneg=True)
     windows: int | None = opt("windows measured", nonneg=True)
     interrupted: bool | None = opt("stopped early")
-    window_results: tuple[ToggleWindow, ...] = opt("in order", default=())
+    window_results: tuple[ToggleWindowResult, ...] = opt("in order", default=())
     notes: tuple[str, ...] = opt("caveats", default=())

@@ -36,7 +36,7 @@ class FunctionRow(Contract):
     kind: str = req("slab | page | vmalloc | ...")
     present: bool = req("in this kernel's kallsyms")
     inclusive_samples: int = req("samples with the function on the stack", nonneg=True)
-    self_samples: int = opt("samples with the function as the leaf", default=0, nonneg=True)
+    self_samples: int | None = opt("samples with the function as the leaf", nonneg=True)
     inclusive_share: float | None = req("of busy samples (null when absent)")
     self_share: float | None = opt("leaf samples of busy samples", nullable=True)
     inclusive_share_all: float | None = opt("of all samples, idle included", nullable=True)
@@ -72,22 +72,23 @@ class ExactTiming(Contract):
     calls: int = req("calls timed", nonneg=True)
     total_ns: int = req("their summed duration", nonneg=True)
     mean_ns: float | None = req("total_ns / calls", nonneg=True)
-    median_ns: float | None = req("from the histogram", nonneg=True)
-    p90_ns: float | None = req("from the histogram", nonneg=True)
-    p99_ns: float | None = req("from the histogram", nonneg=True)
+    median_ns: float | None = opt("from the histogram", nullable=True, nonneg=True)
+    p90_ns: float | None = opt("from the histogram", nullable=True, nonneg=True)
+    p99_ns: float | None = opt("from the histogram", nullable=True, nonneg=True)
     hist: tuple[HistBucket, ...] = req("non-empty buckets, low to high")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProfilingMemory(Contract):
-    """Memory the profiling itself uses (allocinfo's own lines), or why it is unknown."""
+    """Memory the profiling itself uses (allocinfo's own lines), or why it is unknown.
+
+    Only ``status`` and ``reason`` are typed: the figures of a known status (``source``,
+    ``allocinfo_version``, ``page_ext_bytes``, ``slab_obj_ext_bytes``, ``lines``,
+    ``total_bytes``) stay in ``extra`` in the order written, so the JSON is unchanged.
+    """
 
     status: str = req("known | unknown")
     reason: str | None = opt("why it is unknown")
-    source: str | None = opt("where allocinfo was read")
-    allocinfo_version: str | None = opt("the allocinfo header version")
-    page_ext_bytes: int | None = opt("page_ext (shared with other page_ext users)", nonneg=True)
-    slab_obj_ext_bytes: int | None = opt("slab object extensions", nonneg=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
