@@ -31,6 +31,7 @@ Rules the engine applies to every field:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -327,7 +328,7 @@ def rows(cls: type[Contract], path: str = "") -> list[str]:
             flags.append(">= 0")
         if s.optional and s.default is not _ABSENT and s.default is not None:
             d = s.default() if callable(s.default) else s.default
-            flags.append(f"default `{_encode(d)!r}`".replace("'", '"'))
+            flags.append(f"default `{json.dumps(_encode(d))}`")
         doc = s.doc.replace("|", "\\|")
         out.append(f"| `{p}` | {type_name(s.hint)} | {', '.join(flags)} | {doc} |")
         if _is_contract(inner):

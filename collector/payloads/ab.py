@@ -59,7 +59,7 @@ class AbPayload(Contract):
 class PooledRow(Contract):
     """One function over all on windows vs all off windows."""
 
-    function: str = req("function, ``exact:<name>`` or ``<name> (median)``")
+    function: str = req("a function, `exact:<function>` (fexit) or `<function> (median)`")
     on_ns_per_call: float | None = req("profiling on")
     off_ns_per_call: float | None = req("profiling off")
     on_samples: int = req("samples, profiling on", nonneg=True)
