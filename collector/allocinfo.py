@@ -216,6 +216,9 @@ class AllocinfoSnapshot:
     truncated: bool = False
     warnings: list[str] = field(default_factory=list)
     skipped: int = 0  # malformed lines skipped under lenient=True
+    # Only some tags are listed (a show_mem block lists the top 10): a tag absent here is
+    # unknown, not zero, so diff compares only the tags listed.
+    partial: bool = False
 
     @property
     def columns(self) -> AllocColumns | None:
@@ -481,7 +484,9 @@ def _read_bytes(path: str) -> bytes:
 
 
 def read_allocinfo(path: str | None = None, *, lenient: bool = False) -> AllocinfoSnapshot:
-    """Read allocinfo from ``path`` (None = the live file, ``-`` = stdin, ``.gz`` ok)."""
+    """Read allocinfo from ``path`` (None = the live file, ``-`` = stdin, ``.gz`` ok); a
+    kernel log holding a show_mem "Memory allocations" block is read too
+    (:mod:`allocscope.collector.showmem`)."""
     path = path or PROC_ALLOCINFO
     name = "<stdin>" if path == "-" else path
     if path == PROC_ALLOCINFO and not os.path.exists(path):
@@ -497,6 +502,12 @@ def read_allocinfo(path: str | None = None, *, lenient: bool = False) -> Allocin
         raise InputError(name, None, "no such file") from None
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise InputError(name, None, f"cannot read: {e}") from None
+    from allocscope.collector import showmem
+
+    if showmem.looks_like_kernel_log(data):  # a saved dmesg after an OOM or sysrq-m
+        snap = showmem.parse_kernel_log(data, name)
+        snap.taken_at = time.time()
+        return snap
     snap = parse_allocinfo_bytes(data, name, lenient=lenient)
     snap.taken_at = time.time()
     return snap

@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord
-from allocscope.collector.rollup import classify
+from allocscope.collector.containers import container_kind
+from allocscope.collector.rollup import classify, container_group
+from allocscope.collector.showmem import ROUNDING_KEY
+from allocscope.collector.showmem import VERSION as SHOW_MEM
 from allocscope.collector.site import Site
 from allocscope.collector.subsystem import SubsystemMap, default_map
 
@@ -111,11 +114,13 @@ class Diff:
     a: SnapshotInfo
     b: SnapshotInfo
     changes: list[SiteChange]  # every site on either side, unsorted, unfiltered
+    notes: list[str] = field(default_factory=list)
 
     @property
     def kernels_differ(self) -> bool:
         """True when A and B come from different kernels (release or allocinfo version)."""
-        if self.a.version and self.b.version and self.a.version != self.b.version:
+        va, vb = self.a.version, self.b.version
+        if va and vb and SHOW_MEM not in (va, vb) and va != vb:
             return True
         ka, kb = self.a.kernel_release, self.b.kernel_release
         return bool(ka and kb and ka != kb)
@@ -138,6 +143,12 @@ def _aggregate(records: Iterable[AllocRecord]) -> dict[str, _Agg]:
     return out
 
 
+def _subsystem(site: Site, sub: SubsystemMap) -> str:
+    """As top's roll-up: container tags (slab pages) are not mm's memory."""
+    kind = container_kind(site)
+    return container_group(kind) if kind else classify(site, sub)
+
+
 def diff_snapshots(
     a: AllocinfoSnapshot, b: AllocinfoSnapshot, subsystems: SubsystemMap | None = None
 ) -> Diff:
@@ -156,7 +167,7 @@ def diff_snapshots(
             bytes_b=y.bytes if y else 0,
             calls_a=x.calls if x else 0,
             calls_b=y.calls if y else 0,
-            subsystem=classify(site, sub),
+            subsystem=_subsystem(site, sub),
             old_site=x.site if (x is not None and y is not None and x.site != y.site) else None,
             accurate=(x.accurate if x else True) and (y.accurate if y else True),
         )
@@ -187,7 +198,46 @@ def diff_snapshots(
     for xs in only_a.values():
         for x in xs:
             changes.append(change(x, None, "gone"))
-    return Diff(SnapshotInfo.of(a), SnapshotInfo.of(b), changes)
+    if not (a.partial or b.partial):
+        return Diff(SnapshotInfo.of(a), SnapshotInfo.of(b), changes)
+    return _restrict_to_listed(a, b, changes)
+
+
+def _restrict_to_listed(
+    a: AllocinfoSnapshot, b: AllocinfoSnapshot, changes: list[SiteChange]
+) -> Diff:
+    """A side that lists only some tags (a show_mem block) says nothing about the others:
+    keep the tags it lists, and give both sides' totals over the tags kept."""
+    kept = [
+        c
+        for c in changes
+        if not (a.partial and c.status == "new") and not (b.partial and c.status == "gone")
+    ]
+    rounding = {
+        rec.site.tag: int(rec.extras.get(ROUNDING_KEY, 0))
+        for snap in (a, b)
+        if snap.partial
+        for rec in snap.records
+    }
+    for c in kept:  # a change within the kernel's rounding of the printed size is none
+        if c.status == "changed" and c.delta_calls == 0:
+            if abs(c.delta_bytes) <= rounding.get(c.site.tag, 0):
+                c.status = "same"
+    notes = [
+        f"{side} lists only {len(snap.records)} tags (show_mem): only those are compared, "
+        "and the totals are over them"
+        for side, snap in (("A", a), ("B", b))
+        if snap.partial
+    ]
+
+    def info(snap: AllocinfoSnapshot, bytes_of: str, calls_of: str) -> SnapshotInfo:
+        base = SnapshotInfo.of(snap)
+        base.tags = len(kept)
+        base.bytes = sum(getattr(c, bytes_of) for c in kept)
+        base.calls = sum(getattr(c, calls_of) for c in kept)
+        return base
+
+    return Diff(info(a, "bytes_a", "calls_a"), info(b, "bytes_b", "calls_b"), kept, notes)
 
 
 def select_changes(

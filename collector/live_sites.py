@@ -24,15 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from allocscope.collector import workloads
 from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord
-from allocscope.collector.host import HostMetadata, collect_host_metadata
+from allocscope.collector.capture import Capture
+from allocscope.collector.host import HostMetadata
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.payloads import LiveSiteRow, TopLivePayload
 from allocscope.collector.site import Site, canonical_function
-from allocscope.errors import AllocscopeError, CapabilityError
+from allocscope.errors import CapabilityError
 from allocscope.probes import btf
-from allocscope.probes.loader import Probe, interruptible, sleep_until_interrupted
+from allocscope.probes.loader import Probe
 
 PROGRAM = "kmem_sites"
 SOURCES = ("kmalloc", "kmem_cache_alloc", "mm_page_alloc")  # index = SRC_* in the .bpf.c
@@ -441,39 +441,24 @@ def capture_live_sites(
     during the window; ``pid`` keeps only allocations made by that process. ``on_start`` is
     called once the hooks are attached, when the window starts (tests use it to run a known
     number of operations inside the window; a BCC compile takes ~10 s in a VM)."""
-    if duration is not None and duration <= 0:
-        raise AllocscopeError(f"duration must be positive, got {duration:g}")
-    if workload is not None:
-        workloads.check_name(workload)
-    if pid is not None and not os.path.exists(f"/proc/{pid}"):
-        raise AllocscopeError(f"no process {pid}")
+    cap = Capture("top-live", duration=duration, workload=workload, pid=pid, verb="top --live")
     ksyms = Kallsyms.load()  # before the window: loading takes ~0.5 s
-    host = collect_host_metadata()
     defines = probe_defines(frees=frees, pid=pid)
-    interrupted = False
-    child = None
-    with interruptible(), Probe(PROGRAM, defines) as probe:
+    with cap:
+        probe = cap.hold(Probe(PROGRAM, defines))
         backend = attach_all(probe, defines, frees)
-        t0 = time.monotonic()
-        try:
-            if on_start is not None:
-                on_start()
-            if workload is not None:
-                child = workloads.start(workload, duration if duration is not None else 1e9)
-            interrupted = sleep_until_interrupted(duration)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            elapsed = time.monotonic() - t0
-            detach_all(probe)
-            if child is not None:
-                workloads.stop(child)
+        with cap.window(on_start=on_start) as w:
+            cap.wait(w)
+        detach_all(probe)
         records = read_records(probe, ksyms, frees=frees)
         counts: dict[str, int] = dict(
             zip(COUNTERS, _percpu_sum(probe["counters"], len(COUNTERS)), strict=True)
         )
         compile_s = probe.compile_seconds
         header_note = probe.headers.note if probe.headers else ""
+    assert cap.host is not None
+    host = cap.host
+    elapsed, interrupted = w.seconds, w.interrupted
     snapshot = AllocinfoSnapshot(
         version=None,
         records=records,

@@ -595,36 +595,23 @@ def run_overhead(
     An interrupt ends the window early; the result is still complete for the time measured
     and says ``interrupted``.
     """
-    from allocscope.collector import workloads
-    from allocscope.collector.host import collect_host_metadata
+    from allocscope.collector.capture import Capture
     from allocscope.collector.overhead_payload import window_payload  # it imports this module
     from allocscope.collector.payloads import ProfilingMemory
-    from allocscope.collector.result import Result
-    from allocscope.probes.loader import interruptible, sleep_until_interrupted
 
-    host = collect_host_metadata(labels)
-    interrupted = False
-    child = None
-    with interruptible():
-        try:
-            with Sampler(settings) as sampler:
-                if workload is not None:
-                    child = workloads.start(workload, duration or 3600.0)
-                start_wall = time.time()
-                first = sampler.snapshot()
-                if on_start is not None:
-                    on_start()
-                interrupted = sleep_until_interrupted(duration)
-                last = sampler.snapshot()
-                window = diff_snapshots(first, last)
-                payload = window_payload(
-                    window, functions, sampler.frames, settings.frequency, sampler.period_cpus()
-                )
-                event, etype, econfig = sampler.event, sampler.event_type, sampler.event_config
-                backends = sampler.backends
-        finally:
-            if child is not None:
-                workloads.stop(child)
+    cap = Capture("overhead", duration=duration, workload=workload, pid=settings.pid, labels=labels)
+    with cap:
+        sampler = cap.hold(Sampler(settings))
+        first = sampler.snapshot()
+        with cap.window(on_start=on_start) as w:
+            cap.wait(w)
+        last = sampler.snapshot()
+        window = diff_snapshots(first, last)
+        payload = window_payload(
+            window, functions, sampler.frames, settings.frequency, sampler.period_cpus()
+        )
+        event, etype, econfig = sampler.event, sampler.event_type, sampler.event_config
+        backends = sampler.backends
     payload = dataclasses.replace(
         payload,
         profiling_memory=ProfilingMemory.from_dict(
@@ -645,13 +632,5 @@ def run_overhead(
         "exact_function": settings.exact_function,
         "backends": backends,
         "workload": workload,
-        "interrupted": interrupted,
     }
-    return Result(
-        kind="overhead",
-        host=host,
-        start=start_wall,
-        duration=window.seconds,
-        settings=result_settings,
-        payload=payload.to_dict(),
-    )
+    return cap.result(result_settings, payload.to_dict())

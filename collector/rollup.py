@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from allocscope.collector.allocinfo import AllocRecord
+from allocscope.collector.containers import LABELS, CountedTotals, container_kind, counted_once
 from allocscope.collector.site import Site, canonical_function
 from allocscope.collector.subsystem import SubsystemMap, default_map, glob_regex
 
@@ -141,6 +142,8 @@ class Rollup:
     total_tags: int
     matched_rows: int  # rows before -n (after --min-bytes)
     all_rows: int  # rows before --min-bytes and -n
+    # the matched records split into containers and objects (collector/containers.py)
+    counted: CountedTotals = field(default_factory=CountedTotals)
 
     @property
     def shown_bytes(self) -> int:
@@ -149,6 +152,12 @@ class Rollup:
     @property
     def shown_calls(self) -> int:
         return sum(r.calls for r in self.rows)
+
+
+def container_group(kind: str) -> str:
+    """The subsystem roll-up's own row for a container kind: slab pages hold every
+    subsystem's objects, so counting them under ``mm`` would give mm the others' memory."""
+    return f"({LABELS[kind]}: container)"
 
 
 def group_key(site: Site, by: str, subsystem: str) -> str:
@@ -186,8 +195,11 @@ def rollup(
     min_bytes: int | None = None,
     filters: Filters | None = None,
     subsystems: SubsystemMap | None = None,
+    slab_objects: int | None = None,
 ) -> Rollup:
-    """Filter, group, threshold, sort and cut ``records`` (see :class:`Rollup`)."""
+    """Filter, group, threshold, sort and cut ``records`` (see :class:`Rollup`).
+    ``slab_objects`` is /proc/slabinfo's object bytes when the records are this host's
+    live allocinfo (it makes the counted-once total exact)."""
     if by not in GROUP_BY:
         raise ValueError(f"unknown roll-up {by!r} (have: {', '.join(GROUP_BY)})")
     if sort not in SORT_KEYS:
@@ -195,14 +207,17 @@ def rollup(
     sub = subsystems or default_map()
     groups: dict[str, Row] = {}
     total_bytes = total_calls = total_tags = 0
+    matched_records: list[AllocRecord] = []
     for rec in records:
         site = rec.site
         if filters and not filters.match(site):
             continue
+        matched_records.append(rec)
         total_bytes += rec.bytes
         total_calls += rec.calls
         total_tags += 1
-        subsystem = classify(site, sub)
+        kind = container_kind(site) if by == "subsystem" else None
+        subsystem = container_group(kind) if kind else classify(site, sub)
         key = group_key(site, by, subsystem)
         row = groups.get(key)
         if row is None:
@@ -222,4 +237,14 @@ def rollup(
     matched = len(rows)
     if limit is not None and limit >= 0:
         rows = rows[:limit]
-    return Rollup(by, sort, rows, total_bytes, total_calls, total_tags, matched, all_rows)
+    return Rollup(
+        by,
+        sort,
+        rows,
+        total_bytes,
+        total_calls,
+        total_tags,
+        matched,
+        all_rows,
+        counted_once(matched_records, slab_objects_bytes=slab_objects),
+    )

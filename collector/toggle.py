@@ -16,16 +16,21 @@ frees are not subtracted either, so allocinfo is inaccurate after any toggling u
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from allocscope.collector.host import MEM_PROFILING_SYSCTL
 from allocscope.errors import AllocscopeError, CapabilityError
+
+if TYPE_CHECKING:
+    from allocscope.collector.overhead import AllocFunction, SamplerSettings
+    from allocscope.collector.result import Result
 
 T = TypeVar("T")
 
@@ -187,3 +192,107 @@ def run_toggle(
             f"{run.restore_error or 'value did not stick'}; set it by hand"
         )
     return run
+
+
+# --- the toggle capture (ab --toggle) --------------------------------------------------------
+
+
+def capture_toggle(
+    sysctl: Sysctl,
+    settings: SamplerSettings,
+    functions: list[AllocFunction],
+    *,
+    duration: float,
+    period: float,
+    windows: int,
+    workload: str | None = None,
+    labels: dict[str, str] | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda s: None,
+) -> Result:
+    """``ab --toggle`` as one capture: the on-CPU sampler runs through ``windows`` windows of
+    ``period`` seconds, alternating the sysctl 1/0, and adjacent windows are compared.
+
+    One :class:`~allocscope.collector.capture.Capture` holds the sampler and the workload child
+    for the whole run (the child runs until the capture ends, however long compiling or the
+    windows take); an interrupt keeps the finished windows and marks the result.
+    """
+    from allocscope.collector.ab import compare_toggle
+    from allocscope.collector.capture import Capture
+    from allocscope.collector.overhead import Sampler, diff_snapshots
+    from allocscope.collector.overhead_payload import window_payload
+    from allocscope.collector.payloads import OverheadPayload, ToggleWindowResult
+
+    cap = Capture(
+        "ab-toggle",
+        duration=duration,
+        workload=workload,
+        pid=settings.pid,
+        labels=labels,
+        verb="ab --toggle",
+    )
+    window_payloads: list[tuple[str, OverheadPayload]] = []
+    with cap:
+        sampler = cap.hold(Sampler(settings))
+        done: list[ToggleWindow[Any]] = []
+
+        def progress(w: ToggleWindow[Any]) -> None:
+            done.append(w)
+            log(f"window {len(done)}/{windows} (mem_profiling={w.state}) done")
+
+        # An interrupt before run_toggle's own handler is in place (it catches the rest)
+        # leaves this empty run: the sysctl was not written yet.
+        run: ToggleRun[Any] = ToggleRun(sysctl.read(), restored=True, interrupted=True)
+        with cap.window() as cw:
+            run = run_toggle(
+                sysctl, sampler.snapshot, windows=windows, period=period, on_window=progress
+            )
+            if run.interrupted:
+                cw.mark_interrupted()
+        event = sampler.event
+        # Symbolizing is slow on emulated guests: done after the run, so every window is back
+        # to back and the sysctl spends no unmeasured time in one state.
+        for w in run.windows:
+            window_payloads.append(
+                (
+                    w.state,
+                    window_payload(
+                        diff_snapshots(w.begin, w.end),
+                        functions,
+                        sampler.frames,
+                        settings.frequency,
+                        sampler.period_cpus(),
+                    ),
+                )
+            )
+    compared = compare_toggle(window_payloads, alpha=alpha, seed=seed)
+    payload = dataclasses.replace(
+        compared,
+        original=run.original,
+        restored=run.restored,
+        period=period,
+        windows=len(window_payloads),
+        interrupted=run.interrupted,
+        window_results=tuple(
+            ToggleWindowResult(index=i, mem_profiling=s, window=p)
+            for i, (s, p) in enumerate(window_payloads)
+        ),
+        notes=(SEMANTICS_NOTE, *compared.sample_notes),
+    )
+    return cap.result(
+        {
+            "event": event,
+            "frequency": settings.frequency,
+            "period": period,
+            "duration": duration,
+            "windows_planned": windows,
+            "cpus": settings.cpus,
+            "pid": settings.pid,
+            "exact_function": settings.exact_function,
+            "functions": [f.name for f in functions if f.present],
+            "workload": workload,
+            "sysctl": sysctl.path,
+        },
+        payload.to_dict(),
+    )

@@ -18,14 +18,12 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from allocscope.collector import attribution
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
-from allocscope.collector.host import collect_host_metadata
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.result import Result
 from allocscope.collector.site import Site, SiteQuery, canonical_function
@@ -484,55 +482,58 @@ def _allocinfo_now(opts: Options) -> AllocinfoSnapshot | None:
         return None
 
 
-def _wait(
-    probe: Any,
-    targets: Sequence[SiteTarget],
-    opts: Options,
-    duration: float | None,
-    th: threading.Thread | None,
-    t0: float,
-    epochs: list[Epoch],
-    log: Callable[[str], None],
-) -> bool:
-    """Wait for the end of the capture, re-deriving N in auto mode; True if interrupted."""
-    deadline = math.inf if duration is None else t0 + duration
-    sampler = AutoSampler(opts.budget) if opts.sample is None else None
-    period = FIRST_CALIBRATION_SECONDS
-    last_t, last_calls = t0, 0
-    epoch_start = t0
-    try:
-        while True:
-            now = time.monotonic()
-            if now >= deadline or (th is not None and duration is None and not th.is_alive()):
-                break
-            if sampler is not None and now - last_t >= period:
-                calls = sum(c.calls for c in read_counts(probe, targets).values())
-                cur = epochs[-1].n
-                new = sampler.next_rate(cur, calls - last_calls, now - last_t)
-                if new != cur:
-                    epochs[-1].seconds = now - epoch_start
-                    epochs[-1].events = calls - sum(e.events for e in epochs[:-1])
-                    epochs.append(Epoch(new))
-                    epoch_start = now
-                    set_sampling(probe, new, len(epochs) - 1)
-                    rate = (calls - last_calls) / (now - last_t)
-                    log(
-                        f"who-calls: sampling 1 in {new} ({rate:.0f} events/s, "
-                        f"budget {opts.budget:.1%} of a CPU)"
-                    )
-                last_t, last_calls, period = now, calls, ADJUST_SECONDS
-            time.sleep(max(0.0, min(0.1, deadline - now)))
-        return False
-    except KeyboardInterrupt:
-        return True
-    finally:
-        epochs[-1].seconds = time.monotonic() - epoch_start
+class _RateKeeper:
+    """The auto sampler's side of the window: every tick, past the first calibration period,
+    re-derive N from the event rate and start a new epoch when it changes."""
+
+    def __init__(
+        self,
+        probe: Any,
+        targets: Sequence[SiteTarget],
+        opts: Options,
+        epochs: list[Epoch],
+        log: Callable[[str], None],
+    ) -> None:
+        self.probe, self.targets, self.opts, self.epochs, self.log = (
+            probe,
+            targets,
+            opts,
+            epochs,
+            log,
+        )
+        self.sampler = AutoSampler(opts.budget) if opts.sample is None else None
+        self.period = FIRST_CALIBRATION_SECONDS
+        self.last_t = 0.0
+        self.last_calls = 0
+        self.epoch_start = 0.0
+
+    def tick(self, now: float) -> None:
+        if self.sampler is None or now - self.last_t < self.period:
+            return
+        epochs = self.epochs
+        calls = sum(c.calls for c in read_counts(self.probe, self.targets).values())
+        cur = epochs[-1].n
+        new = self.sampler.next_rate(cur, calls - self.last_calls, now - self.last_t)
+        if new != cur:
+            epochs[-1].seconds = now - self.epoch_start
+            epochs[-1].events = calls - sum(e.events for e in epochs[:-1])
+            epochs.append(Epoch(new))
+            self.epoch_start = now
+            set_sampling(self.probe, new, len(epochs) - 1)
+            rate = (calls - self.last_calls) / (now - self.last_t)
+            self.log(
+                f"who-calls: sampling 1 in {new} ({rate:.0f} events/s, "
+                f"budget {self.opts.budget:.1%} of a CPU)"
+            )
+        self.last_t, self.last_calls, self.period = now, calls, ADJUST_SECONDS
+
+    def close(self, end: float) -> None:
+        self.epochs[-1].seconds = end - self.epoch_start
 
 
 def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Result:
     """Run a who-calls capture; returns the Result (also on Ctrl-C/SIGTERM, marked)."""
-    from allocscope.collector import workloads
-    from allocscope.probes.loader import interruptible
+    from allocscope.collector.capture import Capture
 
     if opts.depth < 1:
         raise AllocscopeError("who-calls: --depth must be >= 1")
@@ -542,41 +543,41 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         rules = attribution.build_skip_rules([], opts.skip)  # validate --skip early
     except ValueError as e:
         raise AllocscopeError(f"who-calls: {e}") from None
+    duration = opts.duration
+    if duration is None and opts.workload:
+        duration = 10.0  # a built-in workload without -d runs for 10 s
+    cap = Capture("who-calls", duration=duration, workload=opts.workload, pid=opts.pid)
     ksyms = Kallsyms.load()
     resolution_info = _allocinfo_for_resolution(opts)
     targets = resolve_sites(opts.sites, ksyms, resolution_info)
     rules = attribution.build_skip_rules([t.function for t in targets], opts.skip)
-    duration = opts.duration
-    if duration is None and opts.workload:
-        duration = 10.0
 
-    interrupted = False
     epochs = [Epoch(0 if opts.sample is None else opts.sample)]
-    proc = None
-    with interruptible():
+    with cap:
         probe, backend, read_tag, notes = open_probe(targets, opts, log)
-        try:
-            # after the compile (which allocates too), so the delta is the capture window's
-            before = _allocinfo_now(opts)
-            until = f"for {duration:g}s" if duration is not None else "until Ctrl-C"
-            if opts.during is not None and duration is None:
-                until = "while the workload runs"
-            log(f"who-calls: tracing {', '.join(t.label for t in targets)} via {backend} {until}")
-            start = time.time()
-            t0 = time.monotonic()
-            if opts.workload:
-                proc = workloads.start(opts.workload, duration or 10.0)
-            th = None
+        cap.hold(probe)
+        # after the compile (which allocates too), so the delta is the capture window's
+        before = _allocinfo_now(opts)
+        until = f"for {duration:g}s" if duration is not None else "until Ctrl-C"
+        if opts.during is not None and duration is None:
+            until = "while the workload runs"
+        log(f"who-calls: tracing {', '.join(t.label for t in targets)} via {backend} {until}")
+        keeper = _RateKeeper(probe, targets, opts, epochs, log)
+        threads: list[threading.Thread] = []
+
+        def start_during() -> None:
             if opts.during is not None:
                 th = threading.Thread(target=opts.during, name="who-calls-during", daemon=True)
                 th.start()
-            interrupted = _wait(probe, targets, opts, duration, th, t0, epochs, log)
-            elapsed = time.monotonic() - t0
-            raw = read_maps(probe, targets, read_tag)
-        finally:
-            probe.close()
-            if proc is not None:
-                workloads.stop(proc)
+                threads.append(th)
+
+        def during_done() -> bool:
+            return duration is None and bool(threads) and not threads[0].is_alive()
+
+        with cap.window(on_start=start_during) as w:
+            cap.wait(w, tick=keeper.tick, done=during_done)
+        keeper.close(w.seconds)
+        raw = read_maps(probe, targets, read_tag)
     after = (
         read_allocinfo(opts.allocinfo_file, lenient=True)
         if opts.allocinfo_file
@@ -593,7 +594,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         backend=backend,
         read_tag=read_tag,
         epochs=epochs,
-        duration=elapsed,
+        duration=w.seconds,
         before=before,
         after=after,
         notes=notes,
@@ -614,6 +615,5 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         "addresses": opts.addresses,
         "workload": opts.workload,
         "confidence": opts.confidence,
-        "interrupted": interrupted,
     }
-    return Result.of(payload, collect_host_metadata({}), start, elapsed, settings)
+    return cap.result(settings, payload.to_dict())

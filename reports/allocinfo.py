@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from allocscope.collector.containers import LABELS
 from allocscope.collector.diff import Diff, GroupChange, SiteChange
 from allocscope.collector.rollup import BUILTIN_MODULE, UNKNOWN_SUBSYSTEM, Rollup, Row
 from allocscope.reports.table import (
@@ -99,12 +100,39 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
             f"{fmt_bytes(r.shown_bytes, human)} of {fmt_bytes(r.total_bytes, human)}; "
             "see -n, --min-bytes)"
         )
+    line = counted_once_line(r, human)
+    if line:
+        out.append(line)
     if any_inaccurate:
         out.append(
             f"{INACCURATE_MARK} accurate:no - the counter missed allocations made before "
             "profiling started (early boot)"
         )
     return "\n".join(out) + "\n"
+
+
+def counted_once_line(r: Rollup, human: bool = True) -> str:
+    """One line under the total when containers are in it: the plain sum counts the slab
+    and per-CPU pages and the objects inside them (collector/containers.py)."""
+    t = r.counted
+    held = {k: c for k, c in t.containers.items() if c.bytes}
+    if not held:
+        return ""
+    parts = []
+    for c in held.values():
+        label = LABELS[c.kind]
+        if c.overhead_bytes is None:
+            parts.append(f"{label} {fmt_bytes(c.bytes, human)}")
+        else:
+            parts.append(
+                f"{label} {fmt_bytes(c.bytes, human)}, of which free or fragmented "
+                f"{fmt_bytes(c.overhead_bytes, human)}"
+            )
+    bound = "" if t.exact else " (at least: free slab space unknown for a saved file)"
+    return (
+        f"memory counted once: {fmt_bytes(t.memory_bytes, human)}{bound}; the total also "
+        f"counts the objects' containers: {'; '.join(parts)}"
+    )
 
 
 def _site_json(row: Row) -> dict[str, Any]:
@@ -150,6 +178,9 @@ def top_json(
             "calls": r.total_calls,
             "tags": r.total_tags,
             "rows": r.all_rows,
+            "memory_bytes": r.counted.memory_bytes,
+            "memory_exact": r.counted.exact,
+            "containers": r.counted.to_dict(),
         },
         "shown": {"bytes": r.shown_bytes, "calls": r.shown_calls, "rows": len(r.rows)},
     }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from typing import Any
 
@@ -123,15 +122,9 @@ def run_groups(args: argparse.Namespace) -> int:
 
 def run_toggle_cli(args: argparse.Namespace) -> int:
     from allocscope.cli.overhead import sampler_settings_from
-    from allocscope.collector import workloads
-    from allocscope.collector.ab import compare_toggle
-    from allocscope.collector.host import MEM_PROFILING_SYSCTL, collect_host_metadata, parse_labels
-    from allocscope.collector.overhead import Sampler, diff_snapshots
-    from allocscope.collector.overhead_payload import window_payload
-    from allocscope.collector.payloads import OverheadPayload, ToggleWindowResult
-    from allocscope.collector.result import Result, now
-    from allocscope.collector.toggle import SEMANTICS_NOTE, Sysctl, ToggleWindow, run_toggle
-    from allocscope.probes.loader import interruptible
+    from allocscope.collector.host import MEM_PROFILING_SYSCTL, parse_labels
+    from allocscope.collector.payloads import TogglePayload
+    from allocscope.collector.toggle import Sysctl, capture_toggle
     from allocscope.reports.overhead import toggle_table
 
     try:
@@ -151,85 +144,17 @@ def run_toggle_cli(args: argparse.Namespace) -> int:
     sysctl = Sysctl(args.sysctl or MEM_PROFILING_SYSCTL)
     sysctl.check_toggleable()  # refuse before spending time compiling probes
     settings, functions = sampler_settings_from(args)
-    host = collect_host_metadata(labels)
-    start = now()
-    window_payloads: list[tuple[str, OverheadPayload]] = []
-    child = None
-    with interruptible():
-        try:
-            with Sampler(settings) as sampler:
-                if args.workload:
-                    # runs until killed below, however long compiling or windows take
-                    child = workloads.start(args.workload, 10 * duration + 600)
-
-                def progress(w: ToggleWindow[Any]) -> None:
-                    n = len(done) + 1
-                    done.append(w)
-                    print(
-                        f"window {n}/{windows} (mem_profiling={w.state}) done",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-
-                done: list[ToggleWindow[Any]] = []
-                run = run_toggle(
-                    sysctl,
-                    sampler.snapshot,
-                    windows=windows,
-                    period=args.period,
-                    on_window=progress,
-                )
-                event = sampler.event
-                # Symbolizing is slow on emulated guests: done after the run, so every
-                # window is back to back and the sysctl spends no unmeasured time in one state.
-                for w in run.windows:
-                    window_payloads.append(
-                        (
-                            w.state,
-                            window_payload(
-                                diff_snapshots(w.begin, w.end),
-                                functions,
-                                sampler.frames,
-                                settings.frequency,
-                                sampler.period_cpus(),
-                            ),
-                        )
-                    )
-        finally:
-            if child is not None:
-                workloads.stop(child)
-    compared = compare_toggle(window_payloads, alpha=args.alpha, seed=_seed(args))
-    payload = dataclasses.replace(
-        compared,
-        original=run.original,
-        restored=run.restored,
+    result = capture_toggle(
+        sysctl,
+        settings,
+        functions,
+        duration=duration,
         period=args.period,
-        windows=len(window_payloads),
-        interrupted=run.interrupted,
-        window_results=tuple(
-            ToggleWindowResult(index=i, mem_profiling=s, window=p)
-            for i, (s, p) in enumerate(window_payloads)
-        ),
-        notes=(SEMANTICS_NOTE, *compared.sample_notes),
+        windows=windows,
+        workload=args.workload,
+        labels=labels,
+        alpha=args.alpha,
+        seed=_seed(args),
+        log=lambda m: print(m, file=sys.stderr, flush=True),
     )
-    result = Result.of(
-        payload,
-        host,
-        start,
-        now() - start,
-        {
-            "event": event,
-            "frequency": settings.frequency,
-            "period": args.period,
-            "duration": duration,
-            "windows_planned": windows,
-            "cpus": settings.cpus,
-            "pid": settings.pid,
-            "exact_function": settings.exact_function,
-            "functions": [f.name for f in functions if f.present],
-            "workload": args.workload,
-            "sysctl": sysctl.path,
-            "interrupted": run.interrupted,
-        },
-    )
-    return emit_result(result, args, lambda: toggle_table(payload))
+    return emit_result(result, args, lambda: toggle_table(result.typed(TogglePayload)))

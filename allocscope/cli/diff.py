@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     for snap in (a, b):
         print_warnings(snap)
     d = diff_snapshots(a, b, subsystems)
+    for note in d.notes:
+        print(f"allocscope: note: {note}", file=sys.stderr)
     limit = args.top
     if limit is None and not (args.json or args.csv):
         limit = 30

@@ -224,6 +224,13 @@ def run(args: argparse.Namespace) -> int:
     if limit is None and not (args.json or args.csv):
         limit = 30
     filters = Filters.of(args.function, args.path, args.module)
+    slab_objects = None
+    if args.file is None and args.live is None:
+        # this host's allocinfo, now: the kernel's own slab object figure makes the
+        # counted-once total exact (collector/containers.py)
+        from allocscope.collector.containers import slab_objects_bytes
+
+        slab_objects = slab_objects_bytes()
     try:
         r = rollup(
             snap.records,
@@ -233,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
             min_bytes=args.min_bytes,
             filters=filters,
             subsystems=subsystems,
+            slab_objects=slab_objects,
         )
     except ValueError as e:
         raise AllocscopeError(str(e)) from None
