@@ -10,15 +10,22 @@ allocator itself differs between kernels), so mixing them is refused unless ``--
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from allocscope.collector import stats
-from allocscope.collector.overhead import hist_quantile
+from allocscope.collector.overhead_payload import hist_quantile
+from allocscope.collector.payloads import (
+    AbPayload,
+    Comparison,
+    HistBucket,
+    OverheadPayload,
+    PooledRow,
+    TogglePayload,
+)
 from allocscope.collector.result import Result
 from allocscope.errors import AllocscopeError
 
-METRICS = ("ns_per_call", "inclusive_share")
 # The headline function for "CPU per page allocation", most specific first.
 PRIMARY_PAGE = (
     "__alloc_frozen_pages_noprof",
@@ -58,9 +65,9 @@ def check_comparable(results: Sequence[Loaded], *, force: bool = False) -> list[
     return notes
 
 
-def function_values(result: Result) -> dict[tuple[str, str], float]:
+def function_values(item: Loaded) -> dict[tuple[str, str], float]:
     """(function, metric) -> value for every present function with data in one result."""
-    return _window_values(result.payload)
+    return _window_values(item.result.typed(OverheadPayload, item.path))
 
 
 def compare(
@@ -74,67 +81,64 @@ def compare(
     alpha: float = 0.05,
     seed: int = stats.DEFAULT_SEED,
     n_boot: int = 2000,
-) -> dict[str, Any]:
+) -> Comparison:
     """One row of an ab table: group statistics, ratio a/b with CI, p-value, verdict flag."""
-    row: dict[str, Any] = {
-        "function": function,
-        "metric": metric,
-        "stat": stat,
-        "n_a": len(a),
-        "n_b": len(b),
-        "mean_a": stats._mean(a) if a else None,
-        "mean_b": stats._mean(b) if b else None,
-        "median_a": stats.STATS["median"](a) if a else None,
-        "median_b": stats.STATS["median"](b) if b else None,
-        "ratio": None,
-        "ci_low": None,
-        "ci_high": None,
-        "p_value": None,
-        "test": None,
-        "welch_p": None,
-        "significant": False,
-        "note": "",
-    }
+    row = Comparison(
+        function=function,
+        metric=metric,
+        stat=stat,
+        n_a=len(a),
+        n_b=len(b),
+        mean_a=stats._mean(a) if a else None,
+        mean_b=stats._mean(b) if b else None,
+        median_a=stats.STATS["median"](a) if a else None,
+        median_b=stats.STATS["median"](b) if b else None,
+    )
     if len(a) < 2 or len(b) < 2:
-        row["note"] = "needs at least 2 values per group"
-        if a and b:
-            row["ratio"] = stats._ratio(stats.STATS[stat](a), stats.STATS[stat](b))
-        return row
+        ratio = stats._ratio(stats.STATS[stat](a), stats.STATS[stat](b)) if a and b else None
+        return replace(row, ratio=ratio, note="needs at least 2 values per group")
+    welch_p = None
     if paired:
         ci = stats.paired_bootstrap_ratio_ci(a, b, n_boot=n_boot, alpha=alpha, seed=seed)
         test = stats.wilcoxon_signed_rank([x - y for x, y in zip(a, b, strict=True)])
-        row["test"] = f"wilcoxon-{test.method}"
+        test_name = f"wilcoxon-{test.method}"
     else:
         ci = stats.bootstrap_ratio_ci(a, b, stat=stat, n_boot=n_boot, alpha=alpha, seed=seed)
         test = stats.mann_whitney_u(a, b)
-        row["test"] = f"mann-whitney-{test.method}"
+        test_name = f"mann-whitney-{test.method}"
         try:
-            row["welch_p"] = stats.welch_t(a, b)[2]
+            welch_p = stats.welch_t(a, b)[2]
         except ValueError:
             pass
-    row.update(ratio=ci.ratio, ci_low=ci.low, ci_high=ci.high, p_value=test.p_value)
-    row["significant"] = test.p_value < alpha and ci.excludes_one()
-    if ci.ratio is None:
-        row["note"] = "control value is zero"
-    return row
+    return replace(
+        row,
+        ratio=ci.ratio,
+        ci_low=ci.low,
+        ci_high=ci.high,
+        p_value=test.p_value,
+        test=test_name,
+        welch_p=welch_p,
+        significant=test.p_value < alpha and ci.excludes_one(),
+        note="control value is zero" if ci.ratio is None else "",
+    )
 
 
-def headline(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def headline(comparisons: Sequence[Comparison]) -> list[Comparison]:
     """The verdict lines: CPU per call of the page allocator core and of each allocator group,
     plus any other significant difference."""
-    by_key = {(c["function"], c["metric"]): c for c in comparisons}
-    picked: list[dict[str, Any]] = []
+    by_key = {(c.function, c.metric): c for c in comparisons}
+    picked: list[Comparison] = []
     for name in PRIMARY_PAGE:
         for metric in ("exact_median_ns", "ns_per_call"):
             if (name, metric) in by_key:
                 picked.append(by_key[(name, metric)])
-        if any(c["function"] == name for c in picked):
+        if any(c.function == name for c in picked):
             break
     for g in HEADLINE_GROUPS:
         if (g, "ns_per_call") in by_key:
             picked.append(by_key[(g, "ns_per_call")])
     for c in comparisons:
-        if c["significant"] and c not in picked and c["metric"] == "ns_per_call":
+        if c.significant and c not in picked and c.metric == "ns_per_call":
             picked.append(c)
     return picked
 
@@ -148,13 +152,13 @@ def compare_groups(
     alpha: float = 0.05,
     seed: int = stats.DEFAULT_SEED,
     force: bool = False,
-) -> dict[str, Any]:
+) -> AbPayload:
     """The ``ab`` payload for two groups of overhead results."""
     if not a or not b:
         raise AllocscopeError("ab needs at least one result in each group")
     notes = check_comparable([*a, *b], force=force)
-    va = [function_values(x.result) for x in a]
-    vb = [function_values(x.result) for x in b]
+    va = [function_values(x) for x in a]
+    vb = [function_values(x) for x in b]
     keys: list[tuple[str, str]] = []
     for vals in [*va, *vb]:
         for k in vals:
@@ -171,81 +175,92 @@ def compare_groups(
         states = {x.result.host.mem_profiling for x in group}
         if len(states) > 1:
             notes.append(f"{lab} hosts differ in vm.mem_profiling: {sorted(map(str, states))}")
-    return {
-        "labels": list(labels),
-        "stat": stat,
-        "alpha": alpha,
-        "seed": seed,
-        "inputs": {labels[0]: [x.path for x in a], labels[1]: [x.path for x in b]},
-        "event": a[0].result.settings.get("event"),
-        "frequency": a[0].result.settings.get("frequency"),
-        "kernel": a[0].result.host.kernel_release,
-        "comparisons": comparisons,
-        "verdicts": headline(comparisons),
-        "notes": notes,
-    }
+    return AbPayload(
+        labels=labels,
+        stat=stat,
+        alpha=alpha,
+        seed=seed,
+        inputs={labels[0]: tuple(x.path for x in a), labels[1]: tuple(x.path for x in b)},
+        event=a[0].result.settings.get("event"),
+        frequency=a[0].result.settings.get("frequency"),
+        kernel=a[0].result.host.kernel_release,
+        comparisons=tuple(comparisons),
+        verdicts=tuple(headline(comparisons)),
+        notes=tuple(notes),
+    )
 
 
-EXACT_METRICS = {"exact_median_ns": "median_ns", "exact_mean_ns": "mean_ns"}
-
-
-def _window_values(payload: dict[str, Any]) -> dict[tuple[str, str], float]:
+def _window_values(payload: OverheadPayload) -> dict[tuple[str, str], float]:
     """(function, metric) -> value from one overhead payload (a host, or a toggle window)."""
     out: dict[tuple[str, str], float] = {}
-    for row in payload.get("functions", []):
-        if not row.get("present"):
+    for row in payload.functions:
+        if not row.present:
             continue
-        for metric in METRICS:
-            v = row.get(metric)
+        for metric, v in (
+            ("ns_per_call", row.ns_per_call),
+            ("inclusive_share", row.inclusive_share),
+        ):
             if v is not None:
-                out[(row["function"], metric)] = float(v)
-    exact = payload.get("exact")
-    for metric, key in EXACT_METRICS.items():
-        if exact and exact.get(key) is not None:
-            out[(exact["function"], metric)] = float(exact[key])
+                out[(row.function, metric)] = float(v)
+    exact = payload.exact
+    if exact is not None:
+        for metric, v in (("exact_median_ns", exact.median_ns), ("exact_mean_ns", exact.mean_ns)):
+            if v is not None:
+                out[(exact.function, metric)] = float(v)
     return out
 
 
-def pooled(windows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+@dataclass(slots=True)
+class Pool:
+    """One function over a set of windows (or ``exact:<function>``, the fexit timing)."""
+
+    samples: int = 0
+    calls: int = 0
+    ns: float = 0.0
+    hist: dict[tuple[int, int], int] | None = None
+    ns_per_call: float | None = None
+    median_ns: float | None = None
+
+
+def pooled(windows: Sequence[OverheadPayload]) -> dict[str, Pool]:
     """Per function over a set of windows: total samples x period / total calls, and exact."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Pool] = {}
     for w in windows:
-        for row in w.get("functions", []):
-            if not row.get("present"):
+        for row in w.functions:
+            if not row.present:
                 continue
-            d = out.setdefault(row["function"], {"samples": 0, "calls": 0, "ns": 0.0})
-            d["samples"] += row["inclusive_samples"]
-            d["calls"] += row["calls"] or 0
-            d["ns"] += row["inclusive_samples"] * w["period_ns"]
-        exact = w.get("exact")
-        if exact:
-            d = out.setdefault(
-                f"exact:{exact['function']}", {"samples": 0, "calls": 0, "ns": 0.0, "hist": {}}
-            )
-            d["calls"] += exact["calls"]
-            d["ns"] += exact["total_ns"]
-            for b in exact.get("hist", []):
-                k = (b["lo_ns"], b["hi_ns"])
-                d["hist"][k] = d["hist"].get(k, 0) + b["count"]
+            d = out.setdefault(row.function, Pool())
+            d.samples += row.inclusive_samples
+            d.calls += row.calls or 0
+            d.ns += row.inclusive_samples * (w.period_ns or 0.0)
+        exact = w.exact
+        if exact is not None:
+            d = out.setdefault(f"exact:{exact.function}", Pool(hist={}))
+            d.calls += exact.calls
+            d.ns += exact.total_ns
+            hist = d.hist if d.hist is not None else {}
+            for bucket in exact.hist:
+                k = (bucket.lo_ns, bucket.hi_ns)
+                hist[k] = hist.get(k, 0) + bucket.count
+            d.hist = hist
     for d in out.values():
-        d["ns_per_call"] = d["ns"] / d["calls"] if d["calls"] else None
-        hist = d.pop("hist", None)
-        if hist is not None:
-            d["median_ns"] = hist_quantile(
-                [{"lo_ns": lo, "hi_ns": hi, "count": n} for (lo, hi), n in hist.items()], 0.5
-            )
+        d.ns_per_call = d.ns / d.calls if d.calls else None
+        if d.hist is not None:
+            buckets = [HistBucket(lo_ns=lo, hi_ns=hi, count=n) for (lo, hi), n in d.hist.items()]
+            d.median_ns = hist_quantile(buckets, 0.5)
     return out
 
 
 def compare_toggle(
-    windows: Sequence[tuple[str, dict[str, Any]]],
+    windows: Sequence[tuple[str, OverheadPayload]],
     *,
     alpha: float = 0.05,
     seed: int = stats.DEFAULT_SEED,
-) -> dict[str, Any]:
+) -> TogglePayload:
     """Paired comparison of on/off windows: ``windows`` is [(state, window payload)] in order,
-    paired as (0,1), (2,3), ... The ratio is on/off."""
-    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    paired as (0,1), (2,3), ... The ratio is on/off. The caller adds the run's facts (sysctl
+    values, windows, notes) with ``dataclasses.replace``."""
+    pairs: list[tuple[OverheadPayload, OverheadPayload]] = []
     for i in range(0, len(windows) - 1, 2):
         (sa, pa), (sb, pb) = windows[i], windows[i + 1]
         if {sa, sb} == {"1", "0"}:
@@ -265,59 +280,67 @@ def compare_toggle(
                 ys.append(voff[(fn, metric)])
         if xs and any([*xs, *ys]):
             comparisons.append(compare(fn, metric, xs, ys, paired=True, alpha=alpha, seed=seed))
+    return TogglePayload(
+        labels=("profiling on", "profiling off"),
+        sample_notes=tuple(_thin_notes(windows)),
+        alpha=alpha,
+        seed=seed,
+        pairs=len(pairs),
+        comparisons=tuple(comparisons),
+        verdicts=tuple(headline(comparisons)),
+        pooled=tuple(_pooled_rows(pairs)),
+    )
+
+
+def _pooled_rows(pairs: Sequence[tuple[OverheadPayload, OverheadPayload]]) -> list[PooledRow]:
+    """Every on window pooled against every off window, per function (and fexit median)."""
     on_pool = pooled([on for on, _ in pairs])
     off_pool = pooled([off for _, off in pairs])
-    pooled_rows = []
+    rows = []
     for name, d in on_pool.items():
         o = off_pool.get(name)
         if o is None:
             continue
-        a, b = d["ns_per_call"], o["ns_per_call"]
-        pooled_rows.append(
-            {
-                "function": name,
-                "on_ns_per_call": a,
-                "off_ns_per_call": b,
-                "on_samples": d["samples"],
-                "off_samples": o["samples"],
-                "on_calls": d["calls"],
-                "off_calls": o["calls"],
-                "ratio": a / b if a is not None and b else None,
-            }
-        )
-        if "median_ns" in d and "median_ns" in o:
-            ma, mb = d["median_ns"], o["median_ns"]
-            pooled_rows.append(
-                {
-                    "function": f"{name} (median)",
-                    "on_ns_per_call": ma,
-                    "off_ns_per_call": mb,
-                    "on_samples": 0,
-                    "off_samples": 0,
-                    "on_calls": d["calls"],
-                    "off_calls": o["calls"],
-                    "ratio": ma / mb if ma is not None and mb else None,
-                }
+        a, b = d.ns_per_call, o.ns_per_call
+        rows.append(
+            PooledRow(
+                function=name,
+                on_ns_per_call=a,
+                off_ns_per_call=b,
+                on_samples=d.samples,
+                off_samples=o.samples,
+                on_calls=d.calls,
+                off_calls=o.calls,
+                ratio=a / b if a is not None and b else None,
             )
-    notes = []
+        )
+        if d.hist is not None and o.hist is not None:
+            ma, mb = d.median_ns, o.median_ns
+            rows.append(
+                PooledRow(
+                    function=f"{name} (median)",
+                    on_ns_per_call=ma,
+                    off_ns_per_call=mb,
+                    on_samples=0,
+                    off_samples=0,
+                    on_calls=d.calls,
+                    off_calls=o.calls,
+                    ratio=ma / mb if ma is not None and mb else None,
+                )
+            )
+    return rows
+
+
+def _thin_notes(windows: Sequence[tuple[str, OverheadPayload]]) -> list[str]:
     thin = [
-        row["inclusive_samples"]
+        row.inclusive_samples
         for _, w in windows
-        for row in w.get("functions", [])
-        if row["function"] == "[page allocator]" and row.get("present")
+        for row in w.functions
+        if row.function == "[page allocator]" and row.present
     ]
     if thin and min(thin) < 20:
-        notes.append(
+        return [
             f"as few as {min(thin)} page-allocator samples in a window: the sampled ns/call is "
             "noisy; raise -F or --period, or add --exact"
-        )
-    return {
-        "labels": ["profiling on", "profiling off"],
-        "sample_notes": notes,
-        "alpha": alpha,
-        "seed": seed,
-        "pairs": len(pairs),
-        "comparisons": comparisons,
-        "verdicts": headline(comparisons),
-        "pooled": pooled_rows,
-    }
+        ]
+    return []

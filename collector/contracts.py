@@ -1,54 +1,48 @@
-"""The result file's payload contracts, defined once: what each kind's payload must hold.
+"""Typed result contracts: a frozen dataclass per payload block is the check, the type and the doc.
 
 A result file is read back by ``ab``, ``report`` and fleet ``ingest`` on other machines, often
-long after it was written, so it is checked at the door: every field listed here must be present
-with its JSON type, and a payload that does not match its ``kind`` is refused (a who-calls
-payload labelled ``overhead`` used to be ingested as a row of NULLs). Errors name the file and
-the field path (``payload.sites[2].total_calls: expected an integer, got "x"``), on one line.
+long after it was written, so it is checked at the door: every field a type declares must be
+present (unless optional) with its JSON type, and a payload that does not match its ``kind`` is
+refused (a who-calls payload labelled ``overhead`` used to be ingested as a row of NULLs). Errors
+name the field path (``payload.sites[2].total_calls: expected an integer, got 'x'``), on one line;
+``Result.from_dict`` adds the file.
 
-A :class:`Field` tree is the contract; ``docs/schemas.md`` is generated from it
-(``scripts/gen-schemas``), so the reference and the check cannot drift apart. Fields not listed
-are allowed (producers add context freely); the listed ones are what consumers read.
+This module is the engine: :class:`Contract` derives ``from_dict``/``to_dict`` and the
+``docs/schemas.md`` tables from a dataclass's annotations and its fields' metadata
+(:func:`req`/:func:`opt`), so the reference, the check and the type cannot drift apart. The
+payload types themselves live in :mod:`allocscope.collector.payloads`.
+
+Rules the engine applies to every field:
+
+* JSON types come from the annotation: ``int`` (not ``bool``), ``float`` (int or float, finite:
+  NaN and infinities are refused), ``str``, ``bool``, ``tuple[X, ...]`` (an array),
+  ``dict[str, X]`` (an object), a nested :class:`Contract`, ``Any``; ``X | None`` on a required
+  field means JSON ``null`` is allowed.
+* ``opt(..., default=None)``: the key may be absent (read as ``None``, not written when
+  ``None``); with ``nullable=True`` it may also be ``null`` and is always written.
+  ``opt(..., default=<value>)``: absent reads as the default; always written.
+* ``nonneg=True``: a count, size or time, refused when negative.
+* Keys a type does not declare are kept, in order, in ``extra`` (producers add context; ingest
+  stores the whole payload), and only their nesting depth is bounded (:data:`MAX_DEPTH`).
+* ``to_dict`` writes declared fields in declaration order, then ``extra``: the producers' JSON,
+  byte for byte.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar, Union
 
 MAX_DEPTH = 32  # payloads nest 4-5 levels; anything deeper is not ours
 
-
-@dataclass(frozen=True)
-class Field:
-    """One JSON value: ``type`` is one of the names in :data:`CHECKS`."""
-
-    type: str
-    doc: str = ""
-    optional: bool = False
-    nullable: bool = False
-    fields: dict[str, Field] = field(default_factory=dict)  # for "object"
-    items: Field | None = None  # for "array"
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-CHECKS: dict[str, tuple[str, Any]] = {
-    "integer": ("an integer", _is_int),
-    "number": ("a finite number", _is_number),
-    "string": ("a string", lambda v: isinstance(v, str)),
-    "boolean": ("true or false", lambda v: isinstance(v, bool)),
-    "object": ("an object", lambda v: isinstance(v, dict)),
-    "array": ("an array", lambda v: isinstance(v, list)),
-    "any": ("any value", lambda v: True),
-}
+C = TypeVar("C", bound="Contract")
+_ABSENT: Any = object()
 
 
 class ContractError(ValueError):
@@ -59,40 +53,220 @@ class ContractError(ValueError):
         super().__init__(f"{path}: {message}")
 
 
+def req(doc: str, *, nonneg: bool = False, flatten: bool = False) -> Any:
+    """A required field. ``flatten``: a nested contract whose keys sit in this object's own."""
+    return field(metadata={"doc": doc, "nonneg": nonneg, "flatten": flatten})
+
+
+def opt(doc: str, *, default: Any = None, nullable: bool = False, nonneg: bool = False) -> Any:
+    """An optional field (see the module docstring for how absent, null and default interact).
+    A list or dict default is stored as a tuple or a fresh dict."""
+    meta = {"doc": doc, "optional": True, "nullable": nullable, "nonneg": nonneg}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One declared field, resolved once per class."""
+
+    name: str
+    hint: Any
+    doc: str
+    optional: bool
+    nullable: bool
+    nonneg: bool
+    flatten: bool
+    default: Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contract:
+    """Base of every payload type: ``from_dict``/``to_dict`` derived from the annotations."""
+
+    KIND: ClassVar[str] = ""  # the result kind a top-level payload type is the payload of
+
+    extra: dict[str, Any] = field(default_factory=dict, compare=True, repr=False)
+
+    @classmethod
+    def from_dict(cls: type[C], data: Any, path: str = "payload") -> C:
+        """Validate ``data`` against this type; :class:`ContractError` names the field path."""
+        return _decode_contract(cls, data, path, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, declared fields in order then ``extra``."""
+        out: dict[str, Any] = {}
+        for s in specs(type(self)):
+            v = getattr(self, s.name)
+            if s.flatten:
+                assert isinstance(v, Contract)
+                out.update(v.to_dict())
+                continue
+            if v is None and s.optional and not s.nullable:
+                continue
+            out[s.name] = _encode(v)
+        for k, v in self.extra.items():
+            out.setdefault(k, v)
+        return out
+
+
+_SPECS: dict[type[Contract], tuple[Spec, ...]] = {}
+
+
+def specs(cls: type[Contract]) -> tuple[Spec, ...]:
+    """The declared fields of ``cls`` (``extra`` excluded), in declaration order (cached)."""
+    known = _SPECS.get(cls)
+    if known is None:
+        known = _SPECS[cls] = _resolve(cls)
+    return known
+
+
+def _resolve(cls: type[Contract]) -> tuple[Spec, ...]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name == "extra":
+            continue
+        m = f.metadata
+        if "doc" not in m:
+            raise TypeError(f"{cls.__name__}.{f.name}: declare it with req() or opt()")
+        default: Any = _ABSENT
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory
+        out.append(
+            Spec(
+                f.name,
+                hints[f.name],
+                m["doc"],
+                bool(m.get("optional")),
+                bool(m.get("nullable")) or (not m.get("optional") and _has_none(hints[f.name])),
+                bool(m.get("nonneg")),
+                bool(m.get("flatten")),
+                default,
+            )
+        )
+    return tuple(out)
+
+
+def _has_none(hint: Any) -> bool:
+    return _is_union(hint) and type(None) in typing.get_args(hint)
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (Union, types.UnionType)
+
+
+def _strip_none(hint: Any) -> Any:
+    if _is_union(hint):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _is_contract(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, Contract)
+
+
 def _show(v: Any) -> str:
+    if v is None:
+        return "null"
     text = repr(v) if not isinstance(v, (dict, list)) else type(v).__name__
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check(value: Any, spec: Field, path: str, depth: int = 0) -> None:
-    """Raise :class:`ContractError` at the first place ``value`` breaks ``spec``."""
+def _decode_contract(cls: type[C], data: Any, path: str, depth: int) -> C:
     if depth > MAX_DEPTH:
         raise ContractError(path, f"nested deeper than {MAX_DEPTH} levels")
-    if value is None:
-        if spec.nullable or spec.type == "any":
-            return
-        raise ContractError(path, f"expected {CHECKS[spec.type][0]}, got null")
-    what, ok = CHECKS[spec.type]
-    if not ok(value):
-        raise ContractError(path, f"expected {what}, got {_show(value)}")
-    if spec.type == "object":
-        for name, sub in spec.fields.items():
-            if name not in value:
-                if sub.optional:
-                    continue
-                raise ContractError(f"{path}.{name}", "missing")
-            check(value[name], sub, f"{path}.{name}", depth + 1)
-        for name, sub in value.items():  # unlisted fields: only their depth is bounded
-            if name not in spec.fields:
-                _bounded(sub, f"{path}.{name}", depth + 1)
-    elif spec.type == "array":
-        for i, item in enumerate(value):
-            if spec.items is not None:
-                check(item, spec.items, f"{path}[{i}]", depth + 1)
-            else:
-                _bounded(item, f"{path}[{i}]", depth + 1)
-    elif spec.type == "any":
-        _bounded(value, path, depth)
+    if not isinstance(data, dict):
+        raise ContractError(path, f"expected an object, got {_show(data)}")
+    kwargs: dict[str, Any] = {}
+    own: set[str] = set()
+    flat: Spec | None = None
+    for s in specs(cls):
+        if s.flatten:
+            flat = s
+            continue
+        own.add(s.name)
+        p = f"{path}.{s.name}"
+        if s.name not in data:
+            if not s.optional:
+                raise ContractError(p, "missing")
+            d = s.default
+            kwargs[s.name] = d() if callable(d) else d
+            continue
+        v = data[s.name]
+        if v is None:
+            if s.nullable:
+                kwargs[s.name] = None
+                continue
+            raise ContractError(p, f"expected {_what(_strip_none(s.hint))}, got null")
+        kwargs[s.name] = _decode(_strip_none(s.hint), v, p, depth + 1, s.nonneg)
+    rest = {k: v for k, v in data.items() if k not in own}
+    if flat is not None:
+        kwargs[flat.name] = _decode_contract(flat.hint, rest, path, depth)
+        rest = {}
+    for k, v in rest.items():
+        _bounded(v, f"{path}.{k}", depth + 1)
+    return cls(extra=rest, **kwargs)
+
+
+_SCALARS: dict[Any, tuple[str, Callable[[Any], bool]]] = {
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: (
+        "a finite number",
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    ),
+    str: ("a string", lambda v: isinstance(v, str)),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def _what(hint: Any) -> str:
+    if hint in _SCALARS:
+        return _SCALARS[hint][0]
+    origin = typing.get_origin(hint)
+    if origin in (tuple, list):
+        return "an array"
+    if origin is dict or _is_contract(hint):
+        return "an object"
+    return "any value"
+
+
+def _decode(hint: Any, v: Any, path: str, depth: int, nonneg: bool = False) -> Any:
+    if depth > MAX_DEPTH:
+        raise ContractError(path, f"nested deeper than {MAX_DEPTH} levels")
+    if v is None and _has_none(hint):
+        return None
+    hint = _strip_none(hint)
+    if hint is Any:
+        _bounded(v, path, depth)
+        return v
+    if hint in _SCALARS:
+        what, ok = _SCALARS[hint]
+        if not ok(v):
+            raise ContractError(path, f"expected {what}, got {_show(v)}")
+        if nonneg and isinstance(v, (int, float)) and v < 0:
+            raise ContractError(path, f"must not be negative, got {_show(v)}")
+        return v
+    if _is_contract(hint):
+        return _decode_contract(hint, v, path, depth)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(v, list):
+            raise ContractError(path, f"expected an array, got {_show(v)}")
+        return tuple(
+            _decode(args[0], x, f"{path}[{i}]", depth + 1, nonneg) for i, x in enumerate(v)
+        )
+    if origin is dict:
+        if not isinstance(v, dict):
+            raise ContractError(path, f"expected an object, got {_show(v)}")
+        return {k: _decode(args[1], x, f"{path}.{k}", depth + 1, nonneg) for k, x in v.items()}
+    raise TypeError(f"{path}: unsupported contract type {hint!r}")
 
 
 def _bounded(value: Any, path: str, depth: int) -> None:
@@ -106,243 +280,59 @@ def _bounded(value: Any, path: str, depth: int) -> None:
             _bounded(v, f"{path}[{i}]", depth + 1)
 
 
-def obj(doc: str = "", optional: bool = False, nullable: bool = False, **fields: Field) -> Field:
-    return Field("object", doc, optional, nullable, fields)
+def _encode(v: Any) -> Any:
+    if isinstance(v, Contract):
+        return v.to_dict()
+    if isinstance(v, (tuple, list)):
+        return [_encode(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _encode(x) for k, x in v.items()}
+    return v
 
 
-def arr(items: Field | None, doc: str = "", optional: bool = False) -> Field:
-    return Field("array", doc, optional, items=items)
+# --- the reference, from the types ---------------------------------------------------------
 
 
-INT, NUM, STR, BOOL = (Field(t) for t in ("integer", "number", "string", "boolean"))
+def type_name(hint: Any) -> str:
+    """The JSON type of an annotation, as the schema tables write it."""
+    hint = _strip_none(hint)
+    if hint in _SCALARS:
+        return {int: "integer", float: "number", str: "string", bool: "boolean"}[hint]
+    if _is_contract(hint):
+        return "object"
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is tuple:
+        return f"array of {type_name(args[0])}"
+    if origin is dict:
+        return "object" if args[1] is Any else f"object of {type_name(args[1])}"
+    return "any"
 
 
-def f(type_: str, doc: str, *, optional: bool = False, nullable: bool = False) -> Field:
-    return Field(type_, doc, optional, nullable)
+def doc_of(cls: type[Contract]) -> str:
+    """A type's doc line: the first paragraph of its docstring."""
+    return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
 
 
-_COUNTS = obj(
-    "allocinfo totals of the tag's line(s)",
-    nullable=True,
-    bytes=f("integer", "live bytes"),
-    calls=f("integer", "live calls"),
-)
-ALLOCINFO_JOIN = obj(
-    "the tag's allocinfo line(s) read before and after the window",
-    nullable=True,
-    optional=True,
-    source=f("string", "where allocinfo was read"),
-    match=f("string", "exact-tag | allocinfo-line | function-name | none"),
-    tags=arr(STR, "the allocinfo tags joined"),
-    before=_COUNTS,
-    after=_COUNTS,
-    delta=_COUNTS,
-)
-CALLER_ROW = obj(
-    "one caller of a site",
-    site=f("string", "the site as the user named it", optional=True),
-    caller=f("string", "the attributed caller (function, or a chain with --depth)"),
-    calls=f("integer", "estimated calls from this caller during the window"),
-    samples=f("integer", "stacks sampled", optional=True),
-    share=f("number", "estimated share of the site's calls"),
-    ci_low=f("number", "share interval, low end", optional=True),
-    ci_high=f("number", "share interval, high end", optional=True),
-    bytes=f("integer", "estimated bytes", optional=True),
-)
-SITE_BLOCK = obj(
-    "one site of a who-calls capture",
-    site=f("string", "as the user typed it"),
-    function=f("string", "clone-free function name"),
-    tag=f("string", "allocinfo tag joined", nullable=True, optional=True),
-    total_calls=f("integer", "every matching event counted in kernel"),
-    total_bytes=f("integer", "bytes of those events", optional=True),
-    sampled=f("integer", "events whose stack was walked", optional=True),
-    lost=f("integer", "stack_errors + hash_full", optional=True),
-    allocinfo=ALLOCINFO_JOIN,
-)
-WHO_CALLS = obj(
-    "who-calls: callers of one or more allocation sites",
-    site=f("string", "the sites, comma-separated"),
-    sites=arr(SITE_BLOCK, "one block per site", optional=True),
-    backend=f("string", "raw_tracepoint | tracepoint | kprobe | fentry", optional=True),
-    tag_mode=f("string", "exact-tag | function-name", optional=True),
-    total_calls=f("integer", "events over all sites"),
-    total_bytes=f("integer", "bytes over all sites", optional=True),
-    sampled=f("integer", "stacks sampled", optional=True),
-    sample_rate=f("integer", "the last 1-in-N", optional=True),
-    sample_mode=f("string", "auto | fixed", optional=True),
-    duration=f("number", "seconds captured", optional=True),
-    confidence=f("number", "interval confidence level", optional=True),
-    callers=arr(CALLER_ROW, "callers of every site, by share"),
-    other=arr(obj("callers under --min-share, summed"), "one row per site", optional=True),
-    folded=f("object", "folded stack -> samples", optional=True),
-    counters=f("object", "map-full, stack-walk and symbolisation counters", optional=True),
-    notes=arr(STR, "what the reader must know", optional=True),
-)
-FUNCTION_ROW = obj(
-    "one allocator function",
-    function=f("string", "function name"),
-    kind=f("string", "slab | page | vmalloc | ..."),
-    present=f("boolean", "in this kernel's kallsyms"),
-    inclusive_samples=f("integer", "samples with the function on the stack"),
-    self_samples=f("integer", "samples with the function as the leaf", optional=True),
-    inclusive_share=f("number", "of busy samples", nullable=True),
-    calls=f("integer", "calls counted at the tracepoints", nullable=True),
-)
-OVERHEAD = obj(
-    "overhead: CPU spent in the allocators during a window",
-    seconds=f("number", "window length"),
-    period_ns=f("number", "CPU time one sample stands for", optional=True),
-    samples=obj("sample counts by kind", optional=True, total=INT, busy=INT),
-    functions=arr(FUNCTION_ROW, "one row per allocator function"),
-    event=f("string", "perf event sampled: cpu-cycles | cpu-clock", optional=True),
-    profiling_memory=obj("memory the profiling itself uses", optional=True, status=STR),
-)
-TOP_LIVE = obj(
-    "top --live: per-function bytes and calls from the kmem tracepoints",
-    bytes_kind=f("string", "live | allocated"),
-    backend=f("string", "hooks used", optional=True),
-    events=f("integer", "events seen", optional=True),
-    lost=f("object", "events not accounted for, by reason", optional=True),
-    sites=arr(
-        obj(
-            "one allocating function",
-            function=STR,
-            module=STR,
-            bytes=INT,
-            calls=INT,
-            extras=f("object", "source, alloc_bytes, ..."),
-        ),
-        "biggest first",
-    ),
-)
-COMPARISON = obj(
-    "one function x metric comparison",
-    function=STR,
-    metric=f("string", "", optional=True),
-    n_a=f("integer", "", optional=True),
-    n_b=f("integer", "", optional=True),
-    ratio=f("number", "B over A", nullable=True, optional=True),
-    ci_low=f("number", "bootstrap interval", nullable=True, optional=True),
-    ci_high=f("number", "bootstrap interval", nullable=True, optional=True),
-    significant=f("boolean", "", optional=True),
-)
-AB = obj(
-    "ab: pilot vs control overhead results",
-    labels=arr(STR, "the two groups' names", optional=True),
-    stat=f("string", "statistic compared", optional=True),
-    alpha=f("number", "significance level", optional=True),
-    comparisons=arr(COMPARISON, "one row per function and metric"),
-    verdicts=f("array", "headline verdicts"),
-    notes=arr(STR, "caveats", optional=True),
-)
-AB_TOGGLE = obj(
-    "ab --toggle: profiling on vs off in alternating windows on one host",
-    labels=arr(STR, "profiling on, profiling off", optional=True),
-    comparisons=arr(
-        obj(
-            "one function, on vs off",
-            function=STR,
-            on_ns_per_call=f("number", "profiling on", optional=True, nullable=True),
-            off_ns_per_call=f("number", "profiling off", optional=True, nullable=True),
-            ratio=f("number", "on over off", optional=True, nullable=True),
-        ),
-        "paired windows",
-    ),
-    original=f("string", "vm.mem_profiling before the run", optional=True),
-    restored=f("boolean", "put back afterwards", optional=True),
-    period=f("number", "window seconds", optional=True),
-    windows=f("integer", "windows measured", optional=True),
-    interrupted=f("boolean", "stopped early", optional=True),
-    window_results=arr(
-        obj("one window's overhead payload", mem_profiling=STR), "in order", optional=True
-    ),
-)
-
-PAYLOADS: dict[str, Field] = {
-    "who-calls": WHO_CALLS,
-    "overhead": OVERHEAD,
-    "top-live": TOP_LIVE,
-    "ab": AB,
-    "ab-toggle": AB_TOGGLE,
-}
-
-RESULT = obj(
-    "the result file: one JSON document per capture or comparison",
-    schema=f("integer", "bumped on any incompatible change; newer majors are refused"),
-    kind=f("string", " | ".join(PAYLOADS)),
-    host=f("object", "host metadata (collector/host.py HostMetadata)"),
-    start=f("number", "unix time the window began"),
-    duration=f("number", "seconds"),
-    settings=obj("what was asked; `interrupted` says the run ended early", optional=True),
-    payload=f("object", "kind-specific: one of the payload contracts below"),
-)
-
-
-def check_payload(kind: str, payload: Any) -> None:
-    """The payload of a ``kind`` result matches its contract (ContractError otherwise)."""
-    spec = PAYLOADS.get(kind)
-    if spec is None:
-        raise ContractError("kind", f"unknown result kind {kind!r}")
-    try:
-        check(payload, spec, "payload")
-    except ContractError as e:
-        hint = _likely_kind(payload)
-        if hint and hint != kind:
-            raise ContractError(
-                e.path, f"{str(e).split(': ', 1)[1]} (this looks like a {hint!r} payload)"
-            ) from None
-        raise
-
-
-def _likely_kind(payload: Any) -> str | None:
-    for kind, spec in PAYLOADS.items():
-        try:
-            check(payload, spec, "payload")
-        except ContractError:
+def rows(cls: type[Contract], path: str = "") -> list[str]:
+    """Markdown table rows for every field of ``cls``, nested blocks expanded."""
+    out: list[str] = []
+    for s in specs(cls):
+        inner = _strip_none(s.hint)
+        if s.flatten:
+            out.append(f"| `{path or '.'}` | | | and every field of `{inner.__name__}` |")
             continue
-        return kind
-    return None
-
-
-def markdown() -> str:
-    """docs/schemas.md: the contracts above as tables (generated; edit this module)."""
-    out = [
-        "# Result file schemas",
-        "",
-        "Generated from `collector/contracts.py` by `scripts/gen-schemas`: do not edit by hand.",
-        "Every listed field is checked when a result file is read (`ab`, `report`, `ingest`);",
-        "unlisted fields are allowed. Errors name the file and the field path.",
-        "",
-    ]
-
-    def walk(spec: Field, path: str, rows: list[str]) -> None:
-        for name, sub in spec.fields.items():
-            p = f"{path}.{name}" if path else name
-            t = sub.type
-            if sub.type == "array" and sub.items is not None:
-                t = f"array of {sub.items.type}"
-            flags = ", ".join(
-                x for x, on in (("optional", sub.optional), ("nullable", sub.nullable)) if on
-            )
-            rows.append(f"| `{p}` | {t} | {flags} | {sub.doc} |")
-            if sub.type == "object":
-                walk(sub, p, rows)
-            elif sub.type == "array" and sub.items is not None and sub.items.type == "object":
-                walk(sub.items, p + "[]", rows)
-
-    for title, spec in [("The result file", RESULT)] + [
-        (f"Payload of kind `{k}`", v) for k, v in PAYLOADS.items()
-    ]:
-        rows: list[str] = []
-        walk(spec, "", rows)
-        out += [
-            f"## {title}",
-            "",
-            spec.doc,
-            "",
-            "| field | type | | meaning |",
-            "|---|---|---|---|",
-        ]
-        out += rows + [""]
-    return "\n".join(out)
+        p = f"{path}.{s.name}" if path else s.name
+        flags = [x for x, on in (("optional", s.optional), ("nullable", s.nullable)) if on]
+        if s.nonneg:
+            flags.append(">= 0")
+        if s.optional and s.default is not _ABSENT and s.default is not None:
+            d = s.default() if callable(s.default) else s.default
+            flags.append(f"default `{json.dumps(_encode(d))}`")
+        doc = s.doc.replace("|", "\\|")
+        out.append(f"| `{p}` | {type_name(s.hint)} | {', '.join(flags)} | {doc} |")
+        if _is_contract(inner):
+            out += rows(inner, p)
+        elif typing.get_origin(inner) is tuple and _is_contract(typing.get_args(inner)[0]):
+            out += rows(typing.get_args(inner)[0], p + "[]")
+    return out

@@ -28,6 +28,7 @@ from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord
 from allocscope.collector.capture import Capture
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.kallsyms import Kallsyms
+from allocscope.collector.payloads import LiveSiteRow, TopLivePayload
 from allocscope.collector.site import Site, canonical_function
 from allocscope.errors import CapabilityError
 from allocscope.probes import btf
@@ -102,26 +103,26 @@ class LiveCapture:
     settings: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
 
-    def to_payload(self) -> dict[str, Any]:
-        """JSON-able body for a ``top-live`` :class:`Result`."""
-        return {
-            "bytes_kind": self.bytes_kind,
-            "backend": self.backend,
-            "events": self.events,
-            "lost": dict(self.lost),
-            "counters": dict(self.counters),
-            "interrupted": self.interrupted,
-            "sites": [
-                {
-                    "function": r.site.function,
-                    "module": r.site.module,
-                    "bytes": r.bytes,
-                    "calls": r.calls,
-                    "extras": dict(r.extras),
-                }
+    def to_payload(self) -> TopLivePayload:
+        """The typed body of a ``top-live`` :class:`Result` (``Result.of(payload, ...)``)."""
+        return TopLivePayload(
+            bytes_kind=self.bytes_kind,
+            backend=self.backend,
+            events=self.events,
+            lost=dict(self.lost),
+            counters=dict(self.counters),
+            interrupted=self.interrupted,
+            sites=tuple(
+                LiveSiteRow(
+                    function=r.site.function,
+                    module=r.site.module,
+                    bytes=r.bytes,
+                    calls=r.calls,
+                    extras=dict(r.extras),
+                )
                 for r in self.snapshot.records
-            ],
-        }
+            ),
+        )
 
 
 # --- building the probe --------------------------------------------------------------------

@@ -23,6 +23,7 @@ Counters in the BPF maps are cumulative; a window is the difference of two
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -288,149 +289,7 @@ def calls_for(kind: str, counters: Mapping[str, int]) -> int | None:
     return sum(counters.get(tp, 0) for tp in tps)
 
 
-def window_payload(
-    window: Window,
-    functions: list[AllocFunction],
-    frames_of: Callable[[int], tuple[str, ...]],
-    frequency: int,
-    ncpus: int | None = None,
-) -> dict[str, Any]:
-    """The ``overhead`` payload for one window (its contract: collector/contracts.py).
-
-    ``ncpus``: the number of CPUs sampled when every task (idle included) was sampled; the
-    period one sample stands for is then measured (seconds x CPUs / samples) instead of
-    assumed to be 1/frequency, which matters where the kernel cannot keep the rate up
-    (emulated guests, overloaded hosts).
-    """
-    c = window.counters
-    seconds = max(window.seconds, 1e-9)
-    period_ns = 1e9 / frequency
-    period_source = "nominal"
-    if ncpus and c.get("samples", 0) > 0:
-        period_ns = seconds * ncpus * 1e9 / c["samples"]
-        period_source = "measured"
-    att = attribute(window, functions, frames_of)
-    busy = c.get("samples", 0) - c.get("idle", 0)
-    denom_busy = max(busy, 1)
-    denom_all = max(c.get("samples", 0), 1)
-
-    def row(name: str, kind: str, present: bool, inc: int, slf: int) -> dict[str, Any]:
-        calls = calls_for(kind, c) if present else None
-        return {
-            "function": name,
-            "kind": kind,
-            "present": present,
-            "inclusive_samples": inc,
-            "self_samples": slf,
-            "inclusive_share": inc / denom_busy if present else None,
-            "self_share": slf / denom_busy if present else None,
-            "inclusive_share_all": inc / denom_all if present else None,
-            "calls_tracepoints": list(KIND_TRACEPOINTS[kind]),
-            "calls": calls,
-            "calls_per_second": calls / seconds if calls is not None else None,
-            "ns_per_call": (inc * period_ns / calls) if calls else None,
-        }
-
-    rows = [
-        row(f.name, f.kind, f.present, att["inclusive"].get(f.name, 0), att["self"].get(f.name, 0))
-        for f in functions
-    ]
-    any_present = {k for f in functions if f.present for k in [f.kind]}
-    for g, kinds in GROUPS.items():
-        rows.append(
-            row(
-                g,
-                GROUP_KIND[g],
-                bool(any_present.intersection(kinds)),
-                att["groups"][g],
-                att["group_self"][g],
-            )
-        )
-    payload: dict[str, Any] = {
-        "seconds": window.seconds,
-        "period_ns": period_ns,
-        "nominal_period_ns": 1e9 / frequency,
-        "period_source": period_source,
-        "samples": {
-            "total": c.get("samples", 0),
-            "busy": busy,
-            "idle": c.get("idle", 0),
-            "user": c.get("user", 0),
-            "kernel": c.get("kernel", 0),
-            "profiler": att["profiler"],
-            "lost_stack_full": c.get("lost_stack_full", 0),
-            "lost_stack_collision": c.get("lost_stack_collision", 0),
-            "lost_stack_other": c.get("lost_stack_other", 0),
-            "lost_counts_full": c.get("lost_counts_full", 0),
-        },
-        "calls": {
-            k: c.get(k, 0) for k in ("kmem_cache_alloc", "kmalloc", "mm_page_alloc", "pages")
-        },
-        "calls_per_second": {
-            k: c.get(k, 0) / seconds
-            for k in ("kmem_cache_alloc", "kmalloc", "mm_page_alloc", "pages")
-        },
-        "functions": rows,
-        "top_self": [
-            {"function": f, "samples": n, "share": n / denom_busy} for f, n in att["top_self"]
-        ],
-    }
-    if window.exact is not None:
-        payload["exact"] = exact_payload(window.exact)
-    return payload
-
-
-HIST_SLOTS = 64 * 16
-
-
-def hist_slot_bounds(slot: int) -> tuple[int, int]:
-    """[lo, hi) ns of a slot of alloc_latency.bpf.c's log-linear histogram."""
-    if slot < 16:
-        return slot, slot + 1
-    octave, sub = divmod(slot, 16)
-    width = 1 << (octave - 4)
-    lo = (1 << octave) + sub * width
-    return lo, lo + width
-
-
-def exact_payload(exact: Mapping[str, Any]) -> dict[str, Any]:
-    """fexit timing: calls, mean, median/p90/p99 and the histogram's non-empty buckets.
-
-    The median is the robust per-call cost: the mean also carries the rare calls that slept
-    in reclaim or were interrupted, which swamp a 10-40% change in the common path.
-    """
-    calls = int(exact["calls"])
-    total = int(exact["total_ns"])
-    hist = []
-    for i, n in enumerate(exact["hist"]):
-        if n:
-            lo, hi = hist_slot_bounds(i)
-            hist.append({"lo_ns": lo, "hi_ns": hi, "count": int(n)})
-    return {
-        "function": exact["function"],
-        "calls": calls,
-        "total_ns": total,
-        "mean_ns": total / calls if calls else None,
-        "median_ns": hist_quantile(hist, 0.5),
-        "p90_ns": hist_quantile(hist, 0.9),
-        "p99_ns": hist_quantile(hist, 0.99),
-        "hist": hist,
-    }
-
-
-def hist_quantile(buckets: list[dict[str, int]], q: float) -> float | None:
-    """Quantile of a bucket list, linear within the bucket it falls in."""
-    total = sum(b["count"] for b in buckets)
-    if total <= 0:
-        return None
-    target = q * total
-    run = 0
-    for b in sorted(buckets, key=lambda b: b["lo_ns"]):
-        n = b["count"]
-        if n and run + n >= target:
-            return b["lo_ns"] + (b["hi_ns"] - b["lo_ns"]) * (target - run) / n
-        run += n
-    return None
+HIST_SLOTS = 64 * 16  # alloc_latency.bpf.c's histogram: 64 octaves x 16 sub-slots
 
 
 # --- the profiling memory overhead ---------------------------------------------------------
@@ -737,6 +596,8 @@ def run_overhead(
     and says ``interrupted``.
     """
     from allocscope.collector.capture import Capture
+    from allocscope.collector.overhead_payload import window_payload  # it imports this module
+    from allocscope.collector.payloads import ProfilingMemory
 
     cap = Capture("overhead", duration=duration, workload=workload, pid=settings.pid, labels=labels)
     with cap:
@@ -751,8 +612,13 @@ def run_overhead(
         )
         event, etype, econfig = sampler.event, sampler.event_type, sampler.event_config
         backends = sampler.backends
-    payload["profiling_memory"] = profiling_memory(allocinfo_path)
-    payload["event"] = event
+    payload = dataclasses.replace(
+        payload,
+        profiling_memory=ProfilingMemory.from_dict(
+            profiling_memory(allocinfo_path), "profiling_memory"
+        ),
+        event=event,
+    )
     result_settings: dict[str, Any] = {
         "event": event,
         "event_type": etype,
@@ -767,4 +633,4 @@ def run_overhead(
         "backends": backends,
         "workload": workload,
     }
-    return cap.result(result_settings, payload)
+    return cap.result(result_settings, payload.to_dict())

@@ -7,6 +7,11 @@ Layout (``schema`` is bumped on any incompatible change; readers refuse newer ma
      "settings": {...what was asked...}, "payload": {...kind-specific...}}
 
 Captures interrupted by Ctrl-C are still written, with ``settings.interrupted = true``.
+
+``payload`` stays the JSON object as written or read (what ingest stores, byte for byte, and
+what the HTML report walks generically); :meth:`Result.typed` gives the checked, typed view
+(:mod:`allocscope.collector.payloads`), so every consumer that reads a field by name is
+type-checked by mypy against the one contract instead of indexing a dict by string.
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from allocscope.collector import contracts
+from allocscope.collector import payloads
 from allocscope.collector.atomic import write_text_atomic
+from allocscope.collector.contracts import ContractError
 from allocscope.collector.host import HostMetadata
 from allocscope.errors import InputError
 
 RESULT_SCHEMA = 1
-KINDS = ("who-calls", "overhead", "top-live", "ab", "ab-toggle")
+KINDS = tuple(payloads.PAYLOADS)
+P = TypeVar("P", bound=payloads.Payload)
 
 
 @dataclass(slots=True)
@@ -46,6 +53,28 @@ class Result:
             "payload": self.payload,
         }
 
+    @classmethod
+    def of(
+        cls,
+        payload: payloads.Payload,
+        host: HostMetadata,
+        start: float,
+        duration: float,
+        settings: dict[str, Any] | None = None,
+    ) -> Result:
+        """A result of the kind ``payload``'s type is the payload of."""
+        return cls(payload.KIND, host, start, duration, dict(settings or {}), payload.to_dict())
+
+    def typed(self, cls: type[P], path: str = "<result>") -> P:
+        """The payload as ``cls`` (checked); :class:`InputError` naming ``path`` if this result
+        is another kind or its payload does not hold (one built in memory is checked too)."""
+        if self.kind != cls.KIND:
+            raise InputError(path, None, f"is a {self.kind!r} result, expected {cls.KIND!r}")
+        try:
+            return cast(P, cls.from_dict(self.payload, "payload"))
+        except ContractError as e:
+            raise InputError(path, None, str(e)) from None
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
@@ -55,8 +84,8 @@ class Result:
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "<result>") -> Result:
-        """Validate every contracted field (collector/contracts.py) and the kind/payload match;
-        anything wrong is one :class:`InputError` naming ``path`` and the field path."""
+        """Validate every field the types declare (collector/payloads/) and the kind/payload
+        match; anything wrong is one :class:`InputError` naming ``path`` and the field path."""
         if not isinstance(data, dict):
             raise InputError(path, None, "not a result file (top level is not a JSON object)")
         for key in ("schema", "kind", "host", "start", "duration", "payload"):
@@ -72,11 +101,9 @@ class Result:
         if data["kind"] not in KINDS:
             raise InputError(path, None, f"unknown result kind {data['kind']!r}")
         try:
-            contracts.check(data, contracts.RESULT, "result")
-            if data["start"] < 0 or data["duration"] < 0:
-                raise contracts.ContractError("result.start", "times must not be negative")
-            contracts.check_payload(data["kind"], data["payload"])
-        except contracts.ContractError as e:
+            payloads.ResultEnvelope.from_dict(data, "result")
+            payloads.parse_payload(data["kind"], data["payload"])
+        except ContractError as e:
             raise InputError(path, None, str(e)) from None
         try:
             host = HostMetadata.from_dict(data["host"])

@@ -14,22 +14,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from allocscope.collector.payloads import FunctionRow, OverheadPayload, WhoCallsPayload
 from allocscope.collector.result import Result
 from allocscope.collector.site import SiteQuery, canonical_function
 from allocscope.collector.store import CALLERS_SCHEMA, OVERHEAD_SCHEMA, dumps, result_common
-from allocscope.errors import InputError
-
-
-def _num(v: Any, what: str, path: str, integer: bool = False) -> Any:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise InputError(path, None, f"{what} is not a number: {v!r}")
-    if integer:
-        if isinstance(v, float) and not v.is_integer():
-            raise InputError(path, None, f"{what} is not an integer: {v!r}")
-        return int(v)
-    return float(v)
 
 
 def _site_fields(site: Any) -> tuple[str, str | None, str | None]:
@@ -51,33 +39,23 @@ def _site_fields(site: Any) -> tuple[str, str | None, str | None]:
 
 
 def callers_table(res: Result, path: str) -> pa.Table:
-    """Rows of the ``callers`` dataset for one who-calls result (validated)."""
-    p = res.payload
-    callers = p.get("callers")
-    if not isinstance(callers, list):
-        raise InputError(path, None, "who-calls payload has no 'callers' list")
-    if "site" not in p:
-        raise InputError(path, None, "who-calls payload has no 'site'")
-    site, func, key = _site_fields(p["site"])
-    if func is None:
-        join = p.get("allocinfo") if isinstance(p.get("allocinfo"), dict) else {}
-        f = join.get("function") if join else None
+    """Rows of the ``callers`` dataset for one who-calls result (its typed payload)."""
+    p = res.typed(WhoCallsPayload, path)
+    site, func, key = _site_fields(p.site)
+    if func is None and p.allocinfo is not None:
+        f = p.allocinfo.extra.get("function")  # some writers name the joined function here
         func = canonical_function(f) if isinstance(f, str) else None
-    rows: list[dict[str, Any]] = []
-    for i, c in enumerate(callers):
-        what = f"callers[{i}]"
-        if not isinstance(c, dict) or not isinstance(c.get("caller"), str):
-            raise InputError(path, None, f"{what} has no caller name")
-        rows.append(
-            {
-                "caller": c["caller"],
-                "calls": _num(c.get("calls"), f"{what}.calls", path, True),
-                "share": _num(c.get("share"), f"{what}.share", path),
-                "ci_low": _num(c.get("ci_low"), f"{what}.ci_low", path),
-                "ci_high": _num(c.get("ci_high"), f"{what}.ci_high", path),
-                "bytes": _num(c.get("bytes"), f"{what}.bytes", path, True),
-            }
-        )
+    rows: list[dict[str, Any]] = [
+        {
+            "caller": c.caller,
+            "calls": c.calls,
+            "share": float(c.share),
+            "ci_low": None if c.ci_low is None else float(c.ci_low),
+            "ci_high": None if c.ci_high is None else float(c.ci_high),
+            "bytes": c.bytes,
+        }
+        for c in p.callers
+    ]
     if not rows:
         rows.append(dict.fromkeys(("caller", "calls", "share", "ci_low", "ci_high", "bytes")))
     n = len(rows)
@@ -87,10 +65,10 @@ def callers_table(res: Result, path: str) -> pa.Table:
             "site": [site] * n,
             "site_function": [func] * n,
             "site_key": [key] * n,
-            "backend": [str(p["backend"]) if p.get("backend") is not None else None] * n,
-            "total_calls": [_num(p.get("total_calls"), "total_calls", path, True)] * n,
-            "lost": [_num(p.get("lost"), "lost", path, True)] * n,
-            "payload_json": [dumps(p)] * n,
+            "backend": [p.backend] * n,
+            "total_calls": [p.total_calls] * n,
+            "lost": [p.lost] * n,
+            "payload_json": [dumps(res.payload)] * n,  # as written: nothing unknown is lost
         }
     )
     for k in ("caller", "calls", "share", "ci_low", "ci_high", "bytes"):
@@ -98,50 +76,53 @@ def callers_table(res: Result, path: str) -> pa.Table:
     return pa.table(cols).select(CALLERS_SCHEMA.names).cast(CALLERS_SCHEMA)
 
 
-_OVERHEAD_FIELDS: tuple[tuple[str, str], ...] = (
-    ("inclusive_samples", "int"),
-    ("self_samples", "int"),
-    ("inclusive_share", "float"),
-    ("self_share", "float"),
-    ("calls", "int"),
-    ("calls_per_second", "float"),
-    ("ns_per_call", "float"),
+_OVERHEAD_FIELDS: tuple[str, ...] = (
+    "inclusive_samples",
+    "self_samples",
+    "inclusive_share",
+    "self_share",
+    "calls",
+    "calls_per_second",
+    "ns_per_call",
 )
+
+
+def _function_values(f: FunctionRow) -> dict[str, Any]:
+    return {
+        "inclusive_samples": f.inclusive_samples,
+        "self_samples": f.self_samples,
+        "inclusive_share": f.inclusive_share,
+        "self_share": f.self_share,
+        "calls": f.calls,
+        "calls_per_second": f.calls_per_second,
+        "ns_per_call": f.ns_per_call,
+    }
 
 
 def overhead_table(res: Result, path: str) -> pa.Table:
     """Rows of the ``overhead`` dataset: the payload's ``functions`` table flattened, with the
-    raw payload kept in every row so fields this version does not know are not lost."""
-    p = res.payload
-    funcs = p.get("functions")
-    if funcs is not None and not isinstance(funcs, list):
-        raise InputError(path, None, "overhead payload 'functions' is not a list")
+    raw row and payload kept as written so fields this version does not know are not lost."""
+    p = res.typed(OverheadPayload, path)
+    raw_rows = res.payload["functions"]  # the same rows, as written (validated above)
     rows: list[dict[str, Any]] = []
-    for i, f in enumerate(funcs or []):
-        what = f"functions[{i}]"
-        if not isinstance(f, dict) or not isinstance(f.get("function"), str):
-            raise InputError(path, None, f"{what} has no function name")
-        row: dict[str, Any] = {
-            "function": f["function"],
-            "kind": str(f["kind"]) if f.get("kind") is not None else None,
-            "present": bool(f["present"]) if f.get("present") is not None else None,
-            "row_json": dumps(f),
-        }
-        for k, t in _OVERHEAD_FIELDS:
-            row[k] = _num(f.get(k), f"{what}.{k}", path, t == "int")
-        rows.append(row)
-    if not rows:
+    for f, raw in zip(p.functions, raw_rows, strict=True):
         rows.append(
-            dict.fromkeys(
-                ["function", "kind", "present", "row_json"] + [k for k, _ in _OVERHEAD_FIELDS]
-            )
+            {
+                "function": f.function,
+                "kind": f.kind,
+                "present": f.present,
+                "row_json": dumps(raw),
+                **_function_values(f),
+            }
         )
+    if not rows:
+        rows.append(dict.fromkeys(["function", "kind", "present", "row_json", *_OVERHEAD_FIELDS]))
     n = len(rows)
     cols = result_common(res.host, res.start, res.duration, n)
-    for k in ["function", "kind", "present", "row_json"] + [k for k, _ in _OVERHEAD_FIELDS]:
+    for k in ["function", "kind", "present", "row_json", *_OVERHEAD_FIELDS]:
         cols[k] = [r[k] for r in rows]
     cols["settings_json"] = [dumps(res.settings)] * n
-    cols["payload_json"] = [dumps(p)] * n
+    cols["payload_json"] = [dumps(res.payload)] * n
     return pa.table(cols).select(OVERHEAD_SCHEMA.names).cast(OVERHEAD_SCHEMA)
 
 

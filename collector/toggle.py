@@ -16,6 +16,7 @@ frees are not subtracted either, so allocinfo is inaccurate after any toggling u
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -219,7 +220,9 @@ def capture_toggle(
     """
     from allocscope.collector.ab import compare_toggle
     from allocscope.collector.capture import Capture
-    from allocscope.collector.overhead import Sampler, diff_snapshots, window_payload
+    from allocscope.collector.overhead import Sampler, diff_snapshots
+    from allocscope.collector.overhead_payload import window_payload
+    from allocscope.collector.payloads import OverheadPayload, ToggleWindowResult
 
     cap = Capture(
         "ab-toggle",
@@ -229,7 +232,7 @@ def capture_toggle(
         labels=labels,
         verb="ab --toggle",
     )
-    window_payloads: list[tuple[str, dict[str, Any]]] = []
+    window_payloads: list[tuple[str, OverheadPayload]] = []
     with cap:
         sampler = cap.hold(Sampler(settings))
         done: list[ToggleWindow[Any]] = []
@@ -263,17 +266,19 @@ def capture_toggle(
                     ),
                 )
             )
-    payload = compare_toggle(window_payloads, alpha=alpha, seed=seed)
-    payload.update(
+    compared = compare_toggle(window_payloads, alpha=alpha, seed=seed)
+    payload = dataclasses.replace(
+        compared,
         original=run.original,
         restored=run.restored,
         period=period,
         windows=len(window_payloads),
         interrupted=run.interrupted,
-        window_results=[
-            {"index": i, "mem_profiling": s, **p} for i, (s, p) in enumerate(window_payloads)
-        ],
-        notes=[SEMANTICS_NOTE, *payload.get("sample_notes", [])],
+        window_results=tuple(
+            ToggleWindowResult(index=i, mem_profiling=s, window=p)
+            for i, (s, p) in enumerate(window_payloads)
+        ),
+        notes=(SEMANTICS_NOTE, *compared.sample_notes),
     )
     return cap.result(
         {
@@ -289,5 +294,5 @@ def capture_toggle(
             "workload": workload,
             "sysctl": sysctl.path,
         },
-        payload,
+        payload.to_dict(),
     )

@@ -9,7 +9,8 @@ Bernoulli sample (``probes/who_calls.bpf.c``); then symbolize, attribute each st
 (:mod:`allocscope.collector.shares`) and join the tag's allocinfo line read before and after.
 
 The result is a :class:`~allocscope.collector.result.Result` of kind ``who-calls``; its payload
-keys are a contract read by the HTML report and fleet ingest (see the README notes).
+(:class:`~allocscope.collector.payloads.WhoCallsPayload`) is built in
+:mod:`allocscope.collector.who_calls_payload`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from allocscope.collector import attribution, shares
+from allocscope.collector import attribution
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.result import Result
@@ -583,6 +583,8 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         if opts.allocinfo_file
         else _allocinfo_now(opts)
     )
+    from allocscope.collector.who_calls_payload import build_payload  # it imports this module
+
     payload = build_payload(
         raw,
         targets,
@@ -614,283 +616,4 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         "workload": opts.workload,
         "confidence": opts.confidence,
     }
-    return cap.result(settings, payload)
-
-
-# --- result building -------------------------------------------------------------------------
-
-
-def _tag_records(
-    snap: AllocinfoSnapshot | None, site: Site | None, function: str
-) -> tuple[list[Site], int, int]:
-    """(matched sites, bytes, calls) of the allocinfo line(s) for a site."""
-    if snap is None:
-        return [], 0, 0
-    if site is not None:
-        recs = [
-            r
-            for r in snap.records
-            if r.site.key == site.key
-            and canonical_function(r.site.function) == canonical_function(site.function)
-        ]
-    else:
-        recs = [r for r in snap.records if canonical_function(r.site.function) == function]
-    return [r.site for r in recs], sum(r.bytes for r in recs), sum(r.calls for r in recs)
-
-
-def allocinfo_join(
-    before: AllocinfoSnapshot | None,
-    after: AllocinfoSnapshot | None,
-    site: Site | None,
-    function: str,
-    match: str = "",
-) -> dict[str, Any] | None:
-    """The tag's allocinfo totals before/after the window and the delta during it.
-
-    ``match`` says how the line was found: ``exact-tag`` (the probe read the tag),
-    ``allocinfo-line`` (the one line naming the site), ``function-name`` (every line whose
-    function is the site's). No matching line gives a block with ``tags: []`` and no totals.
-    """
-    snap = after or before
-    if snap is None:
-        return None
-    sites_a, bytes_a, calls_a = _tag_records(snap, site, function)
-    if not sites_a:
-        return {
-            "source": snap.source,
-            "match": "none",
-            "tags": [],
-            "after": None,
-            "before": None,
-            "delta": None,
-        }
-    if after is None:
-        sites_a, bytes_a, calls_a = [], 0, 0
-    block: dict[str, Any] = {
-        "source": snap.source,
-        "match": match or ("allocinfo-line" if site is not None else "function-name"),
-        "tags": [s.tag for s in (sites_a or _tag_records(snap, site, function)[0])],
-        "after": {"bytes": bytes_a, "calls": calls_a} if after is not None else None,
-        "before": None,
-        "delta": None,
-    }
-    if before is not None:
-        _, bytes_b, calls_b = _tag_records(before, site, function)
-        block["before"] = {"bytes": bytes_b, "calls": calls_b}
-        if after is not None:
-            block["delta"] = {"bytes": bytes_a - bytes_b, "calls": calls_a - calls_b}
-    return block
-
-
-def build_payload(
-    raw: RawCapture,
-    targets: Sequence[SiteTarget],
-    ksyms: Kallsyms,
-    rules: attribution.SkipRules,
-    opts: Options,
-    *,
-    backend: str,
-    read_tag: bool,
-    epochs: Sequence[Epoch],
-    duration: float,
-    before: AllocinfoSnapshot | None,
-    after: AllocinfoSnapshot | None,
-    notes: list[str],
-) -> dict[str, Any]:
-    """Symbolize, attribute, share, join. Pure given its inputs (unit-testable).
-
-    Each sample is weighted by the N of the epoch it was drawn in (see shares.py); with a
-    fixed ``--sample N`` all weights are equal and shares are plain proportions.
-    """
-    rates = [e.n for e in epochs]
-    census = opts.sample == 1  # every matching event had its stack walked
-    unresolved = 0
-    no_caller = 0
-    folded: dict[str, int] = defaultdict(int)
-    # (site index, tag addr, caller, tgid, comm) -> samples, weighted bytes, caller address
-    groups: dict[tuple[int, int, str, int, str], shares.Weighted] = {}
-    group_bytes: dict[tuple[int, int, str, int, str], float] = defaultdict(float)
-    group_raw_bytes: dict[tuple[int, int, str, int, str], int] = defaultdict(int)
-    group_addr: dict[tuple[int, int, str, int, str], int] = {}
-    site_w: dict[int, shares.Weighted] = defaultdict(shares.Weighted)
-    site_wbytes: dict[int, float] = defaultdict(float)
-    tag_w: dict[tuple[int, int], shares.Weighted] = defaultdict(shares.Weighted)
-    tag_mode = "exact-tag" if read_tag else "function-name"
-    for s in raw.samples:
-        weight = float(rates[s.epoch]) if 0 <= s.epoch < len(rates) and rates[s.epoch] else 1.0
-        names = []
-        for addr in s.stack:
-            r = ksyms.resolve(addr)
-            if r is None:
-                unresolved += s.count
-                names.append(attribution.UNKNOWN)
-            else:
-                names.append(r.function)
-        att = attribution.attribute(names, rules, opts.depth)
-        if att.caller == attribution.NO_CALLER:
-            no_caller += s.count
-        if opts.addresses:
-            cut = attribution.probe_frames(names)
-            fold = ";".join(str(ksyms.resolve(a) or hex(a)) for a in reversed(s.stack[cut:]))
-        else:
-            fold = attribution.folded(names)
-        folded[fold] += s.count
-        key = (s.site, s.tag, att.caller, s.tgid, s.comm)
-        groups.setdefault(key, shares.Weighted()).add(s.count, weight)
-        group_bytes[key] += s.bytes * weight
-        group_raw_bytes[key] += s.bytes
-        if key not in group_addr and att.chain:
-            group_addr[key] = s.stack[names.index(att.chain[0])]
-        site_w[s.site].add(s.count, weight)
-        site_wbytes[s.site] += s.bytes * weight
-        tag_w[(s.site, s.tag)].add(s.count, weight)
-
-    site_blocks: list[dict[str, Any]] = []
-    callers: list[dict[str, Any]] = []
-    others: list[dict[str, Any]] = []
-    for t in targets:
-        c = raw.counts.get(t.index, SiteCounts())
-        total = site_w[t.index]
-        n = total.k
-        site_tags = sorted({tag for (si, tag) in tag_w if si == t.index and tag})
-        exact: Site | None = None
-        if len(site_tags) == 1 and site_tags[0] in raw.tags:
-            exact = raw.tags[site_tags[0]]
-        join_site = exact or t.tag_site
-        join = allocinfo_join(
-            before, after, join_site, t.function, "exact-tag" if exact is not None else ""
-        )
-        rows = []
-        for key, g in groups.items():
-            si, tag, caller, tgid, comm = key
-            if si != t.index:
-                continue
-            k = g.k
-            sh = shares.weighted_share(g, total, opts.confidence, c.calls or None)
-            wb = site_wbytes[t.index]
-            row: dict[str, Any] = {
-                "site": t.label,
-                "caller": caller,
-                "calls": k if census else round(sh.share * c.calls),
-                "samples": k,
-                "share": sh.share,
-                "ci_low": sh.ci_low,
-                "ci_high": sh.ci_high,
-                "bytes": group_raw_bytes[key]
-                if census
-                else (round(c.bytes * group_bytes[key] / wb) if wb else 0),
-            }
-            if tag and tag in raw.tags:
-                row["tag"] = raw.tags[tag].tag
-            if opts.per_process:
-                row["pid"] = tgid
-                row["comm"] = comm
-            if opts.addresses and key in group_addr:
-                row["caller_address"] = f"0x{group_addr[key]:x}"
-            if join is not None and join.get("after"):
-                tw = tag_w[(si, tag)].w or total.w
-                frac = g.w / tw if tw else 0.0
-                row["joined_bytes"] = round(join["after"]["bytes"] * frac)
-                row["joined_calls"] = round(join["after"]["calls"] * frac)
-            rows.append(row)
-        rows.sort(key=lambda r: (-r["share"], -r["samples"], r["caller"]))
-        small = [r for r in rows if r["share"] < opts.min_share]
-        if small:
-            k_small = sum(r["samples"] for r in small)
-            g_small = shares.Weighted()
-            for key, g in groups.items():
-                if key[0] == t.index and g.w / (total.w or 1) < opts.min_share:
-                    g_small.k += g.k
-                    g_small.w += g.w
-                    g_small.w2 += g.w2
-            sh = shares.weighted_share(g_small, total, opts.confidence, c.calls or None)
-            others.append(
-                {
-                    "site": t.label,
-                    "caller": "other",
-                    "callers": len(small),
-                    "calls": sum(r["calls"] for r in small),
-                    "samples": k_small,
-                    "share": sh.share,
-                    "ci_low": sh.ci_low,
-                    "ci_high": sh.ci_high,
-                    "bytes": sum(r["bytes"] for r in small),
-                    **(
-                        {"joined_bytes": sum(r.get("joined_bytes", 0) for r in small)}
-                        if join is not None and join.get("after")
-                        else {}
-                    ),
-                }
-            )
-        callers.extend(rows)
-        site_blocks.append(
-            {
-                "site": t.label,
-                "function": t.function,
-                "tag": join_site.tag if join_site else None,
-                "tags_seen": [raw.tags[x].tag for x in site_tags if x in raw.tags],
-                "ranges": len(t.ranges),
-                "symbols": t.symbols,
-                "total_calls": c.calls,
-                "total_bytes": c.bytes,
-                "sampled": c.sampled,
-                "stacks": n,
-                "lost": c.stack_err + c.hash_full,
-                "stack_errors": c.stack_err,
-                "hash_full": c.hash_full,
-                "allocinfo": join,
-            }
-        )
-        if c.calls == 0 and backend in TRACEPOINT_FAMILY:
-            notes.append(
-                f"{t.label}: no kmem_cache_alloc/kmalloc had its call_site in "
-                f"{t.function}; if it allocates pages, or only calls another "
-                "allocating function, name that function (or use a kernel with "
-                "kprobes for a function-entry count)"
-            )
-    if not read_tag and backend in TRACEPOINT_FAMILY:
-        notes.append(
-            "exact allocinfo tag not read (needs matching kernel headers and "
-            "CONFIG_MEM_ALLOC_PROFILING): sites matched by function name"
-        )
-    if backend in ("kprobe", "fentry"):
-        notes.append(
-            "function-entry backend: calls are entries of the site function, bytes are not known"
-        )
-    lost = sum(b["lost"] for b in site_blocks) + raw.missing_stacks
-    total_calls = sum(b["total_calls"] for b in site_blocks)
-    epoch_list = [{"n": e.n, "seconds": round(e.seconds, 3), "events": e.events} for e in epochs]
-    if epoch_list:
-        epoch_list[-1]["events"] = total_calls - sum(e.events for e in epochs[:-1])
-    sampled = sum(w.k for w in site_w.values())
-    return {
-        "site": ",".join(t.label for t in targets),
-        "sites": site_blocks,
-        "backend": backend,
-        "tag_mode": tag_mode,
-        "total_calls": total_calls,
-        "total_bytes": sum(b["total_bytes"] for b in site_blocks),
-        "lost": lost,
-        "sampled": sampled,
-        "sample_rate": rates[-1] if rates else 1,
-        "sample_mode": "auto" if opts.sample is None else "fixed",
-        "effective_sample_rate": round(total_calls / sampled, 2) if sampled else None,
-        "sample_epochs": epoch_list,
-        "duration": duration,
-        "confidence": opts.confidence,
-        "depth": opts.depth,
-        "min_share": opts.min_share,
-        "callers": callers,
-        "other": others,
-        "allocinfo": site_blocks[0]["allocinfo"] if site_blocks else None,
-        "folded": dict(sorted(folded.items(), key=lambda kv: -kv[1])),
-        "counters": {
-            "stack_errors": sum(b["stack_errors"] for b in site_blocks),
-            "hash_full": sum(b["hash_full"] for b in site_blocks),
-            "missing_stacks": raw.missing_stacks,
-            "unresolved_frames": unresolved,
-            "no_caller": no_caller,
-        },
-        "skip_rules": list(rules.descriptions),
-        "notes": notes,
-    }
+    return cap.result(settings, payload.to_dict())

@@ -1,14 +1,22 @@
 """Terminal tables and verdict lines for ``overhead``, ``ab`` and ``ab --toggle``.
 
-Presentation only: takes the payload dicts the collector built and returns text.
+Presentation only: takes the typed payloads the collector built (collector/payloads/) and
+returns text.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from tabulate import tabulate
 
+from allocscope.collector.payloads import (
+    AbPayload,
+    Comparison,
+    ExactTiming,
+    OverheadPayload,
+    ProfilingMemory,
+    TogglePayload,
+)
+from allocscope.collector.result import Result
 from allocscope.reports.format import (
     bytes_short,
     count_exact,
@@ -20,53 +28,57 @@ from allocscope.reports.format import (
 )
 
 
-def overhead_table(result: dict[str, Any], *, show_absent: bool = False) -> str:
+def overhead_table(result: Result, *, show_absent: bool = False) -> str:
     """The ``allocscope overhead`` table: one row per allocator function present."""
-    s = result["settings"]
-    p = result["payload"]
-    host = result["host"]
-    smp = p["samples"]
+    s = result.settings
+    p = result.typed(OverheadPayload)
+    host = result.host
+    smp = p.samples
+    cpus = s.get("cpus")
     lines = [
-        f"host {host['hostname']}  kernel {host['kernel_release']}  "
-        f"vm.mem_profiling={host.get('mem_profiling') or 'absent'}"
-        + ("  (compressed)" if host.get("mem_profiling_compressed") else ""),
-        f"event {s['event']} at {s['frequency']} Hz, {duration(result['duration'])}"
-        + (f", CPUs {','.join(map(str, s['cpus']))}" if s.get("cpus") else "")
+        f"host {host.hostname}  kernel {host.kernel_release}  "
+        f"vm.mem_profiling={host.mem_profiling or 'absent'}"
+        + ("  (compressed)" if host.mem_profiling_compressed else ""),
+        f"event {s.get('event')} at {s.get('frequency')} Hz, {duration(result.duration)}"
+        + (f", CPUs {','.join(map(str, cpus))}" if cpus else "")
         + (f", pid {s['pid']}" if s.get("pid") else "")
         + (" (interrupted)" if s.get("interrupted") else ""),
-        f"samples {count_exact(smp['total'])} ({count_exact(smp['busy'])} busy, "
-        f"{count_exact(smp['kernel'])} with a kernel stack, "
-        f"{count_exact(smp['profiler'])} in allocscope's own BPF)",
     ]
-    lost = (
-        smp["lost_stack_full"]
-        + smp["lost_stack_collision"]
-        + smp["lost_stack_other"]
-        + smp["lost_counts_full"]
-    )
-    if lost:
+    if smp is not None:
         lines.append(
-            f"warning: {count_exact(lost)} samples lost "
-            f"(stack map full {count_exact(smp['lost_stack_full'])}, "
-            f"collisions {count_exact(smp['lost_stack_collision'])}); raise --stack-storage"
+            f"samples {count_exact(smp.total)} ({count_exact(smp.busy)} busy, "
+            f"{count_exact(smp.kernel)} with a kernel stack, "
+            f"{count_exact(smp.profiler)} in allocscope's own BPF)"
         )
+        lost = (
+            smp.lost_stack_full
+            + smp.lost_stack_collision
+            + smp.lost_stack_other
+            + smp.lost_counts_full
+        )
+        if lost:
+            lines.append(
+                f"warning: {count_exact(lost)} samples lost "
+                f"(stack map full {count_exact(smp.lost_stack_full)}, "
+                f"collisions {count_exact(smp.lost_stack_collision)}); raise --stack-storage"
+            )
     rows = []
     unsampled = []
-    for r in p["functions"]:
-        if not r["present"] and not show_absent:
+    for r in p.functions:
+        if not r.present and not show_absent:
             continue
-        if r["present"] and not r["inclusive_samples"] and not show_absent:
-            if not r["function"].startswith("["):
-                unsampled.append(r["function"])
+        if r.present and not r.inclusive_samples and not show_absent:
+            if not r.function.startswith("["):
+                unsampled.append(r.function)
                 continue
         rows.append(
             [
-                r["function"],
-                r["kind"],
-                pct(r["inclusive_share"], 2),
-                pct(r["self_share"], 2),
-                count_short(r["calls_per_second"]) if r["calls_per_second"] is not None else "-",
-                decimal(r["ns_per_call"], 0),
+                r.function,
+                r.kind,
+                pct(r.inclusive_share, 2),
+                pct(r.self_share, 2),
+                count_short(r.calls_per_second) if r.calls_per_second is not None else "-",
+                decimal(r.ns_per_call, 0),
             ]
         )
     lines.append("")
@@ -78,24 +90,25 @@ def overhead_table(result: dict[str, Any], *, show_absent: bool = False) -> str:
             colalign=("left", "left", "right", "right", "right", "right"),
         )
     )
-    cps = p["calls_per_second"]
+    cps = p.calls_per_second
     lines.append("")
     lines.append(
-        f"calls/s from kmem tracepoints: kmem_cache_alloc {count_short(cps['kmem_cache_alloc'])}, "
-        f"kmalloc {count_short(cps['kmalloc'])}, mm_page_alloc "
-        f"{count_short(cps['mm_page_alloc'])} ({count_short(cps['pages'])} pages)"
+        "calls/s from kmem tracepoints: kmem_cache_alloc "
+        f"{count_short(cps.get('kmem_cache_alloc', 0))}, "
+        f"kmalloc {count_short(cps.get('kmalloc', 0))}, mm_page_alloc "
+        f"{count_short(cps.get('mm_page_alloc', 0))} ({count_short(cps.get('pages', 0))} pages)"
     )
     lines.append(
         "inclusive/self = share of busy (non-idle) samples; calls/s = events of the "
         "kind's tracepoint(s), shared by every function of that kind;"
     )
     lines.append(
-        f"ns/call = inclusive samples x {decimal(p['period_ns'])} ns / calls "
+        f"ns/call = inclusive samples x {decimal(p.period_ns or 0)} ns / calls "
         "(samples inside allocscope's own BPF counters excluded)"
     )
-    if p.get("exact"):
-        lines.append(exact_line(p["exact"]))
-    lines.append(memory_line(p.get("profiling_memory") or {}))
+    if p.exact is not None:
+        lines.append(exact_line(p.exact))
+    lines.append(memory_line(p.profiling_memory))
     if unsampled:
         lines.append(f"present but not sampled: {', '.join(unsampled)}")
     absent = s.get("functions_absent") or []
@@ -104,37 +117,45 @@ def overhead_table(result: dict[str, Any], *, show_absent: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def exact_line(e: dict[str, Any]) -> str:
-    if not e.get("calls"):
-        return f"exact (fexit) {e['function']}: no calls timed"
+def exact_line(e: ExactTiming) -> str:
+    if not e.calls:
+        return f"exact (fexit) {e.function}: no calls timed"
     return (
-        f"exact (fexit) {e['function']}: {count_exact(e['calls'])} calls, "
-        f"mean {decimal(e['mean_ns'])} ns, "
-        f"median ~{decimal(e['median_ns'])} ns, p99 ~{decimal(e['p99_ns'])} ns"
+        f"exact (fexit) {e.function}: {count_exact(e.calls)} calls, "
+        f"mean {decimal(e.mean_ns)} ns, "
+        f"median ~{decimal(e.median_ns)} ns, p99 ~{decimal(e.p99_ns)} ns"
     )
 
 
-def histogram_table(e: dict[str, Any]) -> str:
+def histogram_table(e: ExactTiming) -> str:
     rows = []
-    peak = max((b["count"] for b in e.get("hist", [])), default=0) or 1
-    for b in e.get("hist", []):
+    peak = max((b.count for b in e.hist), default=0) or 1
+    for b in e.hist:
         rows.append(
             [
-                f"{count_exact(b['lo_ns'])} .. {count_exact(b['hi_ns'] - 1)}",
-                f"{count_exact(b['count'])}",
-                "*" * max(1, round(40 * b["count"] / peak)),
+                f"{count_exact(b.lo_ns)} .. {count_exact(b.hi_ns - 1)}",
+                f"{count_exact(b.count)}",
+                "*" * max(1, round(40 * b.count / peak)),
             ]
         )
     return tabulate(rows, headers=["ns", "calls", "distribution"], tablefmt="simple")
 
 
-def memory_line(m: dict[str, Any]) -> str:
-    if m.get("status") != "known":
-        return f"profiling memory: unknown ({m.get('reason', 'not measured')})"
+def memory_line(m: ProfilingMemory | None) -> str:
+    """The profiling's own memory; its figures are the untyped part of the block (see
+    :class:`ProfilingMemory`), read defensively."""
+    if m is None or m.status != "known":
+        reason = m.reason if m is not None and m.reason else "not measured"
+        return f"profiling memory: unknown ({reason})"
+
+    def size(key: str) -> str:
+        v = m.extra.get(key)
+        return bytes_short(v) if isinstance(v, int) and not isinstance(v, bool) else "?"
+
     return (
-        f"profiling memory: {bytes_short(m['total_bytes'])} (page_ext "
-        f"{bytes_short(m['page_ext_bytes'])}, slab obj_ext "
-        f"{bytes_short(m['slab_obj_ext_bytes'])}) from {m.get('source')}"
+        f"profiling memory: {size('total_bytes')} (page_ext "
+        f"{size('page_ext_bytes')}, slab obj_ext "
+        f"{size('slab_obj_ext_bytes')}) from {m.extra.get('source')}"
     )
 
 
@@ -148,71 +169,70 @@ METRIC_WORDS = {
 }
 
 
-def comparison_verdict(c: dict[str, Any], a: str, b: str) -> str:
+def comparison_verdict(c: Comparison, a: str, b: str) -> str:
     """One line a reader can quote, e.g. "pilot spends +41% (CI +35…+47%) CPU per call in
     `__alloc_pages_noprof` vs control, p=0.002, n=12/12"."""
-    ratio, lo, hi = c["ratio"], c["ci_low"], c["ci_high"]
+    ratio, lo, hi = c.ratio, c.ci_low, c.ci_high
     if ratio is None:
-        return f"{c['function']}: not enough data ({c.get('note', '')})"
-    what = METRIC_WORDS.get(c["metric"], c["metric"])
+        return f"{c.function}: not enough data ({c.note})"
+    what = METRIC_WORDS.get(c.metric, c.metric)
     ci = f"CI {pct_change(lo)}…{pct_change(hi)}" if lo is not None else "no CI"
-    p = c.get("p_value")
-    pstr = f"p={p:.3g}" if p is not None else "p=-"
-    sig = "" if c.get("significant") else " (not significant)"
+    pstr = f"p={c.p_value:.3g}" if c.p_value is not None else "p=-"
+    sig = "" if c.significant else " (not significant)"
     return (
-        f"{a} spends {pct_change(ratio)} ({ci}) {what} in `{c['function']}` vs {b}, {pstr}, "
-        f"n={c['n_a']}/{c['n_b']}{sig}"
+        f"{a} spends {pct_change(ratio)} ({ci}) {what} in `{c.function}` vs {b}, {pstr}, "
+        f"n={c.n_a}/{c.n_b}{sig}"
     )
 
 
-def ab_table(payload: dict[str, Any]) -> str:
-    a, b = payload["labels"]
+def ab_table(payload: AbPayload | TogglePayload) -> str:
+    a, b = payload.labels
     rows = []
-    for c in payload["comparisons"]:
+    for c in payload.comparisons:
+        digits = 4 if c.metric == "inclusive_share" else 1
         rows.append(
             [
-                c["function"],
-                c["metric"],
-                decimal(c["mean_a"], 4 if c["metric"] == "inclusive_share" else 1),
-                decimal(c["mean_b"], 4 if c["metric"] == "inclusive_share" else 1),
-                pct_change(c["ratio"]),
-                f"{pct_change(c['ci_low'])}…{pct_change(c['ci_high'])}"
-                if c["ci_low"] is not None
-                else "-",
-                f"{c['p_value']:.3g}" if c.get("p_value") is not None else "-",
-                f"{c['n_a']}/{c['n_b']}",
+                c.function,
+                c.metric,
+                decimal(c.mean_a, digits),
+                decimal(c.mean_b, digits),
+                pct_change(c.ratio),
+                f"{pct_change(c.ci_low)}…{pct_change(c.ci_high)}" if c.ci_low is not None else "-",
+                f"{c.p_value:.3g}" if c.p_value is not None else "-",
+                f"{c.n_a}/{c.n_b}",
             ]
         )
-    head = [f"{payload.get('kind_note', '')}".strip()]
+    head = [f"{payload.extra.get('kind_note', '')}".strip()]
     table = tabulate(
         rows,
         headers=["function", "metric", f"mean {a}", f"mean {b}", f"{a}/{b}", "95% CI", "p", "n"],
         tablefmt="simple",
     )
     lines = [h for h in head if h] + [table, ""]
-    lines += [comparison_verdict(c, a, b) for c in payload["verdicts"]]
-    for note in payload.get("notes", []):
+    lines += [comparison_verdict(c, a, b) for c in payload.verdicts]
+    for note in payload.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines) + "\n"
 
 
-def toggle_table(payload: dict[str, Any]) -> str:
+def toggle_table(payload: TogglePayload) -> str:
+    period = f"{payload.period:.1f}" if payload.period is not None else "?"
     lines = [
-        f"vm.mem_profiling alternated {payload['windows']} windows of "
-        f"{duration(payload['period'])} ({payload['pairs']} on/off pairs); original value "
-        f"{payload['original']!r} restored: {payload['restored']}"
+        f"vm.mem_profiling alternated {payload.windows} windows of "
+        f"{period} s ({payload.pairs} on/off pairs); original value "
+        f"{payload.original!r} restored: {payload.restored}"
     ]
     lines.append(ab_table(payload).rstrip("\n"))
     rows = [
         [
-            r["function"],
-            decimal(r["on_ns_per_call"], 1),
-            decimal(r["off_ns_per_call"], 1),
-            pct_change(r["ratio"]),
-            f"{count_exact(r['on_calls'])}/{count_exact(r['off_calls'])}",
+            r.function,
+            decimal(r.on_ns_per_call, 1),
+            decimal(r.off_ns_per_call, 1),
+            pct_change(r.ratio),
+            f"{count_exact(r.on_calls)}/{count_exact(r.off_calls)}",
         ]
-        for r in payload.get("pooled", [])
-        if r["ratio"] is not None
+        for r in payload.pooled
+        if r.ratio is not None
     ]
     if rows:
         lines.append("")
@@ -224,6 +244,6 @@ def toggle_table(payload: dict[str, Any]) -> str:
                 tablefmt="simple",
             )
         )
-    if payload.get("interrupted"):
+    if payload.interrupted:
         lines.append("interrupted: the windows finished so far are reported")
     return "\n".join(lines) + "\n"

@@ -103,12 +103,12 @@ def run_groups(args: argparse.Namespace) -> int:
     payload = compare_groups(
         pilot, control, stat=args.stat, alpha=args.alpha, seed=_seed(args), force=args.force
     )
-    result = Result(
-        kind="ab",
-        host=collect_host_metadata(),
-        start=now(),
-        duration=0.0,
-        settings={
+    result = Result.of(
+        payload,
+        collect_host_metadata(),
+        now(),
+        0.0,
+        {
             "stat": args.stat,
             "alpha": args.alpha,
             "seed": _seed(args),
@@ -116,7 +116,6 @@ def run_groups(args: argparse.Namespace) -> int:
             "pilot": args.pilot,
             "control": args.control,
         },
-        payload=payload,
     )
     return emit_result(result, args, lambda: ab_table(payload))
 
@@ -124,6 +123,7 @@ def run_groups(args: argparse.Namespace) -> int:
 def run_toggle_cli(args: argparse.Namespace) -> int:
     from allocscope.cli.overhead import sampler_settings_from
     from allocscope.collector.host import MEM_PROFILING_SYSCTL, parse_labels
+    from allocscope.collector.payloads import TogglePayload
     from allocscope.collector.toggle import Sysctl, capture_toggle
     from allocscope.reports.overhead import toggle_table
 
@@ -157,4 +157,4 @@ def run_toggle_cli(args: argparse.Namespace) -> int:
         seed=_seed(args),
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
-    return emit_result(result, args, lambda: toggle_table(result.payload))
+    return emit_result(result, args, lambda: toggle_table(result.typed(TogglePayload)))

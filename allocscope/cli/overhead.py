@@ -137,6 +137,7 @@ def sampler_settings_from(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from allocscope.collector.host import parse_labels
     from allocscope.collector.overhead import run_overhead
+    from allocscope.collector.payloads import OverheadPayload
     from allocscope.reports.overhead import histogram_table, overhead_table
 
     try:
@@ -158,12 +159,12 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         ),
     )
-    data = result.to_dict()
 
     def table() -> str:
-        text = overhead_table(data, show_absent=args.show_absent)
-        if args.histogram and data["payload"].get("exact"):
-            text += histogram_table(data["payload"]["exact"]) + "\n"
+        text = overhead_table(result, show_absent=args.show_absent)
+        exact = result.typed(OverheadPayload).exact
+        if args.histogram and exact is not None:
+            text += histogram_table(exact) + "\n"
         return text
 
     return emit_result(result, args, table)

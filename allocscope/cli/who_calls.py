@@ -168,6 +168,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from allocscope.collector.payloads import WhoCallsPayload
     from allocscope.collector.whocalls import Options, capture
     from allocscope.reports import who_calls as report
 
@@ -195,10 +196,11 @@ def run(args: argparse.Namespace) -> int:
         confidence=args.confidence,
     )
     result = capture(opts, log=lambda m: print(m, file=sys.stderr))
+    payload = result.typed(WhoCallsPayload)
     if args.folded:
-        sys.stdout.write(report.folded(result.payload))
+        sys.stdout.write(report.folded(payload))
         args.json = False
         table: Callable[[], str] = lambda: ""  # noqa: E731
     else:
-        table = lambda: report.text(result.payload, result.settings) + "\n"  # noqa: E731
+        table = lambda: report.text(payload, result.settings) + "\n"  # noqa: E731
     return emit_result(result, args, table)

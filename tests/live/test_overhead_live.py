@@ -21,8 +21,8 @@ from allocscope.collector.overhead import (
     SamplerSettings,
     diff_snapshots,
     resolve_functions,
-    window_payload,
 )
+from allocscope.collector.overhead_payload import window_payload
 from allocscope.collector.result import read_result
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +55,8 @@ def _measure_while(
         ops1 = counter["ops"]
         stop.set()
         t.join(30)
-        payload = window_payload(diff_snapshots(first, last), functions, sampler.frames, frequency)
+        window = diff_snapshots(first, last)
+        payload = window_payload(window, functions, sampler.frames, frequency).to_dict()
     return payload, ops1 - ops0, sampler
 
 

@@ -1,12 +1,13 @@
 """Inputs for the report tests: who-calls/overhead results, fleet stores, PNG decoding.
 
 Results are built with the real contracts (``Result``; the overhead payload through
-``collector.overhead.window_payload``) so the report is tested against the shapes the verbs
+``collector.overhead_payload.window_payload``) so the report is tested against the shapes the verbs
 write. Stores are written with the real ``collector.store.Store`` from the synthetic fleet.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import zlib
@@ -123,7 +124,8 @@ def who_calls_result(path: Path, evil: bool = False) -> Path:
 
 def overhead_result(path: Path) -> Path:
     """An overhead result whose payload is built by the overhead verb's own function."""
-    from allocscope.collector.overhead import Window, resolve_functions, window_payload
+    from allocscope.collector.overhead import Window, resolve_functions
+    from allocscope.collector.overhead_payload import window_payload
 
     present = {
         "__alloc_pages_noprof",
@@ -149,14 +151,12 @@ def overhead_result(path: Path) -> Path:
     }
     window = Window(seconds=10.0, counters=counters, stacks=stacks)
     payload = window_payload(window, functions, lambda sid: frames.get(sid, ()), 99)
-    payload["event"] = "cpu-clock"
-    Result(
-        kind="overhead",
-        host=HOST,
-        start=1_700_000_200.0,
-        duration=10.0,
-        settings={"event": "cpu-clock", "frequency": 99},
-        payload=payload,
+    Result.of(
+        dataclasses.replace(payload, event="cpu-clock"),
+        HOST,
+        1_700_000_200.0,
+        10.0,
+        {"event": "cpu-clock", "frequency": 99},
     ).write(str(path))
     return path
 

@@ -12,6 +12,7 @@ import pytest
 
 from allocscope.collector.ab import Loaded, compare_groups, compare_toggle
 from allocscope.collector.host import HostMetadata
+from allocscope.collector.payloads import OverheadPayload
 from allocscope.collector.result import Result, read_result
 from allocscope.errors import AllocscopeError
 
@@ -117,7 +118,7 @@ def _groups(effect: float, n: int = 12, seed: int = 1) -> tuple[list[Loaded], li
 
 def test_pilot_41_percent_more_is_the_verdict() -> None:
     pilot, control = _groups(1.41)
-    out = compare_groups(pilot, control)
+    out = compare_groups(pilot, control).to_dict()
     verdict = out["verdicts"][0]
     assert verdict["function"] == "__alloc_pages_noprof"
     assert verdict["metric"] == "ns_per_call"
@@ -130,7 +131,7 @@ def test_pilot_41_percent_more_is_the_verdict() -> None:
 
 def test_no_effect_is_not_significant() -> None:
     pilot, control = _groups(1.0, seed=5)
-    out = compare_groups(pilot, control)
+    out = compare_groups(pilot, control).to_dict()
     page = [c for c in out["comparisons"] if c["function"] == "__alloc_pages_noprof"]
     assert page and not any(c["significant"] for c in page)
 
@@ -149,7 +150,7 @@ def test_refuses_incomparable_results(field: str, kw: dict[str, Any]) -> None:
     with pytest.raises(AllocscopeError, match=field) as e:
         compare_groups(pilot, [*control, odd])
     assert "odd.json" in str(e.value) and "--force" in str(e.value)
-    out = compare_groups(pilot, [*control, odd], force=True)
+    out = compare_groups(pilot, [*control, odd], force=True).to_dict()
     assert any(field in n for n in out["notes"])
 
 
@@ -197,9 +198,11 @@ def test_toggle_pairs_adjacent_windows_and_reports_on_off_ratio() -> None:
     rng = random.Random(11)
     windows = []
     for _ in range(8):
-        windows.append(("1", _payload(2000 * 1.41 * math.exp(rng.gauss(0, 0.03)), rng, True)))
-        windows.append(("0", _payload(2000 * math.exp(rng.gauss(0, 0.03)), rng, True)))
-    out = compare_toggle(windows)
+        on = _payload(2000 * 1.41 * math.exp(rng.gauss(0, 0.03)), rng, True)
+        off = _payload(2000 * math.exp(rng.gauss(0, 0.03)), rng, True)
+        windows.append(("1", OverheadPayload.from_dict(on)))
+        windows.append(("0", OverheadPayload.from_dict(off)))
+    out = compare_toggle(windows).to_dict()
     assert out["pairs"] == 8
     v = out["verdicts"][0]
     assert v["function"] == "__alloc_pages_noprof" and v["metric"] == "exact_median_ns"
@@ -210,4 +213,4 @@ def test_toggle_pairs_adjacent_windows_and_reports_on_off_ratio() -> None:
     assert 1.3 < pooled["[page allocator]"]["ratio"] < 1.55
     # an unpaired trailing window is dropped, and B A order pairs the same way
     flipped = [windows[1], windows[0], *windows[2:5]]
-    assert compare_toggle(flipped)["pairs"] == 2
+    assert compare_toggle(flipped).pairs == 2

@@ -5,13 +5,38 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 
 from allocscope.collector.atomic import write_text_atomic
+from allocscope.collector.contracts import MAX_DEPTH, Contract, doc_of, specs
 from allocscope.collector.host import HostMetadata, collect_host_metadata, parse_labels
 from allocscope.collector.kallsyms import Kallsyms
+from allocscope.collector.payloads import (
+    PAYLOADS,
+    AbPayload,
+    AllocCounts,
+    AllocinfoJoin,
+    CallerRow,
+    Comparison,
+    ExactTiming,
+    FunctionRow,
+    HistBucket,
+    LiveSiteRow,
+    OtherRow,
+    OverheadPayload,
+    PooledRow,
+    ProfilingMemory,
+    SampleCounts,
+    SampleEpoch,
+    SiteBlock,
+    TogglePayload,
+    ToggleWindowResult,
+    TopLivePayload,
+    TopSelfRow,
+    WhoCallsPayload,
+)
 from allocscope.collector.result import Result, read_result
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.errors import InputError
@@ -153,7 +178,7 @@ def test_kallsyms_restricted(tmp_path: Path) -> None:
     ("edit", "message"),
     [
         (lambda d: d.update(start="yesterday"), "result.start: expected a finite number"),
-        (lambda d: d.update(start=-5), "times must not be negative"),
+        (lambda d: d.update(start=-5), "result.start: must not be negative, got -5"),
         (lambda d: d.update(duration=float("nan")), "result.duration: expected a finite number"),
         (
             lambda d: d.update(kind="overhead"),
@@ -191,7 +216,282 @@ def test_json_nested_past_the_parser_is_one_line(tmp_path: Path) -> None:
 
 
 def test_schemas_doc_is_generated_from_the_contracts() -> None:
-    from allocscope.collector.contracts import markdown
+    from allocscope.collector.payloads import markdown
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "schemas.md").read_text()
     assert doc == markdown(), "run scripts/gen-schemas"
+
+
+# --- the typed payloads (collector/payloads/) are the contract -------------------------------
+
+
+def _who_calls() -> WhoCallsPayload:
+    join = AllocinfoJoin(
+        source="/proc/allocinfo",
+        match="exact-tag",
+        tags=("lib/xarray.c:376 func:xas_alloc",),
+        after=AllocCounts(bytes=4096, calls=2),
+        before=AllocCounts(bytes=0, calls=0),
+        delta=AllocCounts(bytes=4096, calls=2),
+    )
+    return WhoCallsPayload(
+        site="xas_alloc",
+        sites=(
+            SiteBlock(
+                site="xas_alloc",
+                function="xas_alloc",
+                tag="lib/xarray.c:376 func:xas_alloc",
+                total_calls=10,
+                total_bytes=5840,
+                allocinfo=join,
+            ),
+        ),
+        backend="raw_tracepoint",
+        total_calls=10,
+        sample_epochs=(SampleEpoch(n=1, seconds=1.0, events=10),),
+        effective_sample_rate=None,
+        callers=(
+            CallerRow(site="xas_alloc", caller="shmem_add_to_page_cache", calls=9, share=0.9),
+            CallerRow(caller="add_to_swap_cache", calls=1, share=0.1, pid=7, comm="dd"),
+        ),
+        other=(OtherRow(site="xas_alloc", caller="other", callers=1, calls=1, share=0.1),),
+        allocinfo=join,
+        folded={"a;xas_alloc": 9},
+        notes=("a note",),
+        extra={"future": {"nested": [1, 2]}},
+    )
+
+
+def _overhead() -> OverheadPayload:
+    return OverheadPayload(
+        seconds=2.0,
+        period_ns=1e7,
+        samples=SampleCounts(total=200, busy=120, profiler=7),
+        calls={"mm_page_alloc": 100},
+        functions=(
+            FunctionRow(
+                function="__alloc_pages_noprof",
+                kind="page",
+                present=True,
+                inclusive_samples=25,
+                self_samples=0,
+                inclusive_share=25 / 120,
+                calls=100,
+                ns_per_call=2.5e6,
+            ),
+            FunctionRow(
+                function="__alloc_pages",
+                kind="page",
+                present=False,
+                inclusive_samples=0,
+                inclusive_share=None,
+                calls=None,
+            ),
+        ),
+        top_self=(TopSelfRow(function="copy_user_generic", samples=40, share=1 / 3),),
+        exact=ExactTiming(
+            function="__alloc_pages_noprof",
+            calls=100,
+            total_ns=110_000,
+            mean_ns=1100.0,
+            median_ns=1050.0,
+            hist=(HistBucket(lo_ns=1024, hi_ns=1088, count=100),),
+        ),
+        profiling_memory=ProfilingMemory(status="unknown", reason="no /proc/allocinfo"),
+        event="cpu-clock",
+    )
+
+
+def _comparison() -> Comparison:
+    return Comparison(
+        function="[page allocator]",
+        metric="ns_per_call",
+        stat="mean",
+        n_a=12,
+        n_b=12,
+        mean_a=2800.0,
+        mean_b=2000.0,
+        ratio=1.4,
+        ci_low=1.3,
+        ci_high=1.5,
+        p_value=0.001,
+        test="mann-whitney-exact",
+        significant=True,
+    )
+
+
+TYPED = {
+    "who-calls": _who_calls,
+    "overhead": _overhead,
+    "top-live": lambda: TopLivePayload(
+        bytes_kind="live",
+        events=3,
+        lost={"stale_ptr": 1},
+        sites=(LiveSiteRow(function="f", module="", bytes=-4096, calls=3, extras={"x": 1}),),
+    ),
+    "ab": lambda: AbPayload(
+        labels=("pilot", "control"),
+        inputs={"pilot": ("p.json",), "control": ("c.json",)},
+        event=None,
+        comparisons=(_comparison(),),
+        verdicts=(_comparison(),),
+    ),
+    "ab-toggle": lambda: TogglePayload(
+        labels=("profiling on", "profiling off"),
+        pairs=1,
+        comparisons=(_comparison(),),
+        pooled=(
+            PooledRow(
+                function="[page allocator]",
+                on_ns_per_call=2.8,
+                off_ns_per_call=2.0,
+                on_samples=5,
+                off_samples=4,
+                on_calls=2,
+                off_calls=2,
+                ratio=1.4,
+            ),
+        ),
+        window_results=(
+            ToggleWindowResult(index=0, mem_profiling="1", window=_overhead()),
+            ToggleWindowResult(index=1, mem_profiling="0", window=_overhead()),
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(PAYLOADS))
+def test_every_kind_round_trips_through_its_type(kind: str, tmp_path: Path) -> None:
+    typed = TYPED[kind]()
+    assert typed.KIND == kind
+    data = json.loads(json.dumps(typed.to_dict()))
+    back = PAYLOADS[kind].from_dict(data)
+    assert back == typed
+    assert back.to_dict() == data  # and the JSON comes back unchanged, unknown fields included
+    p = tmp_path / "r.json"
+    Result.of(typed, collect_host_metadata(), 1.0, 2.0, {"k": 1}).write(str(p))
+    assert read_result(str(p), expect_kind=kind).typed(PAYLOADS[kind]) == typed
+
+
+def test_unknown_fields_are_kept_in_order_and_the_window_is_flattened() -> None:
+    d = TYPED["ab-toggle"]().to_dict()
+    w = d["window_results"][0]
+    assert list(w)[:3] == ["index", "mem_profiling", "seconds"]  # one object, as written
+    w["from_a_newer_version"] = 1
+    back = TogglePayload.from_dict(d)
+    assert back.window_results[0].window.extra == {"from_a_newer_version": 1}
+    assert back.to_dict() == d
+    assert list(_who_calls().to_dict())[-1] == "future"
+
+
+def _result_file(tmp_path: Path, kind: str, edit: Any) -> Path:
+    d = Result.of(TYPED[kind](), collect_host_metadata(), 1.0, 2.5).to_dict()
+    edit(d)
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(d, allow_nan=True))
+    return p
+
+
+@pytest.mark.parametrize(
+    ("kind", "edit", "message"),
+    [
+        (
+            "who-calls",
+            lambda d: d["payload"]["sites"][0]["allocinfo"]["after"].update(bytes="x"),
+            "result.json: payload.sites[0].allocinfo.after.bytes: expected an integer, got 'x'",
+        ),
+        (
+            "who-calls",
+            lambda d: d["payload"]["sites"][0].pop("function"),
+            "payload.sites[0].function: missing",
+        ),
+        (
+            "who-calls",
+            lambda d: d["payload"]["callers"][1].update(share=-0.5),
+            "payload.callers[1].share: must not be negative, got -0.5",
+        ),
+        (
+            "who-calls",
+            lambda d: d.update(kind="overhead"),
+            "payload.seconds: missing (this looks like a 'who-calls' payload)",
+        ),
+        (
+            "overhead",
+            lambda d: d.update(kind="who-calls"),
+            "payload.site: missing (this looks like a 'overhead' payload)",
+        ),
+        (
+            "overhead",
+            lambda d: d["payload"]["exact"]["hist"][0].update(count=1.5),
+            "payload.exact.hist[0].count: expected an integer, got 1.5",
+        ),
+        (
+            "overhead",
+            lambda d: d["payload"]["functions"][1].update(present=None),
+            "payload.functions[1].present: expected true or false, got null",
+        ),
+        (
+            "ab-toggle",
+            lambda d: d["payload"]["window_results"][1]["functions"][0].update(kind=3),
+            "payload.window_results[1].functions[0].kind: expected a string, got 3",
+        ),
+        (
+            "ab",
+            lambda d: d["payload"]["verdicts"][0].update(ratio=float("inf")),
+            "payload.verdicts[0].ratio: expected a finite number, got inf",
+        ),
+        ("top-live", lambda d: d.update(start=-1), "result.start: must not be negative, got -1"),
+        (
+            "top-live",
+            lambda d: d.update(start=float("nan")),
+            "result.start: expected a finite number, got nan",
+        ),
+        ("ab", lambda d: d.update(duration="2s"), "result.duration: expected a finite number"),
+    ],
+)
+def test_planted_errors_name_the_file_and_the_field_path(
+    tmp_path: Path, kind: str, edit: Any, message: str
+) -> None:
+    p = _result_file(tmp_path, kind, edit)
+    with pytest.raises(InputError) as e:
+        read_result(str(p))
+    text = str(e.value)
+    assert text.startswith(f"{p}: ") and "\n" not in text
+    assert message.removeprefix("result.json: ") in text, text
+
+
+def test_nesting_10000_deep_is_one_line(tmp_path: Path) -> None:
+    d = Result.of(_who_calls(), collect_host_metadata(), 1.0, 2.5).to_dict()
+    d["payload"]["future"] = _deep(10_000)  # built in memory: past json's parser limit
+    with pytest.raises(InputError) as e:
+        Result.from_dict(d, "deep.json")
+    assert str(e.value).startswith("deep.json: result.payload.future.x.x") and "\n" not in str(
+        e.value
+    )
+    assert f"nested deeper than {MAX_DEPTH} levels" in str(e.value)
+    p = tmp_path / "deep.json"
+    p.write_text('{"schema": 1, "payload": ' + "[" * 10_000 + "]" * 10_000 + "}")
+    with pytest.raises(InputError, match="nested too deeply") as e2:
+        read_result(str(p))
+    assert "\n" not in str(e2.value)
+
+
+def test_every_field_is_declared_with_a_doc() -> None:
+    seen: set[type[Contract]] = set()
+
+    def walk(cls: type[Contract]) -> None:
+        if cls in seen:
+            return
+        seen.add(cls)
+        assert doc_of(cls), cls
+        for s in specs(cls):
+            assert s.doc, (cls, s.name)
+            inner = s.hint
+            for t in (inner, *getattr(inner, "__args__", ())):
+                for u in (t, *getattr(t, "__args__", ())):
+                    if isinstance(u, type) and issubclass(u, Contract):
+                        walk(u)
+
+    for cls in PAYLOADS.values():
+        walk(cls)
+    assert len(seen) >= 20

@@ -9,14 +9,13 @@ from allocscope.collector.overhead import (
     COUNTERS,
     Snapshot,
     diff_snapshots,
-    exact_payload,
     exact_target,
-    hist_slot_bounds,
     parse_cpus,
     parse_function_arg,
     resolve_functions,
-    window_payload,
 )
+from allocscope.collector.overhead_payload import exact_payload, hist_slot_bounds, window_payload
+from allocscope.collector.payloads import OverheadPayload
 
 K612 = {
     "__alloc_pages_noprof",
@@ -68,7 +67,7 @@ def _payload() -> dict[str, object]:
         mm_page_alloc=100,
         pages=120,
     )
-    return window_payload(diff_snapshots(a, b), functions, lambda sid: STACKS[sid], 100)
+    return window_payload(diff_snapshots(a, b), functions, lambda sid: STACKS[sid], 100).to_dict()
 
 
 def _row(p: dict[str, object], name: str) -> dict[str, object]:
@@ -105,9 +104,11 @@ def test_measured_period_when_every_task_is_sampled() -> None:
     functions = resolve_functions(K612.__contains__)
     w = diff_snapshots(_snap(0, {}), _snap(2.0, {1: 10}, samples=100, mm_page_alloc=10))
     p = window_payload(w, functions, lambda sid: STACKS[sid], 100, ncpus=2)
-    assert p["period_source"] == "measured"
-    assert p["period_ns"] == pytest.approx(2.0 * 2 * 1e9 / 100)  # 40 ms, not 10 ms
-    assert _row(p, "__alloc_pages_noprof")["ns_per_call"] == pytest.approx(10 * 4e7 / 10)
+    assert p.period_source == "measured"
+    assert p.period_ns == pytest.approx(2.0 * 2 * 1e9 / 100)  # 40 ms, not 10 ms
+    page = next(r for r in p.functions if r.function == "__alloc_pages_noprof")
+    assert page.ns_per_call == pytest.approx(10 * 4e7 / 10)
+    assert OverheadPayload.from_dict(p.to_dict()) == p
 
 
 def test_function_resolution_per_kernel() -> None:
@@ -149,5 +150,5 @@ def test_exact_histogram_slots_and_quantiles() -> None:
     hist[10 * 16] = 90  # [1024, 1088)
     hist[20 * 16] = 10  # ~1 ms: calls that slept
     e = exact_payload({"function": "f", "calls": 100, "total_ns": 100 * 11000, "hist": hist})
-    assert 1024 <= e["median_ns"] < 1088 and e["mean_ns"] == 11000
-    assert e["p99_ns"] >= 1 << 20
+    assert e.median_ns is not None and 1024 <= e.median_ns < 1088 and e.mean_ns == 11000
+    assert e.p99_ns is not None and e.p99_ns >= 1 << 20

@@ -11,8 +11,10 @@ from allocscope.collector.allocinfo import parse_allocinfo
 from allocscope.collector.attribution import build_skip_rules
 from allocscope.collector.host import collect_host_metadata
 from allocscope.collector.kallsyms import Kallsyms, Symbol
+from allocscope.collector.payloads import AllocCounts, WhoCallsPayload
 from allocscope.collector.result import Result, read_result
 from allocscope.collector.site import Site
+from allocscope.collector.who_calls_payload import allocinfo_join, build_payload
 from allocscope.collector.whocalls import (
     AutoSampler,
     Epoch,
@@ -22,7 +24,6 @@ from allocscope.collector.whocalls import (
     SiteCounts,
     auto_sample_rate,
     backend_candidates,
-    build_payload,
     resolve_sites,
     site_of_macro,
 )
@@ -231,7 +232,7 @@ def _raw(sample_rate_counts: tuple[int, int]) -> RawCapture:
 
 def _payload(
     raw: RawCapture, sample_rate: int | None, epochs: list[Epoch] | None = None, **opt: object
-) -> dict[str, object]:
+) -> WhoCallsPayload:
     snap_after = parse_allocinfo(ALLOCINFO.splitlines(keepends=True), "after")
     snap_before = parse_allocinfo(
         ALLOCINFO.replace("23363584    40562", "23000000    40000").splitlines(True), "before"
@@ -255,7 +256,7 @@ def _payload(
 
 
 def test_payload_contract_and_join() -> None:
-    p = _payload(_raw((90, 10)), 10, min_share=0.2)
+    p = _payload(_raw((90, 10)), 10, min_share=0.2).to_dict()  # the JSON written
     for key in (
         "site",
         "backend",
@@ -296,9 +297,8 @@ def test_payload_contract_and_join() -> None:
 def test_census_reports_exact_counts() -> None:
     raw = _raw((900, 100))
     raw.counts[1].calls = 1000
-    p = _payload(raw, 1)
-    top = p["callers"][0]  # type: ignore[index]
-    assert top["calls"] == 900 and top["ci_low"] == top["ci_high"] == 0.9
+    top = _payload(raw, 1).callers[0]
+    assert top.calls == 900 and top.ci_low == top.ci_high == 0.9
 
 
 def test_render_table_json_folded_and_result_roundtrip(tmp_path: Path) -> None:
@@ -311,19 +311,19 @@ def test_render_table_json_folded_and_result_roundtrip(tmp_path: Path) -> None:
     lines = report.folded(p).splitlines()
     assert lines[0].endswith(" 90") and lines[0].startswith("shmem_get_folio_gfp;")
     out = tmp_path / "r.json"
-    Result("who-calls", collect_host_metadata({}), 1.0, 2.0, {"interrupted": False}, p).write(
-        str(out)
-    )
+    Result.of(p, collect_host_metadata({}), 1.0, 2.0, {"interrupted": False}).write(str(out))
     back = read_result(str(out), "who-calls")
-    assert back.payload["callers"] == json.loads(json.dumps(p["callers"]))
+    assert back.typed(WhoCallsPayload) == p
+    assert back.payload == json.loads(json.dumps(p.to_dict()))
 
 
 def test_addresses_only_on_request() -> None:
     p = _payload(_raw((90, 10)), 10)
-    assert "caller_address" not in p["callers"][0]  # type: ignore[index]
-    assert "0x" not in "".join(p["folded"])  # type: ignore[arg-type]
+    assert p.callers[0].caller_address is None
+    assert "caller_address" not in p.to_dict()["callers"][0]
+    assert "0x" not in "".join(p.folded)
     q = _payload(_raw((90, 10)), 10, addresses=True)
-    assert q["callers"][0]["caller_address"].startswith("0xffffffff")  # type: ignore[index]
+    assert (q.callers[0].caller_address or "").startswith("0xffffffff")
 
 
 def test_auto_sampler_rises_fast_and_falls_slowly() -> None:
@@ -365,7 +365,7 @@ def test_samples_are_weighted_by_their_epoch() -> None:
         ],
         tags={},
     )
-    p = _payload(raw, None, [Epoch(0, 0.5, 0), Epoch(1, 1.0, 100), Epoch(100, 1.0, 0)])
+    p = _payload(raw, None, [Epoch(0, 0.5, 0), Epoch(1, 1.0, 100), Epoch(100, 1.0, 0)]).to_dict()
     by = {c["caller"]: c for c in p["callers"]}  # type: ignore[union-attr]
     assert by["shmem_add_to_page_cache"]["share"] == pytest.approx(100 / 101)
     assert by["add_to_swap_cache"]["calls"] == 100
@@ -376,16 +376,14 @@ def test_samples_are_weighted_by_their_epoch() -> None:
 
 
 def test_allocinfo_join_modes() -> None:
-    from allocscope.collector.whocalls import allocinfo_join
-
     snap = parse_allocinfo(ALLOCINFO.splitlines(keepends=True), "saved.txt")
     none = allocinfo_join(None, snap, None, "shmem_add_to_page_cache")
-    assert none is not None and none["tags"] == [] and none["after"] is None
+    assert none is not None and none.tags == () and none.after is None
     by_name = allocinfo_join(None, snap, None, "xas_alloc")
-    assert by_name is not None and by_name["match"] == "function-name"
-    assert by_name["after"] == {"bytes": 23363584, "calls": 40562} and by_name["delta"] is None
+    assert by_name is not None and by_name.match == "function-name"
+    assert by_name.after == AllocCounts(bytes=23363584, calls=40562) and by_name.delta is None
     line = allocinfo_join(None, snap, Site("lib/xarray.c", 376, "xas_alloc"), "xas_alloc")
-    assert line is not None and line["match"] == "allocinfo-line"
+    assert line is not None and line.match == "allocinfo-line"
     assert allocinfo_join(None, None, None, "xas_alloc") is None
     p = _payload(_raw((90, 10)), 10)
     assert "allocinfo: no line" not in report.header(p)
