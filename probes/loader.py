@@ -93,6 +93,49 @@ def last_error_lines(text: str, n: int = 2) -> str:
     return " | ".join((errors or lines)[-n:])[:300]
 
 
+# Failures with a known cause: (every needle present, short phrase, full-text replacement).
+# BCC words EPERM from the kernel as "Need super-user privileges", which misleads a user who
+# IS root (lockdown, a refused fentry target, a missing capability): its text is replaced.
+_KNOWN_CAUSES: tuple[tuple[tuple[str, ...], str, str | None], ...] = (
+    (("kprobe_events", "No such file"), "no kprobe_events", None),
+    (("not traceable",), "function not traceable", None),
+    (("super-user",), "EPERM from the kernel", "the kernel refused the program (EPERM)"),
+    (("Operation not permitted",), "EPERM from the kernel", None),
+    (("refused the program (EPERM)",), "EPERM from the kernel", None),
+    (("perf_event_open failed: No such file",), "no such PMU event", None),
+)
+
+
+def error_line(
+    error: BaseException | str, captured: str = "", *, short: bool = False, limit: int = 300
+) -> str:
+    """BCC's error text (plus what libbcc/clang printed, ``captured``) as one line.
+
+    The full form is the exception's first line with ``b'...'`` quoting removed, then the
+    telling part of ``captured`` in parentheses when it adds something; a known cause (see
+    ``_KNOWN_CAUSES``) whose BCC wording misleads is replaced by a plain one. ``short=True``
+    gives a table cell: the known cause's phrase, else the text before its first `` (``,
+    at most 60 characters.
+    """
+    text = str(error) if isinstance(error, str) else str(error) or type(error).__name__
+    lines = [ln.strip() for ln in text.replace("b'", "'").splitlines() if ln.strip()]
+    msg = lines[0] if lines else ""
+    detail = last_error_lines(captured) if captured else ""
+    whole = f"{msg} {detail}"
+    for needles, phrase, replacement in _KNOWN_CAUSES:
+        if all(n in whole for n in needles):
+            if short:
+                return phrase
+            if replacement is not None:
+                return replacement
+            break
+    if short:
+        return msg if msg.startswith("not tried") else msg.split(" (")[0][:60]
+    if detail and detail not in msg:
+        msg = f"{msg} ({detail})"
+    return msg[:limit]
+
+
 def _no_autoload_class(bcc: Any) -> Any:
     """A ``bcc.BPF`` subclass that attaches nothing at construction.
 
@@ -158,8 +201,7 @@ class Probe:
             with captured_stderr() as chatter:
                 self._bpf = bpf_class(src_file=src.encode(), cflags=cflags)
         except Exception as e:  # BCC raises bare Exception on compile/load failure
-            detail = last_error_lines(chatter[0] if chatter else "")
-            why = f"{e}: {detail}" if detail else str(e)
+            why = error_line(e, chatter[0] if chatter else "")
             raise CapabilityError(
                 f"BPF program {self.name}.bpf.c failed to load: {why} (run `allocscope doctor`)"
             ) from None
