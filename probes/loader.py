@@ -290,6 +290,31 @@ class Probe:
             )
         self.attachments.append(Attachment("perf_event", f"{ev_type}:{ev_config}", fn_name))
 
+    def preload(self, fn_name: str, backend: str) -> None:
+        """Load (verify) one program now, without attaching it. BCC loads lazily at attach;
+        a probe whose hooks allocate (the verifier kmallocs) preloads every program first so
+        the verifier's allocations do not land in the maps of hooks already attached."""
+        b = self.bpf
+        kinds = {"raw_tracepoint": b.RAW_TRACEPOINT, "tracepoint": b.TRACEPOINT, "kprobe": b.KPROBE}
+        if backend not in kinds:
+            raise ValueError(f"preload: no program type for backend {backend!r}")
+        b.load_func(fn_name.encode(), kinds[backend])
+
+    def detach(self) -> None:
+        """Stop every tracepoint, raw tracepoint and kprobe hook but keep the maps, so a window
+        can end before its maps are read. ``attachments`` stays the record of what ran;
+        :meth:`close` detaches whatever else is left."""
+        b = self.bpf
+        for a in self.attachments:
+            if a.backend == "raw_tracepoint":
+                b.detach_raw_tracepoint(tp=a.target.encode())
+            elif a.backend == "tracepoint":
+                b.detach_tracepoint(tp=a.target.encode())
+            elif a.backend in ("kprobe", "kretprobe"):
+                detach = b.detach_kretprobe if a.backend == "kretprobe" else b.detach_kprobe
+                fn = None if a.fn_name == "(auto)" else a.fn_name.encode()
+                detach(event=a.target.encode(), fn_name=fn)
+
     def ksym(self, addr: int) -> str:
         return str(self.bpf.ksym(addr).decode(errors="replace"))
 
