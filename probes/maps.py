@@ -3,7 +3,10 @@
 Every probe's Python half reads its maps through these, so each mechanic (and each of its
 kernel-version fallbacks) exists once and returns plain ints and tuples, never BCC objects.
 
-Costs, in ``bpf()`` syscalls (BCC adds Python work per entry on top):
+Costs, in ``bpf()`` syscalls (BCC adds Python work per entry on top). Measured on the 2-CPU
+development VM (6.18, other jobs running) with kmem_sites' ``sites`` per-CPU hash holding 10 000
+entries: batched read 50 ms, per-entry read 257 ms, drain 251 ms; its 9-slot ``counters``
+array summed 46 us batched versus 72 us with BCC's ``sum(Key(i))`` per slot.
 
 * :func:`items` reads a whole map with ``BPF_MAP_LOOKUP_BATCH`` (Linux 5.6+): one syscall per
   buffer of entries instead of two per entry (``get_next_key`` + ``lookup``). It falls back to
