@@ -214,3 +214,28 @@ def test_error_line_full_and_short() -> None:
     assert error_line("not tried: not root (no CAP_BPF)", short=True) == (
         "not tried: not root (no CAP_BPF)"
     )
+
+
+# --- who_calls settings -> -D --------------------------------------------------------------
+
+
+def test_who_calls_defines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from allocscope.probes import who_calls
+
+    events = tmp_path / "events" / "kmem"
+    for ev in ("kmalloc", "kmem_cache_alloc"):
+        (events / ev).mkdir(parents=True)
+        (events / ev / "format").write_text(KMALLOC_FORMAT.read_text())
+    real = tracefs.offsets_of
+    monkeypatch.setattr(
+        tracefs, "offsets_of", lambda c, e, f: real(c, e, f, roots=(str(tmp_path),))
+    )
+    site = who_calls.SiteRanges(1, "xas_alloc", [(0x100, 0x180)], ["xas_alloc"])
+    d = who_calls.WhoCallsSettings("tracepoint", [site], pid=7, comm="kworker").defines()
+    assert d["BACKEND_TP"] == 1 and d["FILTER_TGID"] == 7
+    assert (d["TP_KM_CALL_SITE"], d["TP_KM_BYTES"]) == (8, 32)
+    assert d["FILTER_COMM0"] == f"0x{int.from_bytes(b'kworker', 'little'):x}ULL"
+    assert d["SITE_OF(a)"] == "(((a)>=0x100ULL&&(a)<0x180ULL)?1:0)"
+    assert "READ_ALLOC_TAG" not in d
+    fentry = who_calls.WhoCallsSettings("fentry", [site], read_tag=True).defines()
+    assert fentry["FENTRY_TARGET"] == "xas_alloc" and "READ_ALLOC_TAG" not in fentry
