@@ -22,6 +22,7 @@ from allocscope.probes.capabilities import (
     Privileges,
 )
 from allocscope.probes.headers import HeaderTree
+from allocscope.probes.loader import error_line
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 BPF_ATTACH_TYPES = ("tracepoint", "raw_tracepoint", "kprobe", "fentry")
@@ -161,18 +162,7 @@ def _kernel_version(release: str) -> tuple[int, int]:
 
 def short_reason(detail: str) -> str:
     """The most telling part of a failed attempt's error, for one table cell."""
-    d = detail
-    if "kprobe_events" in d and "No such file" in d:
-        return "no kprobe_events"
-    if "not traceable" in d:
-        return "function not traceable"
-    if "Need super-user" in d or "Operation not permitted" in d:
-        return "EPERM from the kernel"
-    if "perf_event_open failed: No such file" in d:
-        return "no such PMU event"
-    if d.startswith("not tried"):
-        return d
-    return d.split(" (")[0][:60]
+    return error_line(detail, short=True)
 
 
 def _kernel_line(f: Facts) -> DoctorLine:

@@ -31,14 +31,8 @@ from allocscope.collector.payloads import (
     WhoCallsPayload,
 )
 from allocscope.collector.site import Site, canonical_function
-from allocscope.collector.whocalls import (
-    TRACEPOINT_FAMILY,
-    Epoch,
-    Options,
-    RawCapture,
-    SiteCounts,
-    SiteTarget,
-)
+from allocscope.collector.whocalls import Epoch, Options, RawCapture, SiteTarget
+from allocscope.probes.who_calls import TRACEPOINT_FAMILY, SiteCounts
 
 # (site index, tag address, caller, tgid, comm): the finest grouping of samples
 GroupKey = tuple[int, int, str, int, str]

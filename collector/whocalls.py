@@ -20,19 +20,24 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from allocscope.collector import attribution
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.result import Result
 from allocscope.collector.site import Site, SiteQuery, canonical_function
-from allocscope.errors import AllocscopeError, CapabilityError
+from allocscope.errors import AllocscopeError
+from allocscope.probes import who_calls
+from allocscope.probes.loader import Probe
+from allocscope.probes.who_calls import (
+    MAX_SITES,
+    Sample,
+    SiteCounts,
+    SiteRanges,
+    read_counts,
+    set_sampling,
+)
 
-TRACEFS = "/sys/kernel/tracing"
-BACKEND_ORDER = ("fentry", "kprobe", "raw_tracepoint", "tracepoint")
-TRACEPOINT_FAMILY = frozenset({"raw_tracepoint", "tracepoint"})
-MAX_SITES = 8
 # Cost of one sampled event's stack walk + hash update, measured on the development VM
 # (1.5-2 us); the automatic sampling mode divides the overhead budget by it.
 STACK_WALK_SECONDS = 2.0e-6
@@ -40,15 +45,12 @@ CALIBRATION_SECONDS = 1.0
 
 
 @dataclass(slots=True)
-class SiteTarget:
-    """One site as the probe sees it: a 1-based index and the code ranges that belong to it."""
+class SiteTarget(SiteRanges):
+    """A resolved site: what the probe needs (:class:`SiteRanges`) plus the user's spelling
+    and the allocinfo tag, when one allocinfo line names it."""
 
-    index: int
-    label: str  # as the user typed it
-    function: str  # clone-free function name
-    ranges: list[tuple[int, int]]
-    symbols: list[str]  # kallsyms names (clones included), for kprobe attachment
-    tag_site: Site | None = None  # the allocinfo tag, when an allocinfo line names it
+    label: str = ""  # as the user typed it
+    tag_site: Site | None = None
 
 
 @dataclass(slots=True)
@@ -135,292 +137,30 @@ def resolve_sites(
                 "(inlined into its callers? name the caller instead)"
             )
         symbols = sorted({r.name for s, _ in ranges if (r := ksyms.resolve(s)) is not None})
-        targets.append(SiteTarget(len(targets) + 1, label, function, ranges, symbols, tag_site))
-    return targets
-
-
-def site_of_macro(targets: Sequence[SiteTarget]) -> str:
-    """``SITE_OF(a)``: a compiled-in chain of range compares -> site index, 0 for no match.
-
-    Compile-time constants make the filter two compares for a non-matching event (the common
-    case on a hot tracepoint); a handful of ranges (clones, several sites) stays cheap.
-    """
-    expr = "0"
-    for t in reversed(targets):
-        for start, end in reversed(t.ranges):
-            expr = f"(((a)>=0x{start:x}ULL&&(a)<0x{end:x}ULL)?{t.index}:{expr})"
-    return expr
-
-
-# --- backends --------------------------------------------------------------------------------
-
-
-def _traceable(function: str) -> bool | None:
-    """Is ``function`` in ftrace's list (not ``notrace``)? None when the list is unreadable."""
-    try:
-        with open(os.path.join(TRACEFS, "available_filter_functions")) as f:
-            for line in f:
-                if line.split(" ", 1)[0].strip() == function:
-                    return True
-        return False
-    except OSError:
-        return None
-
-
-def _kprobes_configured() -> bool:
-    return os.path.exists(os.path.join(TRACEFS, "kprobe_events")) or os.path.exists(
-        "/sys/kernel/debug/kprobes"
-    )
-
-
-def backend_candidates(targets: Sequence[SiteTarget], requested: str) -> list[tuple[str, str]]:
-    """Backends to try in order, each with why it is (or was not) a candidate.
-
-    Returns (backend, note) pairs; only those whose cheap preconditions hold are included,
-    so a kernel without kprobes costs no failed compile. The survivors are then *tried*.
-    """
-    if requested != "auto":
-        if requested not in BACKEND_ORDER:
-            raise AllocscopeError(
-                f"who-calls: unknown backend {requested!r} (have: auto, {', '.join(BACKEND_ORDER)})"
-            )
-        if requested == "fentry" and len(targets) != 1:
-            raise AllocscopeError("who-calls: --backend fentry takes exactly one site")
-        return [(requested, "requested")]
-    out: list[tuple[str, str]] = []
-    traceable = [_traceable(s) for t in targets for s in [t.function]]
-    if all(v is not False for v in traceable):
-        if len(targets) == 1 and os.path.exists("/sys/kernel/btf/vmlinux"):
-            out.append(("fentry", "site function is traceable"))
-        if _kprobes_configured():
-            out.append(("kprobe", "site function is traceable"))
-    out.append(("raw_tracepoint", "kmem tracepoints, call_site filter"))
-    out.append(("tracepoint", "kmem tracepoints, call_site filter"))
-    return out
-
-
-def _format_offsets(event: str) -> dict[str, int]:
-    """Field offsets of a classic tracepoint record, from its tracefs format file."""
-    path = os.path.join(TRACEFS, "events", event, "format")
-    offs: dict[str, int] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line.startswith("field:"):
-                    continue
-                decl = line.split(";")[0][len("field:") :]
-                name = decl.split()[-1].split("[")[0]
-                off = int(line.split("offset:")[1].split(";")[0])
-                offs[name] = off
-    except OSError as e:
-        raise CapabilityError(f"{path}: {e.strerror}; is tracefs mounted?") from None
-    return offs
-
-
-def _comm_defines(comm: str) -> dict[str, int | str | bool]:
-    raw = comm.encode()[:15].ljust(16, b"\0")
-    return {
-        "FILTER_COMM0": f"0x{int.from_bytes(raw[:8], 'little'):x}ULL",
-        "FILTER_COMM1": f"0x{int.from_bytes(raw[8:], 'little'):x}ULL",
-    }
-
-
-def _defines_for(
-    backend: str, targets: Sequence[SiteTarget], opts: Options, read_tag: bool
-) -> dict[str, int | str | bool]:
-    d: dict[str, int | str | bool] = {"SITE_OF(a)": site_of_macro(targets), "MAX_SITES": MAX_SITES}
-    if opts.pid is not None:
-        d["FILTER_TGID"] = opts.pid
-    if opts.comm:
-        d.update(_comm_defines(opts.comm))
-    if opts.per_process:
-        d["PER_PROCESS"] = 1
-    if backend == "raw_tracepoint":
-        d["BACKEND_RAW_TP"] = 1
-        from allocscope.probes.btf import kmem_cache_offsets
-
-        offs = kmem_cache_offsets()
-        if offs is not None:
-            d["KMEM_CACHE_SIZE_OFF"] = offs["size"]
-    elif backend == "tracepoint":
-        d["BACKEND_TP"] = 1
-        kca = _format_offsets("kmem/kmem_cache_alloc")
-        km = _format_offsets("kmem/kmalloc")
-        d.update(
-            TP_KCA_CALL_SITE=kca["call_site"],
-            TP_KCA_BYTES=kca["bytes_alloc"],
-            TP_KM_CALL_SITE=km["call_site"],
-            TP_KM_BYTES=km["bytes_alloc"],
+        targets.append(
+            SiteTarget(len(targets) + 1, function, ranges, symbols, label=label, tag_site=tag_site)
         )
-    elif backend == "kprobe":
-        d["BACKEND_KPROBE"] = 1
-    elif backend == "fentry":
-        d["BACKEND_FENTRY"] = 1
-        d["FENTRY_TARGET"] = targets[0].function
-    if read_tag and backend in TRACEPOINT_FAMILY:
-        d["READ_ALLOC_TAG"] = 1
-    return d
-
-
-def _attach(probe: Any, backend: str, targets: Sequence[SiteTarget]) -> None:
-    if backend in TRACEPOINT_FAMILY:
-        for ev in ("kmem_cache_alloc", "kmalloc"):
-            if backend == "raw_tracepoint":
-                probe.attach_raw_tracepoint(ev, f"on_{ev}")
-            else:
-                probe.attach_tracepoint(f"kmem:{ev}", f"on_{ev}")
-    elif backend == "kprobe":
-        for t in targets:
-            for sym in t.symbols:
-                probe.attach_kprobe(sym, "on_site_entry")
-    # fentry: BCC attaches kfunc__ programs while loading; the loader records them.
-
-
-def open_probe(
-    targets: Sequence[SiteTarget], opts: Options, log: Callable[[str], None]
-) -> tuple[Any, str, bool, list[str]]:
-    """Compile and attach the first backend that works; returns (probe, backend, tag?, notes)."""
-    from allocscope.probes.headers import resolve_headers
-    from allocscope.probes.loader import Probe
-
-    headers = resolve_headers()
-    read_tag = headers.matches and os.path.exists(PROC_ALLOCINFO)
-    notes: list[str] = []
-    failures: list[str] = []
-    for backend, _why in backend_candidates(targets, opts.backend):
-        probe = None
-        try:
-            probe = Probe(
-                "who_calls", _defines_for(backend, targets, opts, read_tag), headers=headers
-            )
-            set_sampling(probe, 0 if opts.sample is None else opts.sample, 0)
-            _attach(probe, backend, targets)
-        except (CapabilityError, Exception) as e:  # noqa: BLE001 - BCC raises bare Exception
-            if probe is not None:
-                probe.close()
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if "super-user" in msg:  # BCC's wording for EPERM from the kernel
-                msg = "the kernel refused the program (EPERM)"
-            failures.append(f"{backend}: {msg[:160]}")
-            log(f"who-calls: backend {backend} unavailable ({msg[:120]}); trying the next")
-            continue
-        if failures:
-            notes.append("backends tried first: " + "; ".join(failures))
-        if backend == "raw_tracepoint" and "KMEM_CACHE_SIZE_OFF" not in probe.defines:
-            notes.append(
-                "no BTF: bytes of kmem_cache_alloc events are not known (kmalloc's are); "
-                "--backend tracepoint reads them from the record"
-            )
-        if not headers.matches:
-            notes.append(
-                "kernel headers do not match the running kernel: the probe reads no "
-                "kernel struct through them (kmem_cache size offset comes from BTF)"
-            )
-        return probe, backend, read_tag and backend in TRACEPOINT_FAMILY, notes
-    raise CapabilityError("who-calls: no backend could attach: " + "; ".join(failures))
+    return targets
 
 
 # --- reading the maps ------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class SiteCounts:
-    calls: int = 0
-    bytes: int = 0
-    sampled: int = 0
-    stack_err: int = 0
-    hash_full: int = 0
-
-
-@dataclass(slots=True)
-class Sample:
-    site: int
-    stack: list[int]  # addresses, innermost first
-    tgid: int
-    comm: str
-    tag: int
-    count: int
-    bytes: int
-    epoch: int = 0
-
-
-@dataclass(slots=True)
 class RawCapture:
+    """The probe's map contents with each alloc tag as an allocinfo :class:`Site`."""
+
     counts: dict[int, SiteCounts]
     samples: list[Sample]
     tags: dict[int, Site]
     missing_stacks: int = 0
 
 
-def read_maps(probe: Any, targets: Sequence[SiteTarget], read_tag: bool) -> RawCapture:
-    """Read samples first, then counts: events landing in between make counts >= samples."""
-    samples, missing = _read_samples(probe)
-    counts = read_counts(probe, targets)
-    tags: dict[int, Site] = {}
-    if read_tag:
-        for k, v in probe["tags"].items():
-            tags[int(k.value)] = Site(
-                v.file.decode(errors="replace"),
-                int(v.line),
-                v.function.decode(errors="replace"),
-            )
-    return RawCapture(counts, samples, tags, missing)
-
-
-def read_counts(probe: Any, targets: Sequence[SiteTarget]) -> dict[int, SiteCounts]:
-    """Every matching event per site, summed over CPUs."""
-    counts: dict[int, SiteCounts] = {}
-    table = probe["counts"]
-    for t in targets:
-        sc = SiteCounts()
-        for v in table[table.Key(t.index)]:
-            sc.calls += v.calls
-            sc.bytes += v.bytes
-            sc.sampled += v.sampled
-            sc.stack_err += v.stack_err
-            sc.hash_full += v.hash_full
-        counts[t.index] = sc
-    return counts
-
-
-def _read_samples(probe: Any) -> tuple[list[Sample], int]:
-    stacks = probe["stacks"]
-    samples: list[Sample] = []
-    missing = 0
-    cache: dict[int, list[int]] = {}
-    for k, v in probe["samples"].items():
-        sid = int(k.stackid)
-        if sid not in cache:
-            try:
-                cache[sid] = [int(a) for a in stacks.walk(sid)]
-            except KeyError:
-                cache[sid] = []
-        if not cache[sid]:
-            missing += int(v.count)
-            continue
-        samples.append(
-            Sample(
-                int(k.site),
-                cache[sid],
-                int(k.tgid),
-                bytes(k.comm).split(b"\0")[0].decode(errors="replace"),
-                int(k.tag),
-                int(v.count),
-                int(v.bytes),
-                int(k.epoch),
-            )
-        )
-    return samples, missing
-
-
-def set_sampling(probe: Any, n: int, epoch: int) -> None:
-    """Switch the probe to 1-in-``n`` stack sampling (0 = count only), tagged ``epoch``."""
-    cfg = probe["config"]
-    leaf = cfg.Leaf()
-    leaf.n = n
-    leaf.epoch = epoch
-    cfg[cfg.Key(0)] = leaf
+def read_maps(probe: Probe, targets: Sequence[SiteTarget], read_tag: bool) -> RawCapture:
+    """The maps at the end of the window (see :func:`allocscope.probes.who_calls.read_maps`)."""
+    m = who_calls.read_maps(probe, targets, read_tag)
+    tags = {addr: Site(t.file, t.line, t.function) for addr, t in m.tags.items()}
+    return RawCapture(m.counts, m.samples, tags, m.missing_stacks)
 
 
 # --- capture ---------------------------------------------------------------------------------
@@ -488,7 +228,7 @@ class _RateKeeper:
 
     def __init__(
         self,
-        probe: Any,
+        probe: Probe,
         targets: Sequence[SiteTarget],
         opts: Options,
         epochs: list[Epoch],
@@ -554,7 +294,22 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
 
     epochs = [Epoch(0 if opts.sample is None else opts.sample)]
     with cap:
-        probe, backend, read_tag, notes = open_probe(targets, opts, log)
+        opened = who_calls.open_probe(
+            targets,
+            backend=opts.backend,
+            sample=0 if opts.sample is None else opts.sample,
+            pid=opts.pid,
+            comm=opts.comm,
+            per_process=opts.per_process,
+            allocinfo=os.path.exists(PROC_ALLOCINFO),
+            log=log,
+        )
+        probe, backend, read_tag, notes = (
+            opened.probe,
+            opened.backend,
+            opened.read_tag,
+            opened.notes,
+        )
         cap.hold(probe)
         # after the compile (which allocates too), so the delta is the capture window's
         before = _allocinfo_now(opts)

@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
+from allocscope.probes import tracefs
 from allocscope.probes.headers import HeaderTree
-from allocscope.probes.loader import Probe, captured_stderr, import_bcc
+from allocscope.probes.loader import Probe, captured_stderr, error_line, import_bcc
 
 CHECK_PROGRAM = "capability_check"
 DEFAULT_FUNCTION = "vfs_read"  # traceable (not notrace) on every kernel allocscope targets
@@ -64,17 +65,6 @@ class CheckResult:
 # --- BCC plumbing: one compile, no auto-attach, libbcc's stderr kept off the screen ---------
 
 
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else ""
-
-
-def _error_text(e: BaseException, stderr: str) -> str:
-    msg = str(e).replace("b'", "'")
-    extra = _last_line(stderr)
-    return f"{msg} ({extra})" if extra and extra not in msg else msg
-
-
 def compile_checks(defines: dict[str, int | str], headers: HeaderTree | None = None) -> Any:
     """Compile ``capability_check.bpf.c`` once with ``defines`` (nothing auto-attached: every
     attach is an explicit, caught attempt); returns the BCC object. Raises on failure."""
@@ -93,7 +83,7 @@ def _attempt(fn: Callable[[], None]) -> CheckResult:
     dt = time.monotonic() - t0
     if error is None:
         return CheckResult(True, "loaded and attached", dt)
-    return CheckResult(False, _error_text(error, err[0] if err else ""), dt)
+    return CheckResult(False, error_line(error, err[0] if err else ""), dt)
 
 
 def _try_tracepoint(b: Any, tp: str = TRACEPOINT) -> None:
@@ -287,10 +277,7 @@ def lockdown_mode(path: str = "/sys/kernel/security/lockdown") -> str:
 
 def tracefs_path() -> str | None:
     """Where tracefs is mounted with events visible, or None."""
-    for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
-        if os.path.isdir(os.path.join(p, "events")):
-            return p
-    return None
+    return tracefs.mount_point()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * kmem_sites.bpf.c -- per-call-site bytes and calls from the kmem tracepoints, for
- * `allocscope top --live` on kernels without /proc/allocinfo (collector/live_sites.py).
+ * `allocscope top --live` on kernels without /proc/allocinfo (probes/kmem_sites.py; collector/top_live.py).
  *
  * Hooks (raw tracepoints unless said otherwise; args as of Linux 6.10+):
  *   kmalloc(call_site, ptr, bytes_req, bytes_alloc, gfp, node)  -> on_kmalloc
@@ -52,7 +52,7 @@
  * (interrupt-context allocations are charged to whoever was running). Frees are never
  * filtered: whoever frees an object the filtered process allocated, it is no longer live.
  *
- * Settings (-D; keep the defaults in sync with collector/live_sites.py DEFAULT_*):
+ * Settings (-D; keep the defaults in sync with probes/kmem_sites.py DEFAULT_*):
  *   SITES_MAX          size of sites (16384)
  *   LIVE_MAX           size of live (262144)
  *   TRACK_FREES        1 = hook the frees and keep live (1)
@@ -126,7 +126,7 @@
 #error "kmem_sites.bpf.c: TP_KMALLOC_BYTES_OFF needs TP_KMALLOC_{CALL_SITE,PTR}_OFF"
 #endif
 
-/* sources and counter indexes: keep in sync with collector/live_sites.py SOURCES, COUNTERS */
+/* sources and counter indexes: keep in sync with probes/kmem_sites.py SOURCES, COUNTERS */
 #define SRC_KMALLOC 0
 #define SRC_CACHE 1
 #define SRC_PAGE 2

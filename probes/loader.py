@@ -93,6 +93,49 @@ def last_error_lines(text: str, n: int = 2) -> str:
     return " | ".join((errors or lines)[-n:])[:300]
 
 
+# Failures with a known cause: (every needle present, short phrase, full-text replacement).
+# BCC words EPERM from the kernel as "Need super-user privileges", which misleads a user who
+# IS root (lockdown, a refused fentry target, a missing capability): its text is replaced.
+_KNOWN_CAUSES: tuple[tuple[tuple[str, ...], str, str | None], ...] = (
+    (("kprobe_events", "No such file"), "no kprobe_events", None),
+    (("not traceable",), "function not traceable", None),
+    (("super-user",), "EPERM from the kernel", "the kernel refused the program (EPERM)"),
+    (("Operation not permitted",), "EPERM from the kernel", None),
+    (("refused the program (EPERM)",), "EPERM from the kernel", None),
+    (("perf_event_open failed: No such file",), "no such PMU event", None),
+)
+
+
+def error_line(
+    error: BaseException | str, captured: str = "", *, short: bool = False, limit: int = 300
+) -> str:
+    """BCC's error text (plus what libbcc/clang printed, ``captured``) as one line.
+
+    The full form is the exception's first line with ``b'...'`` quoting removed, then the
+    telling part of ``captured`` in parentheses when it adds something; a known cause (see
+    ``_KNOWN_CAUSES``) whose BCC wording misleads is replaced by a plain one. ``short=True``
+    gives a table cell: the known cause's phrase, else the text before its first `` (``,
+    at most 60 characters.
+    """
+    text = str(error) if isinstance(error, str) else str(error) or type(error).__name__
+    lines = [ln.strip() for ln in text.replace("b'", "'").splitlines() if ln.strip()]
+    msg = lines[0] if lines else ""
+    detail = last_error_lines(captured) if captured else ""
+    whole = f"{msg} {detail}"
+    for needles, phrase, replacement in _KNOWN_CAUSES:
+        if all(n in whole for n in needles):
+            if short:
+                return phrase
+            if replacement is not None:
+                return replacement
+            break
+    if short:
+        return msg if msg.startswith("not tried") else msg.split(" (")[0][:60]
+    if detail and detail not in msg:
+        msg = f"{msg} ({detail})"
+    return msg[:limit]
+
+
 def _no_autoload_class(bcc: Any) -> Any:
     """A ``bcc.BPF`` subclass that attaches nothing at construction.
 
@@ -158,8 +201,7 @@ class Probe:
             with captured_stderr() as chatter:
                 self._bpf = bpf_class(src_file=src.encode(), cflags=cflags)
         except Exception as e:  # BCC raises bare Exception on compile/load failure
-            detail = last_error_lines(chatter[0] if chatter else "")
-            why = f"{e}: {detail}" if detail else str(e)
+            why = error_line(e, chatter[0] if chatter else "")
             raise CapabilityError(
                 f"BPF program {self.name}.bpf.c failed to load: {why} (run `allocscope doctor`)"
             ) from None
@@ -247,6 +289,31 @@ class Probe:
                 cpu=cpu,
             )
         self.attachments.append(Attachment("perf_event", f"{ev_type}:{ev_config}", fn_name))
+
+    def preload(self, fn_name: str, backend: str) -> None:
+        """Load (verify) one program now, without attaching it. BCC loads lazily at attach;
+        a probe whose hooks allocate (the verifier kmallocs) preloads every program first so
+        the verifier's allocations do not land in the maps of hooks already attached."""
+        b = self.bpf
+        kinds = {"raw_tracepoint": b.RAW_TRACEPOINT, "tracepoint": b.TRACEPOINT, "kprobe": b.KPROBE}
+        if backend not in kinds:
+            raise ValueError(f"preload: no program type for backend {backend!r}")
+        b.load_func(fn_name.encode(), kinds[backend])
+
+    def detach(self) -> None:
+        """Stop every tracepoint, raw tracepoint and kprobe hook but keep the maps, so a window
+        can end before its maps are read. ``attachments`` stays the record of what ran;
+        :meth:`close` detaches whatever else is left."""
+        b = self.bpf
+        for a in self.attachments:
+            if a.backend == "raw_tracepoint":
+                b.detach_raw_tracepoint(tp=a.target.encode())
+            elif a.backend == "tracepoint":
+                b.detach_tracepoint(tp=a.target.encode())
+            elif a.backend in ("kprobe", "kretprobe"):
+                detach = b.detach_kretprobe if a.backend == "kretprobe" else b.detach_kprobe
+                fn = None if a.fn_name == "(auto)" else a.fn_name.encode()
+                detach(event=a.target.encode(), fn_name=fn)
 
     def ksym(self, addr: int) -> str:
         return str(self.bpf.ksym(addr).decode(errors="replace"))

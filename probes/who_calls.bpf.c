@@ -24,7 +24,7 @@
  * Other settings (all -D; switches default to 0 and are tested with #if):
  *   SITE_OF(a)       expression -> 1..MAX_SITES for an address inside a site's range, else 0
  *                    (default: 0, nothing matches)
- *   MAX_SITES        sites per run (8; keep in sync with collector/whocalls.py MAX_SITES)
+ *   MAX_SITES        sites per run (8; keep in sync with probes/who_calls.py MAX_SITES)
  *   STACK_ENTRIES    size of stacks (16384)
  *   SAMPLE_ENTRIES   size of samples (16384)
  *   TAGS_MAX         size of tags (1024)

@@ -219,10 +219,10 @@ def _live(args: argparse.Namespace) -> tuple[AllocinfoSnapshot, str, dict[str, A
             "--live and --file are exclusive: one reads allocinfo, the other traces"
         )
     try:
-        from allocscope.collector import live_sites
+        from allocscope.collector import top_live
     except ImportError as e:
         raise AllocscopeError(f"--live is not available in this build ({e})") from None
-    cap = live_sites.capture_live_sites(
+    cap = top_live.capture_top_live(
         args.live, frees=args.frees, pid=args.pid, workload=args.workload
     )
     what = "live bytes" if cap.bytes_kind == "live" else f"{cap.bytes_kind} bytes"

@@ -93,15 +93,15 @@ def test_attach_verdict_agrees_with_bpftrace(
 def test_raw_tracepoint_verdict_agrees_with_a_real_probe(
     live: None, doctor_json: tuple[int, dict[str, object]]
 ) -> None:
-    from allocscope.collector.live_sites import probe_defines
     from allocscope.errors import CapabilityError
+    from allocscope.probes.kmem_sites import KmemSitesSettings
     from allocscope.probes.loader import Probe
 
     _, data = doctor_json
     facts = data["facts"]
     assert isinstance(facts, dict)
     try:
-        with Probe("kmem_sites", probe_defines(frees=False, pid=os.getpid())) as p:
+        with Probe("kmem_sites", KmemSitesSettings(frees=False, pid=os.getpid()).defines()) as p:
             p.attach_raw_tracepoint("kmalloc", "on_kmalloc")
             attached = True
     except (CapabilityError, Exception):  # noqa: BLE001 - any failure means "does not attach"

@@ -17,7 +17,7 @@ import pytest
 
 from allocscope.collector.allocinfo import AllocRecord
 from allocscope.collector.kallsyms import Kallsyms
-from allocscope.collector.live_sites import LiveCapture, capture_live_sites
+from allocscope.collector.top_live import PAGE_SITE, LiveCapture, capture_top_live
 
 N = 20000
 FILE_ALLOCATORS = ("alloc_empty_file", "__alloc_file", "alloc_file")
@@ -67,7 +67,7 @@ def open_close_in_window(n: int) -> tuple[Callable[[], None], threading.Thread, 
 
 def capture_with_opens(n: int, **kw: object) -> tuple[LiveCapture, dict[str, float]]:
     on_start, thread, times = open_close_in_window(n)
-    cap = capture_live_sites(2.0, on_start=on_start, **kw)  # type: ignore[arg-type]
+    cap = capture_top_live(2.0, on_start=on_start, **kw)  # type: ignore[arg-type]
     thread.join(30)
     assert "end" in times, "the open/close loop did not finish"
     assert times["end"] <= times["window"] + cap.duration, "opens ran past the window"
@@ -122,7 +122,7 @@ def test_pid_filter_excludes_other_processes(live: None) -> None:
     pid = os.getpid()
     on_start, thread, times = open_close_in_window(N)
     # Filter on our parent (pytest's parent shell or init): it does not run our loop.
-    cap = capture_live_sites(1.5, pid=os.getppid() or 1, frees=False, on_start=on_start)
+    cap = capture_top_live(1.5, pid=os.getppid() or 1, frees=False, on_start=on_start)
     thread.join(30)
     calls = sum(r.calls for r in cap.snapshot.records if r.site.function == fn)
     assert calls < N, f"pid filter {os.getppid()} let through this process ({pid})'s opens"
@@ -143,19 +143,19 @@ def test_top_live_cli_json(live: None, cli: Callable[..., tuple[int, str, str]])
 def test_classic_tracepoint_fallback(live: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without BTF (or with unexpected raw tracepoint layouts) the classic tracepoints stand
     in, their records located through tracefs format files: same counts, same sizes."""
-    from allocscope.collector import live_sites
+    from allocscope.probes import kmem_sites
 
-    real = live_sites.probe_defines
+    real = kmem_sites.KmemSitesSettings.defines
 
-    def classic(**kw: object) -> live_sites.Defines:
-        d = real(**kw)  # type: ignore[arg-type]
+    def classic(self: kmem_sites.KmemSitesSettings) -> kmem_sites.Defines:
+        d = real(self)
         d.pop("KMEM_CACHE_SIZE_OFF", None)
-        d.update(live_sites._classic_offsets("kmem_cache_alloc", "TP_CACHE"))
-        d.update(live_sites._classic_offsets("kmalloc", "TP_KMALLOC"))
+        d.update(kmem_sites.classic_offsets("kmem_cache_alloc", "TP_CACHE"))
+        d.update(kmem_sites.classic_offsets("kmalloc", "TP_KMALLOC"))
         d["TRACK_PAGES"] = False
         return d
 
-    monkeypatch.setattr(live_sites, "probe_defines", classic)
+    monkeypatch.setattr(kmem_sites.KmemSitesSettings, "defines", classic)
     fn = file_allocator()
     cap, _ = capture_with_opens(N, frees=True, pid=os.getpid())
     assert cap.backend == "tracepoint+raw_tracepoint"
@@ -165,4 +165,4 @@ def test_classic_tracepoint_fallback(live: None, monkeypatch: pytest.MonkeyPatch
     size = filp_object_size()
     if size is not None and "sources" not in r.extras:
         assert int(r.extras["alloc_bytes"]) == r.calls * size
-    assert all(rec.site.function != live_sites.PAGE_SITE for rec in cap.snapshot.records)
+    assert all(rec.site.function != PAGE_SITE for rec in cap.snapshot.records)

@@ -30,13 +30,14 @@ PROBES = Path(__file__).resolve().parents[2] / "probes"
 HEADER = "allocscope.bpf.h"
 SPDX = "// SPDX-License-Identifier: GPL-2.0"
 
-# Where each Python mirror may live, first match wins (a probes/<name>.py module, if a
-# colleague moved the constants there, else the collector that reads the map).
+# Where each Python mirror may live, first match wins: the program's Python half
+# probes/<name>.py (kmem_sites and who_calls have only that home), else -- until its half
+# exists -- the collector that reads the map.
 CANDIDATES = {
-    "kmem_sites": ("allocscope.probes.kmem_sites", "allocscope.collector.live_sites"),
+    "kmem_sites": ("allocscope.probes.kmem_sites",),
     "oncpu": ("allocscope.probes.oncpu", "allocscope.collector.overhead"),
     "alloc_latency": ("allocscope.probes.alloc_latency", "allocscope.collector.overhead"),
-    "who_calls": ("allocscope.probes.who_calls", "allocscope.collector.whocalls"),
+    "who_calls": ("allocscope.probes.who_calls",),
 }
 
 # C index name -> the Python name at that index.
@@ -78,6 +79,7 @@ SCALARS = (
     ("kmem_sites", "LIVE_MAX", "DEFAULT_LIVE_MAX"),
     ("kmem_sites", "PAGE_STACK_SAMPLE", "DEFAULT_PAGE_STACK_SAMPLE"),
     ("kmem_sites", "PAGE_STACK_DEPTH", "PAGE_STACK_DEPTH"),
+    ("kmem_sites", "NR_ORDERS", "NR_ORDERS"),
     ("oncpu", "STACK_STORAGE", "DEFAULT_STACK_STORAGE"),
     ("alloc_latency", "HIST_SLOTS", "HIST_SLOTS"),
     ("who_calls", "MAX_SITES", "MAX_SITES"),

@@ -256,7 +256,7 @@ def test_reads_a_snapshot(cli: Any, sample: Path, tmp_path: Path) -> None:
 
 
 def test_live_path_is_wired(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--live hands its flags to live_sites and renders what comes back (no BPF here)."""
+    """--live hands its flags to top_live and renders what comes back (no BPF here)."""
     import types
 
     from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord
@@ -283,12 +283,12 @@ def test_live_path_is_wired(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
             host=None,
         )
 
-    fake = types.ModuleType("allocscope.collector.live_sites")
-    fake.capture_live_sites = capture  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "allocscope.collector.live_sites", fake)
+    fake = types.ModuleType("allocscope.collector.top_live")
+    fake.capture_top_live = capture  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "allocscope.collector.top_live", fake)
     import allocscope.collector as pkg
 
-    monkeypatch.setattr(pkg, "live_sites", fake, raising=False)
+    monkeypatch.setattr(pkg, "top_live", fake, raising=False)
     rc, out, err = cli("top", "--live", "2", "--workload", "open-close", "-n", "5", "--no-frees")
     assert rc == 0, err
     assert seen == {"duration": 2.0, "frees": False, "pid": None, "workload": "open-close"}

@@ -20,14 +20,11 @@ from allocscope.collector.whocalls import (
     Epoch,
     Options,
     RawCapture,
-    Sample,
-    SiteCounts,
     auto_sample_rate,
-    backend_candidates,
     resolve_sites,
-    site_of_macro,
 )
 from allocscope.errors import AllocscopeError
+from allocscope.probes.who_calls import Sample, SiteCounts, backend_candidates, site_of_macro
 from allocscope.reports import who_calls as report
 
 BASE = 0xFFFFFFFF81000000

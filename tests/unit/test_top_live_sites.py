@@ -1,12 +1,14 @@
-"""``top --live`` aggregation without BPF: symbolising and grouping map contents, counters."""
+"""``top --live`` aggregation without BPF: symbolising and grouping map contents, counters,
+and the kmem_sites probe half's settings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from allocscope.collector import live_sites as L
+from allocscope.collector import top_live as L
 from allocscope.collector.kallsyms import Kallsyms, Symbol
+from allocscope.probes import kmem_sites
 
 
 @dataclass
@@ -34,16 +36,13 @@ class StackKey:
 
 
 class PerCpu:
-    """Stands in for a BCC per-CPU array: ``sum(Key(i)).value``."""
+    """Stands in for a BCC per-CPU array of u64: ``items()`` gives (index, per-CPU values)."""
 
     def __init__(self, values: list[int]) -> None:
         self.values = values
 
-    def Key(self, i: int) -> int:  # noqa: N802 - BCC's spelling
-        return i
-
-    def sum(self, i: int) -> Value:
-        return Value(self.values[i])
+    def items(self) -> list[tuple[Value, list[Value]]]:
+        return [(Value(i), [Value(v - v // 2), Value(v // 2)]) for i, v in enumerate(self.values)]
 
 
 class FakeProbe:
@@ -151,6 +150,29 @@ def test_lost_counts() -> None:
 
 
 def test_probe_defines_use_btf_or_tracepoint_offsets() -> None:
-    d = L.probe_defines(frees=True, pid=42)
+    d = kmem_sites.KmemSitesSettings(frees=True, pid=42).defines()
     assert d["FILTER_TGID"] == 42 and d["TRACK_FREES"] is True
     assert ("KMEM_CACHE_SIZE_OFF" in d) != ("TP_CACHE_BYTES_OFF" in d)
+
+
+def test_hooks_follow_the_defines() -> None:
+    raw = {"KMEM_CACHE_SIZE_OFF": 24, "TRACK_PAGES": True}
+    assert [h.program for h in kmem_sites.hooks(raw, frees=False)] == [
+        "on_kmalloc",
+        "on_cache_alloc",
+        "on_page_alloc",
+    ]
+    classic = {"TP_KMALLOC_BYTES_OFF": 32, "TP_CACHE_BYTES_OFF": 32, "TRACK_PAGES": False}
+    got = kmem_sites.hooks(classic, frees=True)
+    assert [(h.backend, h.target) for h in got] == [
+        ("tracepoint", "kmem:kmalloc"),
+        ("tracepoint", "kmem:kmem_cache_alloc"),
+        ("raw_tracepoint", "kfree"),
+        ("raw_tracepoint", "kmem_cache_free"),
+    ]
+
+
+def test_source_names() -> None:
+    val = kmem_sites.SiteVal(1, 2, 0, 0)
+    assert kmem_sites.SiteEntry(0, kmem_sites.SRC_PAGE, val).source_name == "mm_page_alloc"
+    assert kmem_sites.SiteEntry(0, 9, val).source_name == "?"
