@@ -16,14 +16,9 @@ from typing import Any
 
 from allocscope.collector import workloads
 from allocscope.collector.kallsyms import Kallsyms
-from allocscope.collector.overhead import (
-    Sampler,
-    SamplerSettings,
-    diff_snapshots,
-    resolve_functions,
-    window_payload,
-)
+from allocscope.collector.overhead import diff_samples, resolve_functions, window_payload
 from allocscope.collector.result import read_result
+from allocscope.collector.sampler import Sampler, SamplerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,13 +44,13 @@ def _measure_while(
         t.start()
         time.sleep(0.3)  # warm up: first files, first pages
         ops0 = counter["ops"]
-        first = sampler.snapshot()
+        first = sampler.sample()
         time.sleep(seconds)
-        last = sampler.snapshot()
+        last = sampler.sample()
         ops1 = counter["ops"]
         stop.set()
         t.join(30)
-        payload = window_payload(diff_snapshots(first, last), functions, sampler.frames, frequency)
+        payload = window_payload(diff_samples(first, last), functions, sampler.frames, frequency)
     return payload, ops1 - ops0, sampler
 
 
