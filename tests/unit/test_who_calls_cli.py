@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -231,7 +232,7 @@ def _raw(sample_rate_counts: tuple[int, int]) -> RawCapture:
 
 def _payload(
     raw: RawCapture, sample_rate: int | None, epochs: list[Epoch] | None = None, **opt: object
-) -> dict[str, object]:
+) -> dict[str, Any]:
     snap_after = parse_allocinfo(ALLOCINFO.splitlines(keepends=True), "after")
     snap_before = parse_allocinfo(
         ALLOCINFO.replace("23363584    40562", "23000000    40000").splitlines(True), "before"
@@ -271,7 +272,7 @@ def test_payload_contract_and_join() -> None:
         assert key in p
     assert p["site"] == "xas_alloc" and p["total_calls"] == 1000 and p["lost"] == 3
     assert p["sampled"] == 100 and p["sample_rate"] == 10
-    callers = {c["caller"]: c for c in p["callers"]}  # type: ignore[union-attr]
+    callers = {c["caller"]: c for c in p["callers"]}
     top = callers["shmem_add_to_page_cache"]
     assert top["share"] == pytest.approx(0.9) and top["calls"] == 900
     assert top["ci_low"] < 0.9 < top["ci_high"]
@@ -280,13 +281,13 @@ def test_payload_contract_and_join() -> None:
     assert top["joined_bytes"] == round(23363584 * 0.9)
     assert callers["add_to_swap_cache"]["share"] == pytest.approx(0.1)
     join = p["allocinfo"]
-    assert join["match"] == "exact-tag"  # type: ignore[index]
-    assert join["delta"] == {"bytes": 363584, "calls": 562}  # type: ignore[index]
-    assert p["other"][0]["callers"] == 1  # type: ignore[index]
+    assert join["match"] == "exact-tag"
+    assert join["delta"] == {"bytes": 363584, "calls": 562}
+    assert p["other"][0]["callers"] == 1
     folded = p["folded"]
     assert (
         folded[
-            "shmem_get_folio_gfp;shmem_add_to_page_cache;xas_store;xas_create;"  # type: ignore[index]
+            "shmem_get_folio_gfp;shmem_add_to_page_cache;xas_store;xas_create;"
             "xas_alloc;kmem_cache_alloc_lru_noprof"
         ]
         == 90
@@ -297,7 +298,7 @@ def test_census_reports_exact_counts() -> None:
     raw = _raw((900, 100))
     raw.counts[1].calls = 1000
     p = _payload(raw, 1)
-    top = p["callers"][0]  # type: ignore[index]
+    top = p["callers"][0]
     assert top["calls"] == 900 and top["ci_low"] == top["ci_high"] == 0.9
 
 
@@ -320,10 +321,10 @@ def test_render_table_json_folded_and_result_roundtrip(tmp_path: Path) -> None:
 
 def test_addresses_only_on_request() -> None:
     p = _payload(_raw((90, 10)), 10)
-    assert "caller_address" not in p["callers"][0]  # type: ignore[index]
-    assert "0x" not in "".join(p["folded"])  # type: ignore[arg-type]
+    assert "caller_address" not in p["callers"][0]
+    assert "0x" not in "".join(p["folded"])
     q = _payload(_raw((90, 10)), 10, addresses=True)
-    assert q["callers"][0]["caller_address"].startswith("0xffffffff")  # type: ignore[index]
+    assert q["callers"][0]["caller_address"].startswith("0xffffffff")
 
 
 def test_auto_sampler_rises_fast_and_falls_slowly() -> None:
@@ -366,13 +367,13 @@ def test_samples_are_weighted_by_their_epoch() -> None:
         tags={},
     )
     p = _payload(raw, None, [Epoch(0, 0.5, 0), Epoch(1, 1.0, 100), Epoch(100, 1.0, 0)])
-    by = {c["caller"]: c for c in p["callers"]}  # type: ignore[union-attr]
+    by = {c["caller"]: c for c in p["callers"]}
     assert by["shmem_add_to_page_cache"]["share"] == pytest.approx(100 / 101)
     assert by["add_to_swap_cache"]["calls"] == 100
     assert by["add_to_swap_cache"]["ci_low"] < 1 / 101 < by["add_to_swap_cache"]["ci_high"]
     assert p["sample_mode"] == "auto" and p["sample_rate"] == 100
-    assert [e["n"] for e in p["sample_epochs"]] == [0, 1, 100]  # type: ignore[union-attr]
-    assert p["sample_epochs"][-1]["events"] == 10_000  # type: ignore[index]
+    assert [e["n"] for e in p["sample_epochs"]] == [0, 1, 100]
+    assert p["sample_epochs"][-1]["events"] == 10_000
 
 
 def test_allocinfo_join_modes() -> None:
