@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, overload
 
 try:  # the compiled fast path (collector/_allocinfo_scan.c), built by `pip install`
-    from allocscope.collector import _allocinfo_scan
+    # "as": an explicit re-export, the module tests and bench-parse swap out
+    from allocscope.collector import _allocinfo_scan as _allocinfo_scan
 except ImportError:  # no compiler at install time: the pure-Python paths below still work
     _allocinfo_scan = None  # type: ignore[assignment]
 

@@ -18,39 +18,26 @@ Allocator names differ per kernel (``__alloc_pages_nodemask`` before 5.13, ``__a
 resolved against kallsyms and absent names are reported as absent rather than as zero cost.
 
 Counters in the BPF maps are cumulative; a window is the difference of two
-:class:`Snapshot` s, so toggled windows (``ab --toggle``) never race with a map clear.
+:class:`~allocscope.collector.sampler.CounterSample` s, so toggled windows (``ab --toggle``)
+never race with a map clear.
+
+The probes themselves live in ``probes/oncpu.py`` and ``probes/alloc_latency.py``, composed by
+``collector/sampler.py``; the profiler's own memory is ``collector/profiling_memory.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from allocscope.collector.allocinfo import PROC_ALLOCINFO, read_allocinfo
-from allocscope.collector.kallsyms import Kallsyms
-from allocscope.collector.site import canonical_function
-from allocscope.errors import AllocscopeError, CapabilityError, InputError
-from allocscope.probes.loader import captured_stderr
+from allocscope.collector.profiling_memory import profiling_memory
+from allocscope.collector.sampler import CounterSample, Sampler, SamplerSettings
+from allocscope.errors import CapabilityError
 
-# Index order of the ``counters`` map in probes/oncpu.bpf.c.
-COUNTERS: tuple[str, ...] = (
-    "samples",
-    "idle",
-    "user",
-    "kernel",
-    "lost_stack_full",
-    "lost_stack_collision",
-    "lost_stack_other",
-    "lost_counts_full",
-    "kmem_cache_alloc",
-    "kmalloc",
-    "mm_page_alloc",
-    "pages",
-)
+if TYPE_CHECKING:
+    from allocscope.collector.result import Result
 
 # Which kmem tracepoints count the calls of a function of each kind.
 KIND_TRACEPOINTS: dict[str, tuple[str, ...]] = {
@@ -104,9 +91,6 @@ EXACT_CANDIDATES = (
     "__alloc_pages",
     "__alloc_pages_nodemask",
 )
-
-PERF_TYPE_HARDWARE, PERF_COUNT_HW_CPU_CYCLES = 0, 0
-PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK = 1, 0
 
 
 def is_profiler_frame(name: str) -> bool:
@@ -202,18 +186,9 @@ def exact_target(present: Callable[[str], bool], wanted: str | None = None) -> s
 
 
 @dataclass(slots=True)
-class Snapshot:
-    """Cumulative BPF map contents at one instant."""
-
-    t: float
-    counters: dict[str, int]
-    stacks: dict[int, int]
-    exact: dict[str, Any] | None = None
-
-
-@dataclass(slots=True)
 class Window:
-    """What happened between two snapshots."""
+    """What happened between two counter samples (``exact``: the shape of
+    :func:`exact_payload`'s input)."""
 
     seconds: float
     counters: dict[str, int]
@@ -221,7 +196,7 @@ class Window:
     exact: dict[str, Any] | None = None
 
 
-def diff_snapshots(a: Snapshot, b: Snapshot) -> Window:
+def diff_samples(a: CounterSample, b: CounterSample) -> Window:
     counters = {k: b.counters.get(k, 0) - a.counters.get(k, 0) for k in b.counters}
     stacks = {}
     for sid, n in b.stacks.items():
@@ -230,17 +205,17 @@ def diff_snapshots(a: Snapshot, b: Snapshot) -> Window:
             stacks[sid] = d
     exact = None
     if a.exact is not None and b.exact is not None:
-        hist = [y - x for x, y in zip(a.exact["hist"], b.exact["hist"], strict=True)]
+        timed = b.exact.since(a.exact)
         exact = {
-            "function": b.exact["function"],
-            "calls": b.exact["calls"] - a.exact["calls"],
-            "total_ns": b.exact["total_ns"] - a.exact["total_ns"],
-            "hist": hist,
+            "function": timed.function,
+            "calls": timed.calls,
+            "total_ns": timed.total_ns,
+            "hist": list(timed.hist),
         }
     return Window(b.t - a.t, counters, stacks, exact)
 
 
-def attribute(
+def attribute_samples(
     window: Window, functions: list[AllocFunction], frames_of: Callable[[int], tuple[str, ...]]
 ) -> dict[str, Any]:
     """Per-function inclusive/self samples, group unions, profiler samples, top self functions."""
@@ -289,298 +264,6 @@ def calls_for(kind: str, counters: Mapping[str, int]) -> int | None:
     return sum(counters.get(tp, 0) for tp in tps)
 
 
-HIST_SLOTS = 64 * 16  # alloc_latency.bpf.c's histogram: 64 octaves x 16 sub-slots
-
-
-# --- the profiling memory overhead ---------------------------------------------------------
-
-PROFILING_MEMORY_FUNCS = {"alloc_page_ext": "page_ext", "alloc_slab_obj_exts": "slab_obj_ext"}
-
-
-def profiling_memory(path: str | None = None) -> dict[str, Any]:
-    """Memory the profiling itself uses, from allocinfo's own lines, or why it is unknown.
-
-    page_ext (``mm/page_ext.c func:alloc_page_ext``) is shared with other page_ext users
-    (page_owner, idle tracking), so it is an upper bound when those are enabled too.
-    """
-    if path is None and not os.path.exists(PROC_ALLOCINFO):
-        return {
-            "status": "unknown",
-            "reason": "no /proc/allocinfo (kernel without CONFIG_MEM_ALLOC_PROFILING)",
-        }
-    try:
-        snap = read_allocinfo(path)
-    except InputError as e:
-        return {"status": "unknown", "reason": e.reason if path is None else str(e)}
-    except OSError as e:
-        return {"status": "unknown", "reason": f"cannot read allocinfo: {e}"}
-    out: dict[str, Any] = {
-        "status": "known",
-        "source": snap.source,
-        "allocinfo_version": snap.version,
-        "page_ext_bytes": 0,
-        "slab_obj_ext_bytes": 0,
-        "lines": [],
-    }
-    for r in snap.records:
-        what = PROFILING_MEMORY_FUNCS.get(r.site.function)
-        if what is None:
-            continue
-        out[f"{what}_bytes"] += r.bytes
-        out["lines"].append(
-            {
-                "site": r.site.key,
-                "function": r.site.function,
-                "bytes": r.bytes,
-                "calls": r.calls,
-                "accurate": r.accurate,
-            }
-        )
-    out["total_bytes"] = out["page_ext_bytes"] + out["slab_obj_ext_bytes"]
-    return out
-
-
-# --- the live sampler ----------------------------------------------------------------------
-
-
-@dataclass
-class SamplerSettings:
-    frequency: int = 99
-    cpus: list[int] | None = None
-    pid: int | None = None
-    stack_storage: int = 16384
-    exact_function: str | None = None  # set = also time this function with fentry/fexit
-
-
-@dataclass
-class Sampler:
-    """The probes of one measurement: sampling + tracepoint counters (+ fexit timing).
-
-    Use as a context manager; :meth:`snapshot` reads cumulative counts at any time.
-    """
-
-    settings: SamplerSettings
-    event: str = ""
-    event_type: int = -1
-    event_config: int = -1
-    backends: list[str] = field(default_factory=list)
-    _probe: Any = None
-    _exact: Any = None
-    _ksyms: Kallsyms | None = None
-    _frames: dict[int, tuple[str, ...]] = field(default_factory=dict)
-
-    def __enter__(self) -> Sampler:
-        try:
-            self.open()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def open(self) -> None:
-        from allocscope.probes.loader import Probe
-
-        s = self.settings
-        ncpu = os.cpu_count() or 1
-        defines: dict[str, int | str | bool] = {
-            "FILTER_TGID": s.pid or 0,
-            "FILTER_CPUS": 1 if s.cpus else 0,
-            "MAX_CPUS": max(ncpu, max(s.cpus or [0]) + 1),
-            "STACK_STORAGE": s.stack_storage,
-        }
-        if s.pid is not None and not os.path.exists(f"/proc/{s.pid}"):
-            raise AllocscopeError(f"-p {s.pid}: no such process")
-        with captured_stderr():  # kernel headers make clang print pages of harmless warnings
-            self._probe = Probe("oncpu", defines)
-        if s.cpus:
-            ok = self._probe["cpu_ok"]
-            for cpu in s.cpus:
-                ok[ok.Key(cpu)] = ok.Leaf(1)
-        for tp, fn in (
-            ("kmem_cache_alloc", "count_cache_alloc"),
-            ("kmalloc", "count_kmalloc"),
-            ("mm_page_alloc", "count_page_alloc"),
-        ):
-            self._probe.attach_raw_tracepoint(tp, fn)
-        if s.exact_function:
-            self._open_exact(s.exact_function)
-        if s.frequency > 0:  # 0: tracepoint counters only (bench-overhead's split of costs)
-            self._attach_sampling()
-        self.backends = sorted(
-            {a.backend for a in self._probe.attachments}
-            | ({"fentry"} if self._exact is not None else set())
-        )
-        # Loaded after the programs so their bpf_prog_* symbols resolve (profiler samples).
-        self._ksyms = Kallsyms.load()
-
-    def _attach_sampling(self) -> None:
-        freq = self.settings.frequency
-        try:
-            with captured_stderr():  # libbcc prints perf_event_open's failure itself
-                self._probe.attach_perf_event(
-                    PERF_TYPE_HARDWARE, PERF_COUNT_HW_CPU_CYCLES, "on_sample", sample_freq=freq
-                )
-            self.event, self.event_type = "cpu-cycles", PERF_TYPE_HARDWARE
-            self.event_config = PERF_COUNT_HW_CPU_CYCLES
-            return
-        except Exception:  # noqa: BLE001 - BCC raises bare Exception; no PMU (VMs, emulation)
-            pass
-        try:
-            self._probe.attach_perf_event(
-                PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, "on_sample", sample_freq=freq
-            )
-        except Exception as e:  # noqa: BLE001
-            raise CapabilityError(f"cannot open a cpu-clock perf event: {e}") from None
-        self.event, self.event_type = "cpu-clock", PERF_TYPE_SOFTWARE
-        self.event_config = PERF_COUNT_SW_CPU_CLOCK
-
-    def _open_exact(self, function: str) -> None:
-        from allocscope.probes.loader import Probe
-
-        s = self.settings
-        defines: dict[str, int | str | bool] = {
-            "FUNC": function,
-            "FILTER_TGID": s.pid or 0,
-            "FILTER_CPUS": 1 if s.cpus else 0,
-            "MAX_CPUS": max(os.cpu_count() or 1, max(s.cpus or [0]) + 1),
-        }
-        # KFUNC_PROBE programs are attached by BCC itself when the object loads.
-        try:
-            with captured_stderr():  # the verifier/attach log of a refused fentry is noise here
-                self._exact = Probe("alloc_latency", defines)
-        except CapabilityError as e:
-            raise CapabilityError(
-                f"--exact needs fentry/fexit on {function} (BTF + BPF trampolines), which this "
-                f"kernel refused; run without --exact to use sampling only ({e})"
-            ) from None
-        if s.cpus:
-            ok = self._exact["cpu_ok"]
-            for cpu in s.cpus:
-                ok[ok.Key(cpu)] = ok.Leaf(1)
-
-    def snapshot(self) -> Snapshot:
-        if self._probe is None:
-            raise RuntimeError("sampler not open")
-        t = time.monotonic()
-        counters = dict(
-            zip(COUNTERS, _percpu_sums(self._probe["counters"], len(COUNTERS)), strict=True)
-        )
-        stacks = {_int(k): _int(v) for k, v in _items(self._probe["stack_counts"])}
-        exact = None
-        if self._exact is not None:
-            st = _percpu_sums(self._exact["stats"], 2)
-            exact = {
-                "function": self.settings.exact_function,
-                "calls": st[0],
-                "total_ns": st[1],
-                "hist": _percpu_sums(self._exact["hist"], HIST_SLOTS),
-            }
-        return Snapshot(t, counters, stacks, exact)
-
-    def period_cpus(self) -> int | None:
-        """CPUs whose every sample we keep (for the measured period), None with -p."""
-        if self.settings.pid:
-            return None
-        return len(self.settings.cpus) if self.settings.cpus else len(online_cpus())
-
-    def frames(self, stackid: int) -> tuple[str, ...]:
-        """Function names of a kernel stack, leaf first (cached: stack ids are stable)."""
-        got = self._frames.get(stackid)
-        if got is not None:
-            return got
-        if self._probe is None or self._ksyms is None:
-            return ()
-        try:
-            addrs = list(self._probe["stack_traces"].walk(stackid))
-        except KeyError:
-            addrs = []
-        names = tuple(self._name(a) for a in addrs)
-        self._frames[stackid] = names
-        return names
-
-    def _name(self, addr: int) -> str:
-        assert self._ksyms is not None
-        r = self._ksyms.resolve(addr)
-        if r is None:
-            return "[unknown]"
-        if r.module == "bpf":
-            return r.name  # bpf_prog_<tag>_<name>, bpf_trampoline_<id>: kept as they are
-        return canonical_function(r.name)
-
-    def close(self) -> None:
-        for p in (self._exact, self._probe):
-            if p is not None:
-                p.close()
-        self._exact = self._probe = None
-
-
-def _items(table: Any) -> list[tuple[Any, Any]]:
-    """All entries of a BPF map, in one batched syscall where the kernel allows."""
-    try:
-        return list(table.items_lookup_batch())
-    except Exception:  # noqa: BLE001 - no batch ops on this kernel/map type
-        return list(table.items())
-
-
-def _percpu_sums(table: Any, size: int) -> list[int]:
-    """A per-CPU array summed over CPUs, index by index."""
-    out = [0] * size
-    for k, v in _items(table):
-        i = _int(k)
-        if 0 <= i < size:
-            out[i] = sum(_int(x) for x in v)
-    return out
-
-
-def _int(x: Any) -> int:
-    """BCC hands back ctypes scalars or plain ints depending on the read path."""
-    return int(x.value) if hasattr(x, "value") else int(x)
-
-
-def online_cpus() -> list[int]:
-    """CPUs the perf events were opened on (BCC opens one per online CPU)."""
-    try:
-        with open("/sys/devices/system/cpu/online") as f:
-            text = f.read().strip()
-    except OSError:
-        return list(range(os.cpu_count() or 1))
-    cpus: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
-
-
-def parse_cpus(text: str) -> list[int]:
-    """``-C 0,2-3`` -> [0, 2, 3]."""
-    cpus: set[int] = set()
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            lo, _, hi = part.partition("-")
-            a, b = int(lo), int(hi) if hi else int(lo)
-            if a < 0 or b < a:
-                raise ValueError
-            cpus.update(range(a, b + 1))
-    except ValueError:
-        raise ValueError(f"not a CPU list: {text!r} (examples: 0, 0-3, 0,2,4-7)") from None
-    if not cpus:
-        raise ValueError(f"not a CPU list: {text!r}")
-    online = os.cpu_count() or 1
-    bad = [c for c in cpus if c >= online]
-    if bad:
-        raise ValueError(f"CPU {bad[0]} does not exist (this host has {online})")
-    return sorted(cpus)
-
-
-# --- one whole capture ---------------------------------------------------------------------
-
-
 def run_overhead(
     settings: SamplerSettings,
     duration: float | None,
@@ -589,7 +272,7 @@ def run_overhead(
     workload: str | None = None,
     allocinfo_path: str | None = None,
     on_start: Callable[[], None] | None = None,
-) -> Any:
+) -> Result:
     """Measure for ``duration`` seconds (None = until Ctrl-C/SIGTERM); returns a Result.
 
     An interrupt ends the window early; the result is still complete for the time measured
@@ -602,11 +285,11 @@ def run_overhead(
     cap = Capture("overhead", duration=duration, workload=workload, pid=settings.pid, labels=labels)
     with cap:
         sampler = cap.hold(Sampler(settings))
-        first = sampler.snapshot()
+        first = sampler.sample()
         with cap.window(on_start=on_start) as w:
             cap.wait(w)
-        last = sampler.snapshot()
-        window = diff_snapshots(first, last)
+        last = sampler.sample()
+        window = diff_samples(first, last)
         payload = window_payload(
             window, functions, sampler.frames, settings.frequency, sampler.period_cpus()
         )

@@ -18,11 +18,10 @@ from typing import Any
 from allocscope.collector.overhead import (
     GROUP_KIND,
     GROUPS,
-    HIST_SLOTS,
     KIND_TRACEPOINTS,
     AllocFunction,
     Window,
-    attribute,
+    attribute_samples,
     calls_for,
 )
 from allocscope.collector.payloads import (
@@ -33,6 +32,7 @@ from allocscope.collector.payloads import (
     SampleCounts,
     TopSelfRow,
 )
+from allocscope.probes.alloc_latency import HIST_SLOTS, slot_bounds
 
 __all__ = ["HIST_SLOTS", "exact_payload", "hist_quantile", "hist_slot_bounds", "window_payload"]
 CALL_TRACEPOINTS = ("kmem_cache_alloc", "kmalloc", "mm_page_alloc", "pages")
@@ -59,7 +59,7 @@ def window_payload(
     if ncpus and c.get("samples", 0) > 0:
         period_ns = seconds * ncpus * 1e9 / c["samples"]
         period_source = "measured"
-    att = attribute(window, functions, frames_of)
+    att = attribute_samples(window, functions, frames_of)
     busy = c.get("samples", 0) - c.get("idle", 0)
     denom_busy = max(busy, 1)
     denom_all = max(c.get("samples", 0), 1)
@@ -116,14 +116,8 @@ def window_payload(
     )
 
 
-def hist_slot_bounds(slot: int) -> tuple[int, int]:
-    """[lo, hi) ns of a slot of alloc_latency.bpf.c's log-linear histogram."""
-    if slot < 16:
-        return slot, slot + 1
-    octave, sub = divmod(slot, 16)
-    width = 1 << (octave - 4)
-    lo = (1 << octave) + sub * width
-    return lo, lo + width
+# One definition of the slot layout: the probe half mirrors alloc_latency.bpf.c.
+hist_slot_bounds = slot_bounds
 
 
 def exact_payload(exact: Mapping[str, Any]) -> ExactTiming:

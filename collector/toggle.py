@@ -23,14 +23,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from allocscope.collector.host import MEM_PROFILING_SYSCTL
 from allocscope.errors import AllocscopeError, CapabilityError
 
 if TYPE_CHECKING:
-    from allocscope.collector.overhead import AllocFunction, SamplerSettings
+    from allocscope.collector.overhead import AllocFunction
     from allocscope.collector.result import Result
+    from allocscope.collector.sampler import SamplerSettings
 
 T = TypeVar("T")
 
@@ -220,9 +221,10 @@ def capture_toggle(
     """
     from allocscope.collector.ab import compare_toggle
     from allocscope.collector.capture import Capture
-    from allocscope.collector.overhead import Sampler, diff_snapshots
+    from allocscope.collector.overhead import diff_samples
     from allocscope.collector.overhead_payload import window_payload
     from allocscope.collector.payloads import OverheadPayload, ToggleWindowResult
+    from allocscope.collector.sampler import CounterSample, Sampler
 
     cap = Capture(
         "ab-toggle",
@@ -235,18 +237,18 @@ def capture_toggle(
     window_payloads: list[tuple[str, OverheadPayload]] = []
     with cap:
         sampler = cap.hold(Sampler(settings))
-        done: list[ToggleWindow[Any]] = []
+        done: list[ToggleWindow[CounterSample]] = []
 
-        def progress(w: ToggleWindow[Any]) -> None:
+        def progress(w: ToggleWindow[CounterSample]) -> None:
             done.append(w)
             log(f"window {len(done)}/{windows} (mem_profiling={w.state}) done")
 
         # An interrupt before run_toggle's own handler is in place (it catches the rest)
         # leaves this empty run: the sysctl was not written yet.
-        run: ToggleRun[Any] = ToggleRun(sysctl.read(), restored=True, interrupted=True)
+        run: ToggleRun[CounterSample] = ToggleRun(sysctl.read(), restored=True, interrupted=True)
         with cap.window() as cw:
             run = run_toggle(
-                sysctl, sampler.snapshot, windows=windows, period=period, on_window=progress
+                sysctl, sampler.sample, windows=windows, period=period, on_window=progress
             )
             if run.interrupted:
                 cw.mark_interrupted()
@@ -258,7 +260,7 @@ def capture_toggle(
                 (
                     w.state,
                     window_payload(
-                        diff_snapshots(w.begin, w.end),
+                        diff_samples(w.begin, w.end),
                         functions,
                         sampler.frames,
                         settings.frequency,

@@ -45,7 +45,7 @@
 #define STAT_NS 1		/* stats index: total ns */
 #define NR_STATS 2
 #define SUB_BITS 4		/* log2 of the sub-buckets per power of two */
-#define HIST_SLOTS (64 * 16) /* keep in sync with collector/overhead.py HIST_SLOTS */
+#define HIST_SLOTS (64 * 16) /* mirrored in probes/alloc_latency.py HIST_SLOTS */
 
 #include "allocscope.bpf.h" /* cpu_ok, allocscope_task_wanted(), ALLOCSCOPE_KFUNC/KRETFUNC */
 

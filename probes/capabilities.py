@@ -25,16 +25,17 @@ from typing import Any
 from allocscope.probes import tracefs
 from allocscope.probes.headers import HeaderTree
 from allocscope.probes.loader import Probe, captured_stderr, error_line, import_bcc
+from allocscope.probes.oncpu import (
+    PERF_COUNT_HW_CPU_CYCLES,
+    PERF_COUNT_SW_CPU_CLOCK,
+    PERF_TYPE_HARDWARE,
+    PERF_TYPE_SOFTWARE,
+)
 
 CHECK_PROGRAM = "capability_check"
 DEFAULT_FUNCTION = "vfs_read"  # traceable (not notrace) on every kernel allocscope targets
 TRACEPOINT = "kmem:kmalloc"  # the tracepoint allocscope itself uses
 RAW_TRACEPOINT = "kmalloc"
-
-PERF_TYPE_HARDWARE = 0
-PERF_TYPE_SOFTWARE = 1
-PERF_COUNT_HW_CPU_CYCLES = 0
-PERF_COUNT_SW_CPU_CLOCK = 0
 
 ATTACH_TYPES = (
     "tracepoint",

@@ -315,6 +315,20 @@ class Probe:
                 fn = None if a.fn_name == "(auto)" else a.fn_name.encode()
                 detach(event=a.target.encode(), fn_name=fn)
 
+    # --- detaching (the program stays loaded: a benchmark re-attaches without recompiling) --
+    def detach_raw_tracepoint(self, tp: str) -> None:
+        self.bpf.detach_raw_tracepoint(tp=tp.encode())
+        self._forget("raw_tracepoint", tp)
+
+    def detach_perf_event(self, ev_type: int, ev_config: int) -> None:
+        self.bpf.detach_perf_event(ev_type=ev_type, ev_config=ev_config)
+        self._forget("perf_event", f"{ev_type}:{ev_config}")
+
+    def _forget(self, backend: str, target: str) -> None:
+        self.attachments = [
+            a for a in self.attachments if (a.backend, a.target) != (backend, target)
+        ]
+
     def ksym(self, addr: int) -> str:
         return str(self.bpf.ksym(addr).decode(errors="replace"))
 

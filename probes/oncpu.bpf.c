@@ -43,7 +43,7 @@ struct bpf_perf_event_data;
 #define STACK_STORAGE 16384
 #endif
 
-/* counter indexes: keep in sync with collector/overhead.py COUNTERS */
+/* counter indexes: mirrored in probes/oncpu.py COUNTERS (tests/unit/test_bpf_constants.py) */
 #define CNT_SAMPLES 0		/* samples that passed the filters */
 #define CNT_IDLE 1		/* ... taken in the idle task (pid 0) */
 #define CNT_USER 2		/* ... with no kernel stack (user mode) */

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from allocscope.cli.common import add_output_format, add_verb, emit_result, pid_arg, window_arg
 from allocscope.errors import AllocscopeError
+from allocscope.probes.oncpu import DEFAULT_FREQUENCY, DEFAULT_STACK_STORAGE
+
+if TYPE_CHECKING:
+    from allocscope.collector.overhead import AllocFunction
+    from allocscope.collector.sampler import SamplerSettings
 
 EXAMPLES = """\
   allocscope overhead -d 60 -o host.json            # 60 s, all CPUs, table + result file
@@ -68,9 +73,9 @@ def add_measure_args(p: Any, *, default_duration: float | None = 30.0) -> None:
         "-F",
         "--frequency",
         type=int,
-        default=99,
+        default=DEFAULT_FREQUENCY,
         metavar="HZ",
-        help="sampling frequency per CPU (default 99)",
+        help=f"sampling frequency per CPU (default {DEFAULT_FREQUENCY})",
     )
     p.add_argument("-C", "--cpus", metavar="CPUS", help="only these CPUs, e.g. 0-3,6")
     p.add_argument("-p", "--pid", type=pid_arg, metavar="PID", help="only this process")
@@ -92,22 +97,23 @@ def add_measure_args(p: Any, *, default_duration: float | None = 30.0) -> None:
     p.add_argument(
         "--stack-storage",
         type=int,
-        default=16384,
+        default=DEFAULT_STACK_STORAGE,
         metavar="N",
-        help="kernel stack map entries (default 16384)",
+        help=f"kernel stack map entries (default {DEFAULT_STACK_STORAGE})",
     )
 
 
-def sampler_settings_from(args: argparse.Namespace) -> Any:
+def sampler_settings_from(
+    args: argparse.Namespace,
+) -> tuple[SamplerSettings, list[AllocFunction]]:
     """Validated :class:`SamplerSettings` and the function list from parsed flags."""
     from allocscope.collector.kallsyms import Kallsyms
     from allocscope.collector.overhead import (
-        SamplerSettings,
         exact_target,
-        parse_cpus,
         parse_function_arg,
         resolve_functions,
     )
+    from allocscope.collector.sampler import SamplerSettings, parse_cpus
 
     if not 1 <= args.frequency <= 100_000:
         raise AllocscopeError(f"-F {args.frequency}: frequency must be 1..100000 Hz")

@@ -16,14 +16,10 @@ from typing import Any
 
 from allocscope.collector import workloads
 from allocscope.collector.kallsyms import Kallsyms
-from allocscope.collector.overhead import (
-    Sampler,
-    SamplerSettings,
-    diff_snapshots,
-    resolve_functions,
-)
+from allocscope.collector.overhead import diff_samples, resolve_functions
 from allocscope.collector.overhead_payload import window_payload
 from allocscope.collector.result import read_result
+from allocscope.collector.sampler import Sampler, SamplerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,13 +45,13 @@ def _measure_while(
         t.start()
         time.sleep(0.3)  # warm up: first files, first pages
         ops0 = counter["ops"]
-        first = sampler.snapshot()
+        first = sampler.sample()
         time.sleep(seconds)
-        last = sampler.snapshot()
+        last = sampler.sample()
         ops1 = counter["ops"]
         stop.set()
         t.join(30)
-        window = diff_snapshots(first, last)
+        window = diff_samples(first, last)
         payload = window_payload(window, functions, sampler.frames, frequency).to_dict()
     return payload, ops1 - ops0, sampler
 

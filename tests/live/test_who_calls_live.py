@@ -17,7 +17,8 @@ import pytest
 
 from allocscope.collector import workloads
 from allocscope.collector.result import read_result
-from allocscope.collector.whocalls import TRACEPOINT_FAMILY, Options, capture
+from allocscope.collector.whocalls import Options, capture
+from allocscope.probes.who_calls import TRACEPOINT_FAMILY
 
 pytestmark = pytest.mark.live
 

@@ -99,7 +99,8 @@ def mutate(draw: st.DrawFn, line: str) -> str:
     if not line:
         return draw(st.sampled_from(MUTANTS))
     marks = [i for i, ch in enumerate(line) if not ch.isalnum()]
-    if marks and draw(st.booleans()):
+    at_boundary: bool = bool(marks) and draw(st.booleans())
+    if at_boundary:
         pos = min(len(line) - 1, draw(st.sampled_from(marks)) + draw(st.integers(-1, 1)))
         pos = max(0, pos)
     else:

@@ -16,7 +16,6 @@ starts with the SPDX line and indents with tabs.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import importlib
 import operator
 import re
@@ -30,13 +29,11 @@ PROBES = Path(__file__).resolve().parents[2] / "probes"
 HEADER = "allocscope.bpf.h"
 SPDX = "// SPDX-License-Identifier: GPL-2.0"
 
-# Where each Python mirror may live, first match wins: the program's Python half
-# probes/<name>.py (kmem_sites and who_calls have only that home), else -- until its half
-# exists -- the collector that reads the map.
+# Where each Python mirror lives: the program's Python half, probes/<name>.py (one home each).
 CANDIDATES = {
     "kmem_sites": ("allocscope.probes.kmem_sites",),
-    "oncpu": ("allocscope.probes.oncpu", "allocscope.collector.overhead"),
-    "alloc_latency": ("allocscope.probes.alloc_latency", "allocscope.collector.overhead"),
+    "oncpu": ("allocscope.probes.oncpu",),
+    "alloc_latency": ("allocscope.probes.alloc_latency",),
     "who_calls": ("allocscope.probes.who_calls",),
 }
 
@@ -71,6 +68,7 @@ ONCPU_COUNTERS = {
     "CNT_PAGE_ALLOC": "mm_page_alloc",
     "CNT_PAGES": "pages",
 }
+LATENCY_STATS = {"STAT_CALLS": "calls", "STAT_NS": "total_ns"}
 
 # (program, C define, Python name): scalar settings whose C default must equal Python's.
 SCALARS = (
@@ -82,6 +80,8 @@ SCALARS = (
     ("kmem_sites", "NR_ORDERS", "NR_ORDERS"),
     ("oncpu", "STACK_STORAGE", "DEFAULT_STACK_STORAGE"),
     ("alloc_latency", "HIST_SLOTS", "HIST_SLOTS"),
+    ("alloc_latency", "SUB_BITS", "SUB_BITS"),
+    ("alloc_latency", "START_MAX", "DEFAULT_START_MAX"),
     ("who_calls", "MAX_SITES", "MAX_SITES"),
 )
 
@@ -90,6 +90,7 @@ INDEXES = (
     ("kmem_sites", "SRC_", "NR_SOURCES", KMEM_SOURCES, "SOURCES"),
     ("kmem_sites", "CNT_", "NR_COUNTERS", KMEM_COUNTERS, "COUNTERS"),
     ("oncpu", "CNT_", "NR_COUNTERS", ONCPU_COUNTERS, "COUNTERS"),
+    ("alloc_latency", "STAT_", "NR_STATS", LATENCY_STATS, "STATS"),
 )
 
 # Map helpers BCC forces to be copied into each program that uses them (see the header).
@@ -205,10 +206,6 @@ def python_value(program: str, name: str) -> Any:
             continue
         if hasattr(module, name):
             return getattr(module, name)
-        if name == "DEFAULT_STACK_STORAGE" and hasattr(module, "SamplerSettings"):
-            fields = {f.name: f for f in dataclasses.fields(module.SamplerSettings)}
-            if "stack_storage" in fields:
-                return fields["stack_storage"].default
         tried.append(modname)
     raise LookupError(f"{name} not found in {', '.join(tried)}")
 
@@ -323,6 +320,8 @@ def test_every_checked_program_exists() -> None:
         ("oncpu", "#define CNT_PAGES 11", "#define CNT_PAGES 12", "CNT_PAGES"),
         ("oncpu", "#define STACK_STORAGE 16384", "#define STACK_STORAGE 8192", "STACK_STORAGE"),
         ("alloc_latency", "#define HIST_SLOTS (64 * 16)", "#define HIST_SLOTS (64 * 8)", "HIST"),
+        ("alloc_latency", "#define STAT_NS 1", "#define STAT_NS 0", "STAT_NS"),
+        ("alloc_latency", "#define START_MAX 10240", "#define START_MAX 4096", "START_MAX"),
         ("who_calls", "#define MAX_SITES 8", "#define MAX_SITES 16", "MAX_SITES"),
         ("oncpu", "\t\t*c += by;", "\t\t*c += by + 1;", "allocscope_count"),
         ("alloc_latency", "if (!ok || !*ok)", "if (!ok)", "allocscope_wanted"),

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 import pytest
@@ -19,7 +21,7 @@ from allocscope.collector.store import Store
 FIXTURE = "allocinfo-7.3-boot.txt"
 
 
-def _agent(tmp_path, fixtures_dir, store, **kw):
+def _agent(tmp_path: Path, fixtures_dir: Path, store: Path, **kw: Any) -> tuple[Agent, io.StringIO]:
     cfg = AgentConfig(
         store=str(store),
         file=str(fixtures_dir / FIXTURE),
@@ -31,7 +33,7 @@ def _agent(tmp_path, fixtures_dir, store, **kw):
     return Agent(cfg, out=out), out
 
 
-def test_once(tmp_path, fixtures_dir, cli):
+def test_once(tmp_path: Path, fixtures_dir: Path, cli: Any) -> None:
     rc, out, _ = cli(
         "collect",
         "--store",
@@ -54,7 +56,7 @@ def test_once(tmp_path, fixtures_dir, cli):
     assert store.read("allocinfo").num_rows == hosts[0]["sites"] > 2000
 
 
-def test_spool_while_store_unavailable_then_flush(tmp_path, fixtures_dir):
+def test_spool_while_store_unavailable_then_flush(tmp_path: Path, fixtures_dir: Path) -> None:
     blocker = tmp_path / "mnt"
     blocker.write_text("the store's mount point is a file: nothing can be created below it")
     store_path = blocker / "store"
@@ -75,7 +77,7 @@ def test_spool_while_store_unavailable_then_flush(tmp_path, fixtures_dir):
     assert pc.sum(hosts["sites"]).as_py() == store.read("allocinfo").num_rows
 
 
-def test_spool_is_bounded_and_keeps_oldest(tmp_path, fixtures_dir):
+def test_spool_is_bounded_and_keeps_oldest(tmp_path: Path, fixtures_dir: Path) -> None:
     blocker = tmp_path / "mnt"
     blocker.write_text("x")
     agent, out = _agent(
@@ -96,7 +98,7 @@ def test_spool_is_bounded_and_keeps_oldest(tmp_path, fixtures_dir):
     assert kept == pytest.approx([taken[0], taken[1], taken[4]], abs=1e-6)
 
 
-def test_count_and_interval_are_fixed_rate(tmp_path, fixtures_dir):
+def test_count_and_interval_are_fixed_rate(tmp_path: Path, fixtures_dir: Path) -> None:
     agent, out = _agent(tmp_path, fixtures_dir, tmp_path / "s", count=4, interval=0.3)
     t0 = time.monotonic()
     agent.run()
@@ -105,7 +107,7 @@ def test_count_and_interval_are_fixed_rate(tmp_path, fixtures_dir):
     assert elapsed >= 0.9  # three waits of one interval between four snapshots
 
 
-def test_sigterm_stops_between_snapshots(tmp_path, fixtures_dir):
+def test_sigterm_stops_between_snapshots(tmp_path: Path, fixtures_dir: Path) -> None:
     exe = shutil.which("allocscope", path=os.path.dirname(sys.executable))
     assert exe
     p = subprocess.Popen(
@@ -134,7 +136,7 @@ def test_sigterm_stops_between_snapshots(tmp_path, fixtures_dir):
     assert len(Store(str(tmp_path / "s")).known_snapshots()) == 1
 
 
-def test_bad_allocinfo_is_one_line_error(tmp_path, cli):
+def test_bad_allocinfo_is_one_line_error(tmp_path: Path, cli: Any) -> None:
     bad = tmp_path / "allocinfo"
     bad.write_text("allocinfo - version: 2.0\n   12 x mm/a.c:1 func:f\n")
     rc, out, err = cli(
@@ -152,8 +154,8 @@ def test_bad_allocinfo_is_one_line_error(tmp_path, cli):
 
 
 def test_unmounted_store_filesystem_spools_instead_of_writing_underneath(
-    tmp_path, fixtures_dir, monkeypatch
-):
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The store's mount point (in fstab) exists as an empty, writable directory but its
     filesystem is not mounted: snapshots go to the spool, nothing lands in the directory;
     once it is mounted the spool is flushed into it."""

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
@@ -29,7 +30,7 @@ def _exe() -> str:
     return exe
 
 
-def test_kill_9_during_writes(tmp_path, fixtures_dir):
+def test_kill_9_during_writes(tmp_path: Path, fixtures_dir: Path) -> None:
     store_dir = tmp_path / "store"
     cmd = [
         _exe(),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.reports.prometheus import SiteSample, escape_label, render
@@ -30,7 +32,7 @@ def parse(text: str) -> list[tuple[str, dict[str, str], float]]:
     return out
 
 
-def test_escaping_roundtrip():
+def test_escaping_roundtrip() -> None:
     nasty = 'a"b\\c\nd'
     assert escape_label(nasty) == 'a\\"b\\\\c\\nd'
     s = [SiteSample("drivers/x.c", 7, "f", nasty, "drivers", 10, 1)]
@@ -38,7 +40,7 @@ def test_escaping_roundtrip():
     assert samples[0][1]["module"] == nasty
 
 
-def test_top_and_min_bytes_cut_keep_totals(fixtures_dir):
+def test_top_and_min_bytes_cut_keep_totals(fixtures_dir: Path) -> None:
     snap = read_allocinfo(str(fixtures_dir / "allocinfo-7.3-boot.txt"))
     s = [
         SiteSample(r.site.file, r.site.line, r.site.function, r.site.module, "x", r.bytes, r.calls)
@@ -65,7 +67,7 @@ def test_top_and_min_bytes_cut_keep_totals(fixtures_dir):
     assert "# TYPE allocinfo_bytes gauge" in text
 
 
-def test_cli_file_and_store(tmp_path, fixtures_dir, cli):
+def test_cli_file_and_store(tmp_path: Path, fixtures_dir: Path, cli: Any) -> None:
     f = str(fixtures_dir / "allocinfo-6.12-tmpfs-write.txt")
     out_file = tmp_path / "allocinfo.prom"
     rc, out, err = cli(

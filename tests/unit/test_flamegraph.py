@@ -85,7 +85,8 @@ def test_render_geometry_tooltips_and_data_attributes() -> None:
         x, w = float(g.get("data-x") or 0), float(g.get("data-w") or 0)
         assert float(rect.get("x") or 0) == pytest.approx(pad + x * inner, abs=0.01)
         assert float(rect.get("width") or 0) == pytest.approx(max(w * inner - 0.5, 0.1), abs=0.02)
-        assert g.get("data-n") in title.text and "calls" in title.text
+        n = g.get("data-n")
+        assert n is not None and n in title.text and "calls" in title.text
         depths.add((int(g.get("data-d") or 0), float(rect.get("y") or 0)))
     # Root at the bottom: deeper frames are drawn higher up.
     ys = [y for _d, y in sorted(depths)]

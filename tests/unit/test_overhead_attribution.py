@@ -3,19 +3,21 @@ function resolution per kernel, the exact-timing histogram."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from allocscope.collector.overhead import (
-    COUNTERS,
-    Snapshot,
-    diff_snapshots,
+    diff_samples,
     exact_target,
-    parse_cpus,
     parse_function_arg,
     resolve_functions,
 )
 from allocscope.collector.overhead_payload import exact_payload, hist_slot_bounds, window_payload
 from allocscope.collector.payloads import OverheadPayload
+from allocscope.collector.sampler import CounterSample, parse_cpus
+from allocscope.probes.alloc_latency import HIST_SLOTS, LatencyTotals, slot_bounds, slot_of
+from allocscope.probes.oncpu import COUNTERS
 
 K612 = {
     "__alloc_pages_noprof",
@@ -48,13 +50,13 @@ STACKS = {
 }
 
 
-def _snap(t: float, stacks: dict[int, int], **counters: int) -> Snapshot:
+def _snap(t: float, stacks: dict[int, int], **counters: int) -> CounterSample:
     c = dict.fromkeys(COUNTERS, 0)
     c.update(counters)
-    return Snapshot(t, c, stacks)
+    return CounterSample(t, c, stacks)
 
 
-def _payload() -> dict[str, object]:
+def _payload() -> dict[str, Any]:
     functions = resolve_functions(K612.__contains__)
     a = _snap(0.0, {1: 5})
     b = _snap(
@@ -67,10 +69,10 @@ def _payload() -> dict[str, object]:
         mm_page_alloc=100,
         pages=120,
     )
-    return window_payload(diff_snapshots(a, b), functions, lambda sid: STACKS[sid], 100).to_dict()
+    return window_payload(diff_samples(a, b), functions, lambda sid: STACKS[sid], 100).to_dict()
 
 
-def _row(p: dict[str, object], name: str) -> dict[str, object]:
+def _row(p: dict[str, Any], name: str) -> dict[str, Any]:
     rows = p["functions"]
     assert isinstance(rows, list)
     return next(r for r in rows if r["function"] == name)
@@ -102,7 +104,7 @@ def test_shares_calls_and_ns_per_call() -> None:
 
 def test_measured_period_when_every_task_is_sampled() -> None:
     functions = resolve_functions(K612.__contains__)
-    w = diff_snapshots(_snap(0, {}), _snap(2.0, {1: 10}, samples=100, mm_page_alloc=10))
+    w = diff_samples(_snap(0, {}), _snap(2.0, {1: 10}, samples=100, mm_page_alloc=10))
     p = window_payload(w, functions, lambda sid: STACKS[sid], 100, ncpus=2)
     assert p.period_source == "measured"
     assert p.period_ns == pytest.approx(2.0 * 2 * 1e9 / 100)  # 40 ms, not 10 ms
@@ -152,3 +154,42 @@ def test_exact_histogram_slots_and_quantiles() -> None:
     e = exact_payload({"function": "f", "calls": 100, "total_ns": 100 * 11000, "hist": hist})
     assert e.median_ns is not None and 1024 <= e.median_ns < 1088 and e.mean_ns == 11000
     assert e.p99_ns is not None and e.p99_ns >= 1 << 20
+
+
+def test_exact_window_is_the_difference_of_two_reads() -> None:
+    hist0 = [0] * HIST_SLOTS
+    hist1 = list(hist0)
+    hist0[slot_of(1000)] = 3
+    hist1[slot_of(1000)] = 10
+    hist1[slot_of(5)] = 2
+    a = CounterSample(0.0, {}, {}, LatencyTotals("f", 3, 3000, tuple(hist0)))
+    b = CounterSample(1.0, {}, {}, LatencyTotals("f", 12, 9010, tuple(hist1)))
+    w = diff_samples(a, b)
+    assert w.exact is not None
+    assert (w.exact["function"], w.exact["calls"], w.exact["total_ns"]) == ("f", 9, 6010)
+    assert w.exact["hist"][slot_of(1000)] == 7 and w.exact["hist"][5] == 2
+    assert sum(w.exact["hist"]) == 9
+    # a window has timing only when both of its reads do
+    assert diff_samples(_snap(0, {}), b).exact is None
+
+
+def test_slot_of_mirrors_the_c_and_falls_in_its_bounds() -> None:
+    # the C: ns < 16 -> slot ns; else octave o = log2(ns), sub = (ns >> (o - 4)) & 15
+    assert [slot_of(n) for n in (0, 15, 16, 17, 31, 32, 1024, 1088)] == [
+        0,
+        15,
+        4 * 16,
+        4 * 16 + 1,
+        4 * 16 + 15,
+        5 * 16,
+        10 * 16,
+        10 * 16 + 1,
+    ]
+    for ns in [*range(0, 5000), *(1 << k for k in range(13, 63)), (1 << 63) + 12345]:
+        lo, hi = slot_bounds(slot_of(ns))
+        assert lo <= ns < hi, (ns, lo, hi)
+    assert slot_of(1 << 70) == HIST_SLOTS - 1  # the C clamps to the last slot
+    with pytest.raises(ValueError, match="never filled"):
+        slot_bounds(16)
+    for slot in [*range(16), *range(64, HIST_SLOTS)]:  # the payload's buckets are the probe's
+        assert hist_slot_bounds(slot) == slot_bounds(slot)

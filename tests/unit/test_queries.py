@@ -8,6 +8,9 @@ import math
 import os
 import shutil
 from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import need
@@ -17,6 +20,7 @@ from support.synth import FleetSpec
 from allocscope.collector.query import (
     DuckDBEngine,
     QueryError,
+    QueryResult,
     SparkEngine,
     bind,
     named_queries,
@@ -33,21 +37,21 @@ PARAMS: dict[str, dict[str, str]] = {
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     d = tmp_path_factory.mktemp("fleet")
     synth.populate(str(d / "store"), SPEC, str(d / "work"))
     return Store(str(d / "store"))
 
 
 @pytest.fixture(scope="module")
-def duck(store):
+def duck(store: Store) -> Iterator[DuckDBEngine]:
     e = DuckDBEngine(store)
     yield e
     e.close()
 
 
 @pytest.fixture(scope="module")
-def spark(store):
+def spark(store: Store) -> Iterator[SparkEngine]:
     has_pyspark = importlib.util.find_spec("pyspark") is not None
     need(has_pyspark, "pyspark not installed (pip install '.[spark]')")
     need(
@@ -60,10 +64,10 @@ def spark(store):
     session.stop()
 
 
-def latest_rows(store):
+def latest_rows(store: Store) -> dict[str, dict[str, int]]:
     """(hostname -> {loose_key: bytes}) at each host's latest snapshot, computed in Python."""
     ai = store.read("allocinfo", ["hostname", "taken_at", "loose_key", "bytes"]).to_pylist()
-    last = {}
+    last: dict[str, Any] = {}
     for r in ai:
         last[r["hostname"]] = max(last.get(r["hostname"], r["taken_at"]), r["taken_at"])
     out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -73,7 +77,7 @@ def latest_rows(store):
     return out
 
 
-def test_every_named_query_is_covered():
+def test_every_named_query_is_covered() -> None:
     assert set(named_queries()) == {
         "top-sites",
         "subsystem-trend",
@@ -86,7 +90,7 @@ def test_every_named_query_is_covered():
     }
 
 
-def test_top_sites(duck, store):
+def test_top_sites(duck: DuckDBEngine, store: Store) -> None:
     r = run_named(duck, "top-sites", {"limit": "7"})
     cur = latest_rows(store)
     totals: dict[str, int] = defaultdict(int)
@@ -98,12 +102,12 @@ def test_top_sites(duck, store):
     assert all(row[2] == SPEC.hosts for row in r.rows)
 
 
-def test_top_sites_label(duck):
+def test_top_sites_label(duck: DuckDBEngine) -> None:
     r = run_named(duck, "top-sites", {"label": "group=pilot"})
     assert {row[2] for row in r.rows} == {SPEC.hosts // 2}
 
 
-def test_outlier_hosts_finds_planted(duck):
+def test_outlier_hosts_finds_planted(duck: DuckDBEngine) -> None:
     # planted outliers are 20x the fleet (z in the hundreds); uniform noise on 12 hosts can
     # reach z ~ 4, so look above that
     r = run_named(duck, "outlier-hosts", {"min_bytes": "0", "z": "10"})
@@ -124,7 +128,7 @@ def test_outlier_hosts_finds_planted(duck):
     assert all(abs(row[-1]) >= 10 for row in r.rows)
 
 
-def test_pilot_vs_control(duck):
+def test_pilot_vs_control(duck: DuckDBEngine) -> None:
     r = run_named(duck, "pilot-vs-control", {"limit": "100"})
     cols = r.columns
     by_site = {row[0]: dict(zip(cols, row, strict=True)) for row in r.rows}
@@ -140,7 +144,7 @@ def test_pilot_vs_control(duck):
     assert synth.pilot_factor(int(top[0].rsplit("_", 1)[1])) > 1
 
 
-def test_post_boot_growth(duck):
+def test_post_boot_growth(duck: DuckDBEngine) -> None:
     r = run_named(duck, "post-boot-growth", {"limit": "1000"})
     assert r.rows
     hosts = set()
@@ -153,7 +157,7 @@ def test_post_boot_growth(duck):
     assert hosts == {synth.hostname(h) for h in range(SPEC.hosts) if not synth.reboots(h)}
 
 
-def test_site_change(duck):
+def test_site_change(duck: DuckDBEngine) -> None:
     r = run_named(duck, "site-change", PARAMS["site-change"] | {"limit": "3"})
     for row in r.rows:
         assert row[4] == row[3] - row[2]
@@ -161,10 +165,10 @@ def test_site_change(duck):
     assert r.rows[0][5] == SPEC.hosts
 
 
-def test_subsystem_trend_one_host(duck, store):
+def test_subsystem_trend_one_host(duck: DuckDBEngine, store: Store) -> None:
     r = run_named(duck, "subsystem-trend", {"host": "host00001"})
     ai = store.read("allocinfo", ["hostname", "taken_at", "subsystem", "bytes"]).to_pylist()
-    want: dict[tuple, int] = defaultdict(int)
+    want: dict[tuple[Any, str], int] = defaultdict(int)
     for x in ai:
         if x["hostname"] == "host00001":
             want[(x["taken_at"].replace(minute=0, second=0, microsecond=0), x["subsystem"])] += x[
@@ -175,7 +179,7 @@ def test_subsystem_trend_one_host(duck, store):
     assert {row[2] for row in r.rows} == {1}
 
 
-def test_callers_join(duck, store):
+def test_callers_join(duck: DuckDBEngine, store: Store) -> None:
     r = run_named(duck, "callers-join")
     assert len(r.rows) == store.read("callers").num_rows
     for row in r.rows:
@@ -188,7 +192,7 @@ def test_callers_join(duck, store):
     assert first["site_bytes"] == sum(mine)
 
 
-def test_overhead_join(duck, store):
+def test_overhead_join(duck: DuckDBEngine, store: Store) -> None:
     r = run_named(duck, "overhead-join")
     d = [dict(zip(r.columns, row, strict=True)) for row in r.rows]
     assert {x["function"] for x in d} == {"__alloc_pages_noprof"}  # absent ones left out
@@ -200,7 +204,7 @@ def test_overhead_join(duck, store):
         )
 
 
-def test_params_are_checked_and_quoted(duck):
+def test_params_are_checked_and_quoted(duck: DuckDBEngine) -> None:
     q = named_queries()["site-change"]
     with pytest.raises(QueryError, match="needs --param from"):
         bind(q, {})
@@ -213,20 +217,20 @@ def test_params_are_checked_and_quoted(duck):
     assert r.rows == []
 
 
-def test_raw_sql(duck):
+def test_raw_sql(duck: DuckDBEngine) -> None:
     r = run_sql(duck, "SELECT COUNT(*) AS n FROM {allocinfo}")
     assert r.rows == [(SPEC.rows,)]
     with pytest.raises(QueryError, match="duckdb"):
         run_sql(duck, "SELECT nope FROM {hosts}")
 
 
-def test_empty_store(tmp_path):
+def test_empty_store(tmp_path: Path) -> None:
     e = DuckDBEngine(Store(str(tmp_path)))
     for name in named_queries():
         assert run_named(e, name, PARAMS.get(name, {})).rows == []
 
 
-def test_cli_formats(store, cli):
+def test_cli_formats(store: Store, cli: Any) -> None:
     rc, out, _ = cli("query", "--list")
     assert rc == 0 and "pilot-vs-control" in out and "--param from=<timestamp>" in out
     rc, out, _ = cli("query", "--store", store.root, "top-sites", "--param", "limit=3", "--csv")
@@ -241,7 +245,7 @@ def test_cli_formats(store, cli):
     assert rc == 2 and "--param limit" in err
 
 
-def _same(a, b):
+def _same(a: QueryResult, b: QueryResult) -> None:
     assert a.columns == b.columns
     assert len(a.rows) == len(b.rows)
     for ra, rb in zip(a.rows, b.rows, strict=True):
@@ -254,7 +258,7 @@ def _same(a, b):
 
 @pytest.mark.spark
 @pytest.mark.parametrize("name", sorted(named_queries()))
-def test_same_answer_on_spark(name, duck, spark):
+def test_same_answer_on_spark(name: str, duck: DuckDBEngine, spark: SparkEngine) -> None:
     params = PARAMS.get(name, {})
     a = run_named(duck, name, params)
     b = run_named(spark, name, params)
@@ -263,7 +267,9 @@ def test_same_answer_on_spark(name, duck, spark):
 
 
 @pytest.mark.spark
-def test_same_answer_on_spark_with_label_and_raw_sql(duck, spark):
+def test_same_answer_on_spark_with_label_and_raw_sql(
+    duck: DuckDBEngine, spark: SparkEngine
+) -> None:
     for name, params in (
         ("subsystem-trend", {"label": "group=control", "bucket": "day"}),
         ("top-sites", {"label": "rack=r1", "limit": "5"}),

@@ -8,6 +8,7 @@ could and checks, on the filesystem, that the victim file is untouched.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import stat
 from pathlib import Path
@@ -53,7 +54,7 @@ def test_a_link_at_the_exact_temp_name_is_refused(
     world_dir: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Even an attacker who guessed the 64 random bits gets O_EXCL's refusal, not a write."""
-    monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: "0123456789abcdef")
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "0123456789abcdef")
     target = world_dir / "out.json"
     planted = Path(atomic.temp_name(str(target)))
     planted.symlink_to(victim)
