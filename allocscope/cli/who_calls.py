@@ -147,6 +147,11 @@ def register(sub: Any) -> None:
         help="join with this saved allocinfo instead of /proc/allocinfo",
     )
     p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip malformed allocinfo lines (counted in a warning) instead of failing",
+    )
+    p.add_argument(
         "--addresses",
         action="store_true",
         help="show raw kernel addresses (hidden by default: KASLR)",
@@ -190,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         comm=args.comm,
         per_process=args.per_process,
         allocinfo_file=args.allocinfo_file,
+        lenient=args.lenient,
         addresses=args.addresses,
         workload=args.workload,
         confidence=args.confidence,
