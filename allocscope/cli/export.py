@@ -19,7 +19,7 @@ from allocscope.collector.host import parse_labels
 from allocscope.collector.store import Store
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.errors import AllocscopeError
-from allocscope.reports.prometheus import SiteSample, render
+from allocscope.reports.prometheus import SiteSample, check_extra_labels, render
 
 EXAMPLES = """\
   allocscope export --prometheus -o /var/lib/node_exporter/textfile/allocinfo.prom --top 200
@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         extra = parse_labels(args.label)
     except ValueError as e:
         raise AllocscopeError(str(e)) from None
+    check_extra_labels(extra)
     if args.top is not None and args.top < 0:
         raise AllocscopeError("--top must be >= 0")
     if args.host and not args.store:
