@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from allocscope.cli.common import add_row_limit, add_verb, size_arg
+from allocscope.cli.common import add_row_limit, add_verb, output_arg, size_arg
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.atomic import write_text_atomic
 from allocscope.collector.host import parse_labels
@@ -55,7 +55,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--host", metavar="NAME", help="with --store: the host (default: this host's name)"
     )
-    p.add_argument("-o", "--output", metavar="FILE.prom", help="write here (atomically)")
+    p.add_argument(
+        "-o", "--output", type=output_arg, metavar="FILE.prom", help="write here (atomically)"
+    )
     add_row_limit(p, help="only the N largest sites")
     p.add_argument("--min-bytes", type=size_arg, metavar="SIZE", help="only sites >= SIZE")
     p.add_argument(

@@ -7,7 +7,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from allocscope.cli.common import add_output_format, add_verb, emit_result, pid_arg, window_arg
+from allocscope.cli.common import (
+    add_output_format,
+    add_verb,
+    emit_result,
+    output_arg,
+    pid_arg,
+    window_arg,
+)
 from allocscope.errors import AllocscopeError
 
 DESCRIPTION = """\
@@ -165,6 +172,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-o",
         "--output",
+        type=output_arg,
         default=None,
         metavar="FILE",
         help="also write the result file (JSON, kind who-calls)",
