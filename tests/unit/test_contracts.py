@@ -195,3 +195,14 @@ def test_schemas_doc_is_generated_from_the_contracts() -> None:
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "schemas.md").read_text()
     assert doc == markdown(), "run scripts/gen-schemas"
+
+
+@pytest.mark.parametrize("number", ["1" + "0" * 400, "-" + "9" * 30, "9" * 5000])
+def test_json_numbers_beyond_u64_are_one_line(tmp_path: Path, number: str) -> None:
+    """10**400 parses as a Python int and used to raise OverflowError at float(duration)."""
+    p = tmp_path / "huge.json"
+    p.write_text(
+        '{"schema": 1, "kind": "overhead", "host": {}, "start": 0, "duration": ' + number + "}"
+    )
+    with pytest.raises(InputError, match=r"huge.json: bad JSON: number out of range|digits"):
+        read_result(str(p))
