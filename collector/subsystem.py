@@ -95,6 +95,8 @@ class SubsystemMap:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise InputError(source, None, f"bad TOML: {e}") from None
+        except RecursionError:  # tomllib recurses per nested array/table
+            raise InputError(source, None, "bad TOML: nested too deeply") from None
         unknown = sorted(set(data) - {"rule", "replace_defaults"})
         if unknown:
             raise InputError(source, None, f"unknown key {unknown[0]!r} (rule, replace_defaults)")

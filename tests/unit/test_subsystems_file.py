@@ -84,3 +84,10 @@ def test_every_verb_one_line(cli: Any, tmp_path: Path, verb: str, case: str) -> 
     assert rc == 2, err
     assert err.startswith(f"allocscope: error: {p}{tail}") and err.count("\n") == 1, err
     assert not (tmp_path / "s.parquet").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_deeply_nested_toml_is_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "subs.toml"
+    p.write_bytes(b"a = " + b"[" * 10_000 + b"]" * 10_000 + b"\n")
+    with pytest.raises(InputError, match="nested too deeply"):
+        SubsystemMap.load(str(p))
