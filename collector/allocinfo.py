@@ -340,6 +340,8 @@ def parse_allocinfo(
             skipped += 1
         else:
             pending_error = err  # maybe a truncated last line; decided at the next line
+    if pending_error is not None and version is None and not records:
+        raise pending_error  # nothing else in the input: not a truncated allocinfo, garbage
     if pending_error is not None:
         truncated = True
         warnings.append(

@@ -49,6 +49,7 @@ class Facts:
     bcc_error: str | None = None
     compile_seconds: float = 0.0
     parser: str = "python"  # allocinfo text parser: "compiled" or "python"
+    tracefs_mount: str | None = None  # in the mount table, even when we cannot read it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +67,7 @@ class Facts:
             "lockdown": self.lockdown,
             "privileges": self.privileges.to_dict(),
             "tracefs": self.tracefs,
+            "tracefs_mount": self.tracefs_mount,
             "kallsyms": self.kallsyms.to_dict(),
             "bcc": self.bcc,
             "bcc_error": self.bcc_error,
@@ -147,6 +149,7 @@ def gather_facts(*, try_bpf: bool = True) -> Facts:
         lockdown=caps.lockdown_mode(),
         privileges=caps.privileges(),
         tracefs=caps.tracefs_path(),
+        tracefs_mount=caps.tracefs_mountpoint(),
         kallsyms=caps.kallsyms_state(),
         bcc=bcc_version,
         bcc_error=bcc_error,
@@ -303,8 +306,21 @@ _ATTACH_TEXT: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+def _privileged(p: Privileges) -> bool:
+    """Enough to load and attach BPF (root, CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON)."""
+    return p.root or p.cap_sys_admin or (p.cap_bpf and p.cap_perfmon)
+
+
+NO_PRIVILEGES = "no: not tried: needs root or CAP_BPF+CAP_PERFMON"
+PRIVILEGE_FIX = "run as root (sudo allocscope ...): privileges, not a kernel config"
+
+
 def _attach_lines(f: Facts) -> list[DoctorLine]:
+    """One row per attach type. Without privileges nothing was tried, so a row names the
+    privilege problem: the kernel configs in the table are the fix only for a privileged
+    failure."""
     out = []
+    privileged = _privileged(f.privileges)
     for key, (label, bad, consequence, fix) in _ATTACH_TEXT.items():
         r = f.attach.get(key)
         if r is None:
@@ -312,6 +328,8 @@ def _attach_lines(f: Facts) -> list[DoctorLine]:
         where = f" {caps.DEFAULT_FUNCTION}" if key in ("kprobe", "fentry") else ""
         if r.ok:
             out.append(DoctorLine(label, OK, f"attaches{where}"))
+        elif not privileged:
+            out.append(DoctorLine(label, bad, NO_PRIVILEGES, consequence, PRIVILEGE_FIX))
         else:
             out.append(DoctorLine(label, bad, f"no: {short_reason(r.detail)}", consequence, fix))
     return out
@@ -371,7 +389,7 @@ def _privileges_line(f: Facts) -> DoctorLine:
         if has
     ]
     value = "root" if p.root and p.cap_sys_admin else ", ".join(names) or "unprivileged"
-    if p.root or p.cap_sys_admin or (p.cap_bpf and p.cap_perfmon):
+    if _privileged(p):
         return DoctorLine("privileges", OK, value)
     return DoctorLine(
         "privileges",
@@ -385,6 +403,14 @@ def _privileges_line(f: Facts) -> DoctorLine:
 def _tracefs_line(f: Facts) -> DoctorLine:
     if f.tracefs:
         return DoctorLine("tracefs", OK, f.tracefs)
+    if f.tracefs_mount:
+        return DoctorLine(
+            "tracefs",
+            FAIL,
+            f"mounted at {f.tracefs_mount}, not readable by this user",
+            "tracepoints cannot attach",
+            "run as root (tracefs is root-only)",
+        )
     return DoctorLine(
         "tracefs",
         FAIL,
@@ -399,12 +425,13 @@ def _kallsyms_line(f: Facts) -> DoctorLine:
     value = f"kptr_restrict={k.kptr_restrict}:"
     if k.readable:
         return DoctorLine("kallsyms", OK, value + " visible")
+    why, fix = k.why_hidden()
     return DoctorLine(
         "kallsyms",
         FAIL,
-        value + " hidden",
-        "call sites cannot be named",
-        "run as root; sysctl kernel.kptr_restrict=0",
+        "hidden: " + why,
+        "call sites cannot be named (allocinfo verbs need no symbols)",
+        fix,
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from allocscope.collector.site import canonical_function
 from allocscope.errors import CapabilityError, InputError
+from allocscope.probes.capabilities import kallsyms_state
 
 PROC_KALLSYMS = "/proc/kallsyms"
 _TEXT_TYPES = frozenset("tTwW")
@@ -41,6 +42,16 @@ class Resolved:
     def __str__(self) -> str:
         mod = f" [{self.module}]" if self.module else ""
         return f"{self.name}+0x{self.offset:x}{mod}"
+
+
+def hidden_addresses_message(path: str = PROC_KALLSYMS) -> str:
+    """The one explanation (top --live, who-calls, overhead, doctor's reasons) of why
+    ``path`` shows zero addresses to this process, its fix, and what still works."""
+    why, fix = kallsyms_state().why_hidden()
+    return (
+        f"{path} shows zero addresses: {why}; fix: {fix}. Without symbols the allocinfo verbs "
+        "still work (top, snapshot, diff, export, collect: exact allocinfo tags need none)"
+    )
 
 
 class Kallsyms:
@@ -75,9 +86,7 @@ class Kallsyms:
         except ValueError:
             raise InputError(path, None, "bad address in kallsyms") from None
         if symbols and all(s.address == 0 for s in symbols[:100]):
-            raise CapabilityError(
-                f"{path} shows zero addresses: run as root, or set kernel.kptr_restrict=0"
-            )
+            raise CapabilityError(hidden_addresses_message(path))
         if not symbols:
             raise InputError(path, None, "no text symbols")
         return cls(symbols)

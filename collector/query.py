@@ -13,6 +13,14 @@ DOUBLE``, ``NULLS LAST``, exact medians from ``ROW_NUMBER`` windows instead of t
 differing percentile functions, ``NULLIF`` before every division because Spark's ANSI mode
 raises on division by zero).
 
+User SQL (``query --sql``) runs as root on a production host, so by default it is read-only on
+both engines. DuckDB: every statement must be a SELECT or EXPLAIN (checked on DuckDB's own parse
+of the text, so ``COPY ... TO``, ``ATTACH``, ``INSTALL``, ``SET`` and ``CREATE`` are refused even
+inside the store), files are reachable only under the store root (``enable_external_access =
+false`` plus ``allowed_directories``; ``read_text('/etc/shadow')`` fails), extensions are never
+installed or autoloaded, and ``lock_configuration`` stops the SQL from undoing any of it. Spark
+SQL has no such switches, so raw SQL on Spark needs the explicit ``unrestricted`` opt-in.
+
 Header of a query file::
 
     -- name: top-sites
@@ -179,6 +187,8 @@ class Engine(Protocol):
 
     def execute(self, sql: str) -> QueryResult: ...
 
+    def check_read_only(self, sql: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -210,21 +220,72 @@ def _normalize(v: Any) -> Any:
     return v
 
 
+# What read-only user SQL may be: statements that only read (DuckDB's parser decides).
+_READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
+
+
 class DuckDBEngine:
     name = "duckdb"
 
     def __init__(
-        self, store: Store, *, threads: int | None = None, memory_limit: str | None = None
+        self,
+        store: Store,
+        *,
+        threads: int | None = None,
+        memory_limit: str | None = None,
+        unrestricted: bool = False,
     ) -> None:
         import duckdb
 
         self.store = store
+        self.unrestricted = unrestricted
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             self.con.execute(f"SET memory_limit = {self.literal(memory_limit)}")
+        if not unrestricted:
+            self._lock_down()
+
+    def _lock_down(self) -> None:
+        """Files only under the store (and the empty stand-ins :meth:`table_ref` may use), no
+        extension installs or loads, and no way back (locked configuration)."""
+        root = self.store.root.rstrip(os.sep) or os.sep
+        dirs = sorted({root + os.sep, os.path.realpath(root).rstrip(os.sep) + os.sep})
+        empties = [empty_file(d) for d in DATASETS if not self.store.files(d)]
+        for setting, value in (
+            ("allowed_directories", dirs),
+            ("allowed_paths", empties),
+            ("enable_external_access", False),
+            ("autoinstall_known_extensions", False),
+            ("autoload_known_extensions", False),
+            ("allow_community_extensions", False),
+            ("lock_configuration", True),
+        ):
+            if isinstance(value, list):
+                text = "[" + ", ".join(self.literal(v) for v in value) + "]"
+            else:
+                text = self.literal(value)
+            self.con.execute(f"SET {setting} = {text}")
+
+    def check_read_only(self, sql: str) -> None:
+        """Refuse SQL that is anything but reads (unless the engine is unrestricted)."""
+        if self.unrestricted:
+            return
+        import duckdb
+
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as e:
+            raise QueryError(f"duckdb: {str(e).splitlines()[0]}") from None
+        for st in statements:
+            kind = st.type.name
+            if kind not in _READ_ONLY_STATEMENTS:
+                raise QueryError(
+                    f"--sql: {kind} statements are refused: user SQL is read-only "
+                    "(SELECT/EXPLAIN over the store); --unrestricted-sql lifts this"
+                )
 
     def table_ref(self, dataset: str) -> str:
         return relation_sql(self.store, dataset)
@@ -291,8 +352,11 @@ def spark_session(app: str = "allocscope") -> Any:
 class SparkEngine:
     name = "spark"
 
-    def __init__(self, store: Store, session: Any | None = None) -> None:
+    def __init__(
+        self, store: Store, session: Any | None = None, *, unrestricted: bool = False
+    ) -> None:
         self.store = store
+        self.unrestricted = unrestricted
         self.own_session = session is None
         self.spark = session if session is not None else spark_session()
         self._views: dict[str, str] = {}
@@ -309,6 +373,15 @@ class SparkEngine:
             df.createOrReplaceTempView(view)
             self._views[dataset] = view
         return self._views[dataset]
+
+    def check_read_only(self, sql: str) -> None:
+        """Spark SQL can read and write any path (``parquet.`/etc```, ``INSERT OVERWRITE
+        DIRECTORY``) and has no switch to stop it: raw SQL needs the explicit opt-in."""
+        if not self.unrestricted:
+            raise QueryError(
+                "--sql on Spark cannot be confined to the store (Spark SQL reads and writes any "
+                "path); use the DuckDB engine, or --unrestricted-sql to accept that"
+            )
 
     def refresh(self) -> None:
         """Forget the views (files were added since they were made)."""
@@ -373,5 +446,8 @@ def run_named(engine: Engine, name: str, params: dict[str, str] | None = None) -
 
 
 def run_sql(engine: Engine, sql: str) -> QueryResult:
-    """Raw SQL; ``{allocinfo}`` etc. are substituted, so one text still runs on both engines."""
-    return engine.execute(render(sql, engine))
+    """Raw SQL; ``{allocinfo}`` etc. are substituted, so one text still runs on both engines.
+    Read-only unless the engine was opened ``unrestricted`` (see the module docstring)."""
+    text = render(sql, engine)
+    engine.check_read_only(text)
+    return engine.execute(text)

@@ -120,15 +120,29 @@ class Result:
         )
 
 
+_INT_LIMIT = 1 << 64  # every count and size a result holds fits a u64
+
+
+def _bounded_int(text: str) -> int:
+    """JSON integers beyond u64 are refused while parsing: Python would read them exactly,
+    and the first ``float()`` (start, duration, shares) would raise OverflowError."""
+    value = int(text)
+    if abs(value) >= _INT_LIMIT:
+        raise ValueError(f"number out of range: {text[:20]}{'...' if len(text) > 20 else ''}")
+    return value
+
+
 def read_result(path: str, expect_kind: str | None = None) -> Result:
     """Read and validate a result file; errors name the file (and line, for bad JSON)."""
     try:
         with open(path) as f:
-            data = json.load(f)
+            data = json.load(f, parse_int=_bounded_int)
     except FileNotFoundError:
         raise InputError(path, None, "no such file") from None
     except json.JSONDecodeError as e:
         raise InputError(path, e.lineno, f"bad JSON: {e.msg}") from None
+    except ValueError as e:  # _bounded_int, or more digits than int() converts
+        raise InputError(path, None, f"bad JSON: {str(e).splitlines()[0]}") from None
     except RecursionError:
         raise InputError(path, None, "JSON nested too deeply to be a result file") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import cast
 
 from allocscope.errors import InputError
 
@@ -88,36 +89,84 @@ class SubsystemMap:
 
     @staticmethod
     def parse_rules(text: str, source: str) -> tuple[list[Rule], bool]:
+        """Rules from TOML ``text``; every wrong key, kind or type is an :class:`InputError`
+        naming ``source`` and the rule, because ``str(5)`` silently becomes a path glob."""
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise InputError(source, None, f"bad TOML: {e}") from None
+        except RecursionError:  # tomllib recurses per nested array/table
+            raise InputError(source, None, "bad TOML: nested too deeply") from None
+        unknown = sorted(set(data) - {"rule", "replace_defaults"})
+        if unknown:
+            raise InputError(source, None, f"unknown key {unknown[0]!r} (rule, replace_defaults)")
+        replace = data.get("replace_defaults", False)
+        if not isinstance(replace, bool):
+            raise InputError(source, None, "`replace_defaults` must be true or false")
+        items: object = data.get("rule", [])
+        if not isinstance(items, list):
+            raise InputError(source, None, "`rule` must be an array of tables ([[rule]])")
         rules: list[Rule] = []
-        for n, item in enumerate(data.get("rule", []), 1):
-            if not isinstance(item, dict) or "path" not in item or "subsystem" not in item:
-                raise InputError(source, None, f"rule #{n} needs `path` and `subsystem`")
-            for pat in _expand_braces(str(item["path"])):
-                rules.append(
-                    Rule(
-                        re.compile(glob_regex(pat, capture=True)),
-                        item.get("function"),
-                        str(item["subsystem"]),
-                    )
-                )
-        return rules, bool(data.get("replace_defaults", False))
+        for n, item in enumerate(cast("list[object]", items), 1):
+            rules.extend(_rules_of(item, source, n))
+        return rules, replace
 
     @classmethod
     def load(cls, override_path: str | None = None) -> SubsystemMap:
         rules = list(_default_rules())
         if override_path:
-            try:
-                with open(override_path) as f:
-                    text = f.read()
-            except OSError as e:
-                raise InputError(override_path, None, f"cannot read: {e.strerror}") from None
-            user, replace = cls.parse_rules(text, override_path)
+            user, replace = cls.parse_rules(_read_utf8(override_path), override_path)
             rules = user if replace else user + rules
         return cls(rules)
+
+
+_RULE_KEYS = {"path": True, "subsystem": True, "function": False}  # key -> required
+
+
+def _rules_of(item: object, source: str, n: int) -> list[Rule]:
+    """The compiled rule(s) of ``[[rule]]`` number ``n`` (a brace glob gives several)."""
+    where = f"rule #{n}"
+    if not isinstance(item, dict):
+        raise InputError(source, None, f"{where} must be a table with `path` and `subsystem`")
+    table = cast("dict[str, object]", item)
+    for key in table:
+        if key not in _RULE_KEYS:
+            raise InputError(
+                source, None, f"{where}: unknown key {key!r} (path, subsystem, function)"
+            )
+    for key, required in _RULE_KEYS.items():
+        value = table.get(key)
+        if value is None and not required:
+            continue
+        if value is None:
+            raise InputError(source, None, f"{where} needs `path` and `subsystem`")
+        if not isinstance(value, str) or not value:
+            raise InputError(
+                source, None, f"{where}: `{key}` must be a non-empty string, not {value!r}"
+            )
+    path, subsystem = cast(str, table["path"]), cast(str, table["subsystem"])
+    function = cast("str | None", table.get("function"))
+    return [
+        Rule(re.compile(glob_regex(pat, capture=True)), function, subsystem)
+        for pat in _expand_braces(path)
+    ]
+
+
+def _read_utf8(path: str) -> str:
+    """The override file's text; bytes that are not UTF-8 (TOML requires it) are an
+    :class:`InputError` at their line, not a UnicodeDecodeError traceback."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise InputError(path, None, f"cannot read: {e.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise InputError(
+            path, line, f"not UTF-8 (byte 0x{raw[e.start]:02x}); TOML files must be UTF-8"
+        ) from None
 
 
 @lru_cache(maxsize=1)

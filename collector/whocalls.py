@@ -69,6 +69,7 @@ class Options:
     comm: str | None = None
     per_process: bool = False
     allocinfo_file: str | None = None
+    lenient: bool = False  # skip (and count) malformed --allocinfo lines instead of failing
     addresses: bool = False
     workload: str | None = None
     confidence: float = 0.95
@@ -80,11 +81,22 @@ class Options:
 # --- site resolution -------------------------------------------------------------------------
 
 
-def _allocinfo_for_resolution(opts: Options) -> AllocinfoSnapshot | None:
+def _allocinfo_for_resolution(
+    opts: Options, log: Callable[[str], None] = lambda s: None
+) -> AllocinfoSnapshot | None:
+    """Strict like ``top``: a malformed line is an error naming file:line, unless --lenient,
+    which skips such lines and says how many."""
     path = opts.allocinfo_file
     if path is None and not os.path.exists(PROC_ALLOCINFO):
         return None
-    return read_allocinfo(path, lenient=True)
+    snap = read_allocinfo(path, lenient=opts.lenient)
+    if snap.skipped:
+        s = "s" if snap.skipped != 1 else ""
+        log(
+            f"allocscope: warning: {snap.source}: skipped {snap.skipped} malformed "
+            f"line{s} (--lenient)"
+        )
+    return snap
 
 
 def resolve_sites(
@@ -288,7 +300,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         duration = 10.0  # a built-in workload without -d runs for 10 s
     cap = Capture("who-calls", duration=duration, workload=opts.workload, pid=opts.pid)
     ksyms = Kallsyms.load()
-    resolution_info = _allocinfo_for_resolution(opts)
+    resolution_info = _allocinfo_for_resolution(opts, log)
     targets = resolve_sites(opts.sites, ksyms, resolution_info)
     rules = attribution.build_skip_rules([t.function for t in targets], opts.skip)
 
@@ -334,7 +346,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         keeper.close(w.seconds)
         raw = read_maps(probe, targets, read_tag)
     after = (
-        read_allocinfo(opts.allocinfo_file, lenient=True)
+        read_allocinfo(opts.allocinfo_file, lenient=opts.lenient)
         if opts.allocinfo_file
         else _allocinfo_now(opts)
     )

@@ -47,6 +47,7 @@ ATTACH_TYPES = (
 )
 
 CAP_SYS_ADMIN = 21
+CAP_SYSLOG = 34
 CAP_PERFMON = 38
 CAP_BPF = 39
 
@@ -281,22 +282,75 @@ def tracefs_path() -> str | None:
     return tracefs.mount_point()
 
 
+def tracefs_mountpoint(mounts: str = "/proc/self/mounts") -> str | None:
+    """Where the mount table says tracefs is, readable by us or not: tracefs is usually mode
+    700, so for a non-root user :func:`tracefs_path` finds nothing even when it is mounted --
+    a privilege problem, not a missing mount."""
+    try:
+        with open(mounts) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "tracefs":
+                    return parts[1].replace("\\040", " ")
+    except OSError:
+        pass
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class KallsymsState:
+    """What decides whether ``/proc/kallsyms`` shows this process real addresses: the kernel's
+    kallsyms_show_value() (kernel/ksyms_common.c; checked with the opener's credentials
+    since Linux 5.8, commit 160251842cd3): kptr_restrict=0 shows them when perf_event_paranoid <= 1
+    or with CAP_SYSLOG, 1 only with CAP_SYSLOG, 2 never -- not even to root."""
+
     kptr_restrict: int | None
     readable: bool  # addresses are real (not all zero) for this process
+    perf_event_paranoid: int | None = None
+    cap_syslog: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def why_hidden(self) -> tuple[str, str]:
+        """(what hides the addresses, the fix), exactly for this setting and this process."""
+        k, p = self.kptr_restrict, self.perf_event_paranoid
+        if k is not None and k >= 2:
+            return (
+                f"kernel.kptr_restrict={k} hides kernel addresses from every user, root included",
+                "sysctl kernel.kptr_restrict=1 (root then sees them)",
+            )
+        if k == 1 and not self.cap_syslog:
+            return (
+                "kernel.kptr_restrict=1 shows kernel addresses only with CAP_SYSLOG, "
+                "which this process lacks",
+                "run as root (or with CAP_SYSLOG)",
+            )
+        if k == 0 and not self.cap_syslog and (p is None or p > 1):
+            return (
+                f"kernel.kptr_restrict=0, but kernel.perf_event_paranoid={p} (> 1) and this "
+                "process lacks CAP_SYSLOG",
+                "run as root (or with CAP_SYSLOG), or sysctl kernel.perf_event_paranoid=1",
+            )
+        return (
+            f"kernel.kptr_restrict={k}, kernel.perf_event_paranoid={p}, "
+            f"CAP_SYSLOG {'held' if self.cap_syslog else 'not held'}",
+            "run as root with kernel.kptr_restrict<=1",
+        )
+
 
 def kallsyms_state() -> KallsymsState:
-    restrict: int | None
-    try:
-        with open("/proc/sys/kernel/kptr_restrict") as f:
-            restrict = int(f.read().strip())
-    except (OSError, ValueError):
-        restrict = None
+    restrict = _read_int("/proc/sys/kernel/kptr_restrict")
+    paranoid = _read_int("/proc/sys/kernel/perf_event_paranoid")
+    cap_syslog = bool(privileges().cap_eff >> CAP_SYSLOG & 1)
     readable = False
     try:
         with open("/proc/kallsyms") as f:
@@ -309,7 +363,7 @@ def kallsyms_state() -> KallsymsState:
                     break
     except (OSError, ValueError, IndexError):
         readable = False
-    return KallsymsState(restrict, readable)
+    return KallsymsState(restrict, readable, paranoid, cap_syslog)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,23 @@ Format: https://prometheus.io/docs/instrumenting/exposition_formats/ (text 0.0.4
 escape backslash, double quote and newline. Cardinality is the real risk (a kernel has ~5,000
 tags; a fleet multiplies that), so callers choose a top-N and/or a min-bytes cut, and what the
 cut left out is still exported as totals (``allocinfo_omitted_*``) so sums stay true.
+
+One bad line makes node_exporter's textfile collector reject the whole file, so every
+allocinfo metric of the host disappears: extra label names are checked against the data model
+(``[a-zA-Z_][a-zA-Z0-9_]*``, ``__`` reserved, no clash with the five site labels, which would
+give a duplicate label) and values must be encodable UTF-8, before anything is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from allocscope.errors import AllocscopeError
+
+SITE_LABELS = ("file", "line", "function", "module", "subsystem")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +36,25 @@ class SiteSample:
 
 def escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def check_extra_labels(labels: Mapping[str, str]) -> None:
+    """Refuse (one line, naming the label) what would make the textfile invalid."""
+    for key, value in labels.items():
+        if not _LABEL_NAME.fullmatch(key):
+            raise AllocscopeError(
+                f"--label {key!r}: not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+            )
+        if key.startswith("__"):
+            raise AllocscopeError(f"--label {key!r}: names starting with '__' are reserved")
+        if key in SITE_LABELS:
+            raise AllocscopeError(
+                f"--label {key!r}: every series already has this label ({', '.join(SITE_LABELS)})"
+            )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise AllocscopeError(f"--label {key!r}: the value is not valid UTF-8") from None
 
 
 def select(
@@ -46,6 +76,7 @@ def render(
     min_bytes: int | None = None,
     extra_labels: dict[str, str] | None = None,
 ) -> str:
+    check_extra_labels(extra_labels or {})
     kept, omitted = select(samples, top, min_bytes)
     extra = "".join(f',{k}="{escape_label(v)}"' for k, v in sorted((extra_labels or {}).items()))
     out: list[str] = []

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from allocscope.cli.common import add_output_format, add_verb, emit_result, window_arg
+from allocscope.cli.common import add_output_format, add_verb, emit_result, output_arg, window_arg
 from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
@@ -49,7 +49,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--seed", type=int, default=None, help="bootstrap RNG seed (fixed default)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the ab result file (JSON) here")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=output_arg,
+        metavar="FILE",
+        help="write the ab result file (JSON) here",
+    )
     add_output_format(p)
     t = p.add_argument_group("one host: --toggle")
     t.add_argument(

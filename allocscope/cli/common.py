@@ -53,6 +53,14 @@ def pid_arg(text: str) -> int:
     return pid
 
 
+def output_arg(text: str) -> str:
+    """``-o FILE`` in every verb: an empty name is refused (``-o ''`` used to print to stdout
+    and write nothing, silently, in export, ab, overhead and who-calls)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: an output file needs a name")
+    return text
+
+
 def positive_arg(text: str) -> int:
     """A count that must be 1 or more (``collect --count``)."""
     n = count_arg(text)
@@ -99,14 +107,15 @@ def add_verb(
     examples: str,
     func: Callable[[argparse.Namespace], int],
 ) -> argparse.ArgumentParser:
-    """A verb parser whose --help ends with real examples, as BCC tools' do."""
+    """A verb parser whose --help ends with real examples, as BCC tools' do, and the verb's
+    reference page (docs/verbs/<verb>.md: the README is a five-minute read, not a manual)."""
     from allocscope.cli import HelpFormatter
 
     p: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help,
         description=description,
-        epilog="examples:\n" + examples.rstrip() + "\n",
+        epilog="examples:\n" + examples.rstrip() + f"\n\nfull reference: docs/verbs/{name}.md\n",
         formatter_class=HelpFormatter,
     )
     p.set_defaults(func=func)

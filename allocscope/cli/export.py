@@ -7,14 +7,14 @@ import socket
 import sys
 from typing import Any
 
-from allocscope.cli.common import add_row_limit, add_verb, size_arg
+from allocscope.cli.common import add_row_limit, add_verb, output_arg, size_arg
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.atomic import write_text_atomic
 from allocscope.collector.host import parse_labels
 from allocscope.collector.store_read import connect, open_store, reading, relation_sql
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.errors import AllocscopeError
-from allocscope.reports.prometheus import SiteSample, render
+from allocscope.reports.prometheus import SiteSample, check_extra_labels, render
 
 EXAMPLES = """\
   allocscope export --prometheus -o /var/lib/node_exporter/textfile/allocinfo.prom --top 200
@@ -50,7 +50,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--host", metavar="NAME", help="with --store: the host (default: this host's name)"
     )
-    p.add_argument("-o", "--output", metavar="FILE.prom", help="write here (atomically)")
+    p.add_argument(
+        "-o", "--output", type=output_arg, metavar="FILE.prom", help="write here (atomically)"
+    )
     add_row_limit(p, help="only the N largest sites")
     p.add_argument("--min-bytes", type=size_arg, metavar="SIZE", help="only sites >= SIZE")
     p.add_argument(
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         extra = parse_labels(args.label)
     except ValueError as e:
         raise AllocscopeError(str(e)) from None
+    check_extra_labels(extra)
     if args.top is not None and args.top < 0:
         raise AllocscopeError("--top must be >= 0")
     if args.host and not args.store:

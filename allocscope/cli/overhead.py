@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from allocscope.cli.common import add_output_format, add_verb, emit_result, pid_arg, window_arg
+from allocscope.cli.common import (
+    add_output_format,
+    add_verb,
+    emit_result,
+    output_arg,
+    pid_arg,
+    window_arg,
+)
 from allocscope.errors import AllocscopeError
 from allocscope.probes.oncpu import DEFAULT_FREQUENCY, DEFAULT_STACK_STORAGE
 
@@ -55,7 +62,9 @@ def register(sub: Any) -> None:
         help="also list allocator functions this kernel does not have",
     )
     p.add_argument("--histogram", action="store_true", help="print the --exact histogram")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the result file (JSON) here")
+    p.add_argument(
+        "-o", "--output", type=output_arg, metavar="FILE", help="write the result file (JSON) here"
+    )
     add_output_format(p)
 
 

@@ -32,14 +32,27 @@ def register(sub: Any) -> None:
         description="Run one of the named queries (--list) or raw SQL over the store's "
         "Parquet files. In SQL, {allocinfo}, {hosts}, {callers} and {overhead} name the "
         "datasets; the same text runs on DuckDB (default, embedded) and Spark SQL "
-        "(--engine spark, needs pip install 'allocscope[spark]' and a JDK).",
+        "(--engine spark, needs pip install 'allocscope[spark]' and a JDK). Raw --sql is "
+        "read-only unless --unrestricted-sql says otherwise: it runs as root.",
         examples=EXAMPLES,
         func=run,
     )
     p.add_argument("name", nargs="?", metavar="QUERY", help="named query (see --list)")
     p.add_argument("--store", metavar="DIR", help="store root")
     p.add_argument("--list", action="store_true", help="list the named queries and parameters")
-    p.add_argument("--sql", metavar="SQL", help="run this SQL instead of a named query")
+    p.add_argument(
+        "--sql",
+        metavar="SQL",
+        help="run this SQL instead of a named query; read-only: SELECT/EXPLAIN statements "
+        "only, files only under --store, no extension installs or loads",
+    )
+    p.add_argument(
+        "--unrestricted-sql",
+        action="store_true",
+        help="lift the --sql limits: the SQL can then COPY ... TO, read_text or ATTACH any "
+        "path this user (often root) can reach, write into the store, and install or load "
+        "extensions; needed for --sql on Spark, which cannot be confined",
+    )
     p.add_argument(
         "--param",
         action="append",
@@ -87,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     if args.sql and params:
         raise AllocscopeError("--param applies to named queries; write values into --sql")
-    engine = open_engine(args.engine, open_store(args.store))
+    if args.unrestricted_sql and not args.sql:
+        raise AllocscopeError("--unrestricted-sql applies to --sql only")
+    engine = open_engine(args.engine, open_store(args.store), unrestricted=args.unrestricted_sql)
     try:
         res = run_sql(engine, args.sql) if args.sql else run_named(engine, args.name, params)
     finally:

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from allocscope.cli.common import add_row_limit, add_verb
+from allocscope.cli.common import add_row_limit, add_verb, output_arg
 from allocscope.errors import AllocscopeError
 
 EXAMPLES = """\
@@ -57,6 +57,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-o",
         "--output",
+        type=output_arg,
         required=True,
         metavar="FILE.html",
         help="where to write the report ('-' = stdout)",

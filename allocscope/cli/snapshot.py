@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import Any
 
-from allocscope.cli.common import add_verb, print_json
+from allocscope.cli.common import add_verb, output_arg, print_json
 from allocscope.cli.top import load_source, load_subsystems, print_warnings
 from allocscope.collector.allocinfo import PROC_ALLOCINFO
 from allocscope.collector.host import collect_host_metadata, parse_labels
@@ -39,7 +39,12 @@ def register(sub: Any) -> None:
         func=run,
     )
     p.add_argument(
-        "-o", "--output", required=True, metavar="FILE.parquet", help="where to write the snapshot"
+        "-o",
+        "--output",
+        type=output_arg,
+        required=True,
+        metavar="FILE.parquet",
+        help="where to write the snapshot",
     )
     p.add_argument(
         "-f",

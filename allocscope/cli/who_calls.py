@@ -7,7 +7,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from allocscope.cli.common import add_output_format, add_verb, emit_result, pid_arg, window_arg
+from allocscope.cli.common import (
+    add_output_format,
+    add_verb,
+    emit_result,
+    output_arg,
+    pid_arg,
+    window_arg,
+)
 from allocscope.errors import AllocscopeError
 
 DESCRIPTION = """\
@@ -147,6 +154,11 @@ def register(sub: Any) -> None:
         help="join with this saved allocinfo instead of /proc/allocinfo",
     )
     p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip malformed allocinfo lines (counted in a warning) instead of failing",
+    )
+    p.add_argument(
         "--addresses",
         action="store_true",
         help="show raw kernel addresses (hidden by default: KASLR)",
@@ -160,6 +172,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-o",
         "--output",
+        type=output_arg,
         default=None,
         metavar="FILE",
         help="also write the result file (JSON, kind who-calls)",
@@ -191,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         comm=args.comm,
         per_process=args.per_process,
         allocinfo_file=args.allocinfo_file,
+        lenient=args.lenient,
         addresses=args.addresses,
         workload=args.workload,
         confidence=args.confidence,

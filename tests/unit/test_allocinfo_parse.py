@@ -14,6 +14,7 @@ from allocscope.collector.allocinfo import (
     AllocRecord,
     NumaCount,
     parse_allocinfo,
+    parse_allocinfo_bytes,
     parse_allocinfo_text,
     read_allocinfo,
 )
@@ -163,6 +164,14 @@ def test_truncated_last_line_is_dropped_with_warning() -> None:
     assert snap.truncated
     assert len(snap.records) == 2
     assert any("truncated" in w for w in snap.warnings)
+
+
+def test_a_lone_unterminated_line_is_garbage_not_a_truncated_read() -> None:
+    """No header and no record: nothing was being written, it is not allocinfo (such a file
+    used to pass as an empty read, exit 0)."""
+    for text in ('{"schema": 1, "kind": "who-calls"}', "[" * 1000):
+        with pytest.raises(InputError, match="x.txt:1: not an allocinfo line"):
+            parse_allocinfo_bytes(text.encode(), "x.txt")
 
 
 def test_last_line_without_newline_but_complete_is_kept() -> None:

@@ -495,3 +495,14 @@ def test_every_field_is_declared_with_a_doc() -> None:
     for cls in PAYLOADS.values():
         walk(cls)
     assert len(seen) >= 20
+
+
+@pytest.mark.parametrize("number", ["1" + "0" * 400, "-" + "9" * 30, "9" * 5000])
+def test_json_numbers_beyond_u64_are_one_line(tmp_path: Path, number: str) -> None:
+    """10**400 parses as a Python int and used to raise OverflowError at float(duration)."""
+    p = tmp_path / "huge.json"
+    p.write_text(
+        '{"schema": 1, "kind": "overhead", "host": {}, "start": 0, "duration": ' + number + "}"
+    )
+    with pytest.raises(InputError, match=r"huge.json: bad JSON: number out of range|digits"):
+        read_result(str(p))

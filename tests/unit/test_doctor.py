@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from allocscope.collector.doctor import (
+    DoctorLine,
     Facts,
     diagnose,
     short_reason,
@@ -235,3 +236,49 @@ def test_doctor_cli_without_bpf(cli: Callable[..., tuple[int, str, str]]) -> Non
 def test_doctor_help_has_examples(cli: Callable[..., tuple[int, str, str]]) -> None:
     with pytest.raises(SystemExit):
         cli("doctor", "--help")
+
+
+def _line(f: Facts, check: str) -> DoctorLine:
+    return next(ln for ln in diagnose(f).lines if ln.check == check)
+
+
+def test_tracefs_mounted_but_unreadable_is_not_not_mounted() -> None:
+    ln = _line(facts(tracefs=None, tracefs_mount="/sys/kernel/tracing"), "tracefs")
+    assert ln.status == "fail" and "not mounted" not in ln.value
+    assert ln.value == "mounted at /sys/kernel/tracing, not readable by this user"
+    assert "root" in ln.fix and "mount" not in ln.fix
+    gone = _line(facts(tracefs=None, tracefs_mount=None), "tracefs")
+    assert gone.value == "not mounted" and gone.fix.startswith("mount -t tracefs")
+
+
+@pytest.mark.parametrize(
+    ("state", "why", "fix"),
+    [
+        # kptr_restrict already 0: the gate is perf_event_paranoid or CAP_SYSLOG
+        (KallsymsState(0, False, 2, False), "perf_event_paranoid=2", "perf_event_paranoid=1"),
+        (KallsymsState(1, False, 2, False), "only with CAP_SYSLOG", "run as root"),
+        (KallsymsState(2, False, 2, True), "root included", "kptr_restrict=1"),
+    ],
+)
+def test_kallsyms_names_the_real_gate(state: KallsymsState, why: str, fix: str) -> None:
+    ln = _line(facts(kallsyms=state), "kallsyms")
+    assert ln.status == "fail" and why in ln.value and fix in ln.fix
+    if state.kptr_restrict == 0:
+        assert "kptr_restrict=0" not in ln.fix  # it is 0 already
+    if state.kptr_restrict == 2:
+        assert "run as root" not in ln.fix  # root does not help
+    assert "allocinfo verbs need no symbols" in ln.consequence
+
+
+def test_unprivileged_attach_rows_name_privileges_not_configs() -> None:
+    f = facts(
+        attach={k: CheckResult(False, "not tried: not root") for k in caps.ATTACH_TYPES},
+        privileges=Privileges(False, False, False, False, 0),
+    )
+    rows = [ln for ln in diagnose(f).lines if ln.check.startswith(("bpf ", "perf "))]
+    assert len(rows) == len(caps.ATTACH_TYPES)
+    for ln in rows:
+        assert "CONFIG_" not in ln.fix and "root" in ln.fix and "privileges" in ln.fix, ln
+    # privileged failures keep the kernel-config fix
+    f = facts(attach={**facts().attach, "kprobe": CheckResult(False, KPROBE_FAIL)})
+    assert "CONFIG_KPROBES" in _line(f, "bpf kprobe").fix

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
+
+import pytest
+from conftest import need
 
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.reports.prometheus import SiteSample, escape_label, render
@@ -108,3 +113,85 @@ def test_cli_file_and_store(tmp_path: Path, fixtures_dir: Path, cli: Any) -> Non
     assert a == b
     rc, _, err = cli("export", "--prometheus", "--store", str(tmp_path / "s"), "--host", "nope")
     assert rc == 2 and "no snapshot of host 'nope'" in err
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("bad-key", "not a Prometheus label name"),
+        ("1abc", "not a Prometheus label name"),
+        ('"q', "not a Prometheus label name"),
+        ("a b", "not a Prometheus label name"),
+        ("__name__", "names starting with '__' are reserved"),
+        ("__x", "names starting with '__' are reserved"),
+        ("file", "every series already has this label"),
+        ("subsystem", "every series already has this label"),
+    ],
+)
+def test_bad_label_names_are_refused(tmp_path, fixtures_dir, cli, key, why):
+    """node_exporter drops the whole textfile for one bad name: refuse before writing."""
+    f = str(fixtures_dir / "allocinfo-6.12-tmpfs-write.txt")
+    out_file = tmp_path / "allocinfo.prom"
+    rc, out, err = cli(
+        "export", "--prometheus", "--file", f, "-o", str(out_file), "--label", f"{key}=v"
+    )
+    assert rc == 2 and out == "" and not out_file.exists()
+    assert err.startswith(f"allocscope: error: --label {key!r}: {why}") and err.count("\n") == 1
+
+
+def test_label_value_not_utf8_is_refused(cli, fixtures_dir):
+    f = str(fixtures_dir / "allocinfo-6.12-tmpfs-write.txt")
+    rc, out, err = cli("export", "--prometheus", "--file", f, "--label", "k=a\udcffb")
+    assert rc == 2 and out == "" and "--label 'k': the value is not valid UTF-8" in err
+
+
+NASTY_VALUES = ['a"b', "back\\slash", "new\nline", "tab\tcr\r", "ünï©ødé", "", "{}=,"]
+
+
+def test_promtool_accepts_the_output(tmp_path, fixtures_dir, cli):
+    """The real consumer's parser, not ours: every line of the textfile, nasty label values
+    included (node_exporter rejects the whole file for one bad line). CI has promtool
+    (Debian package prometheus, installed by scripts/setup)."""
+    promtool = shutil.which("promtool")
+    need(promtool is not None, "promtool not installed (apt-get install prometheus)")
+    assert promtool is not None
+    f = str(fixtures_dir / "allocinfo-6.12-tmpfs-write.txt")
+    out_file = tmp_path / "allocinfo.prom"
+    labels = [x for i, v in enumerate(NASTY_VALUES) for x in ("--label", f"k{i}={v}")]
+    rc, _, err = cli("export", "--prometheus", "--file", f, "-o", str(out_file), *labels)
+    assert rc == 0, err
+    # site labels with the same characters, through the renderer directly
+    site = tmp_path / "sites.prom"
+    samples = [SiteSample(f"f{i}.c", i, v, v, v, 10, 1) for i, v in enumerate(NASTY_VALUES)]
+    site.write_text(render(samples))
+    for path in (out_file, site):
+        check = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=path.read_bytes(),
+            capture_output=True,
+            check=False,
+        )
+        assert check.returncode == 0, check.stderr.decode()
+    got = {
+        k: v
+        for name, lab, _ in parse(out_file.read_text())
+        for k, v in lab.items()
+        if name == "allocinfo_total_bytes"
+    }
+    # parse_labels strips surrounding whitespace from values (tab/cr included)
+    assert got == {f"k{i}": v.strip() for i, v in enumerate(NASTY_VALUES)}
+
+
+def test_promtool_rejects_what_we_refuse(tmp_path):
+    """The refusal list is the consumer's: promtool fails a textfile with each bad name."""
+    promtool = shutil.which("promtool")
+    need(promtool is not None, "promtool not installed (apt-get install prometheus)")
+    assert promtool is not None
+    for key in ("bad-key", "1abc", "__name__", "file"):
+        text = render([SiteSample("a.c", 1, "f", "", "x", 1, 1)]).replace(
+            'subsystem="x"', f'subsystem="x",{key}="v"'
+        )
+        check = subprocess.run(
+            [promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False
+        )
+        assert check.returncode != 0, key
