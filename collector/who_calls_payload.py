@@ -3,7 +3,7 @@
 Pure given its inputs (the raw map contents, the site targets, kallsyms and the allocinfo
 snapshots), so every figure is unit-tested without BPF. It returns the typed
 :class:`~allocscope.collector.payloads.WhoCallsPayload`; the probe side stays in
-:mod:`allocscope.collector.whocalls`.
+:mod:`allocscope.collector.who_calls`.
 
 Each sample is weighted by the 1-in-N of the epoch it was drawn in (see shares.py): with auto
 sampling N changes every second or so, and an unweighted count would over-count the quiet
@@ -31,7 +31,7 @@ from allocscope.collector.payloads import (
     WhoCallsPayload,
 )
 from allocscope.collector.site import Site, canonical_function
-from allocscope.collector.whocalls import Epoch, Options, RawCapture, SiteTarget
+from allocscope.collector.who_calls import Epoch, Options, RawCapture, SiteTarget
 from allocscope.probes.who_calls import TRACEPOINT_FAMILY, SiteCounts
 
 # (site index, tag address, caller, tgid, comm): the finest grouping of samples

@@ -6,7 +6,7 @@ the kernel for it: which backends this kernel can run (fentry and kprobe only wh
 function is traceable -- ``lib/`` is ``notrace``, so the kmem tracepoints with an in-kernel
 ``call_site`` range filter are the main road), the ``-D`` settings each backend compiles with,
 the hooks, and readers that turn the maps into dataclasses. Site resolution, the automatic
-sampling policy and the capture window live in :mod:`allocscope.collector.whocalls`.
+sampling policy and the capture window live in :mod:`allocscope.collector.who_calls`.
 
 Costs (see the C file): a non-matching event is the hook plus two compares per range, a
 matching one adds a per-CPU counter update, a sampled one a stack walk (~1.5-2 us, measured on

@@ -182,7 +182,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from allocscope.collector.payloads import WhoCallsPayload
-    from allocscope.collector.whocalls import Options, capture
+    from allocscope.collector.who_calls import Options, capture
     from allocscope.reports import who_calls as report
 
     if not 0.0 < args.confidence < 1.0:

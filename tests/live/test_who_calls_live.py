@@ -17,7 +17,7 @@ import pytest
 
 from allocscope.collector import workloads
 from allocscope.collector.result import read_result
-from allocscope.collector.whocalls import Options, capture
+from allocscope.collector.who_calls import Options, capture
 from allocscope.probes.who_calls import TRACEPOINT_FAMILY
 
 pytestmark = pytest.mark.live

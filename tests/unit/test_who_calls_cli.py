@@ -14,8 +14,7 @@ from allocscope.collector.kallsyms import Kallsyms, Symbol
 from allocscope.collector.payloads import AllocCounts, WhoCallsPayload
 from allocscope.collector.result import Result, read_result
 from allocscope.collector.site import Site
-from allocscope.collector.who_calls_payload import allocinfo_join, build_payload
-from allocscope.collector.whocalls import (
+from allocscope.collector.who_calls import (
     AutoSampler,
     Epoch,
     Options,
@@ -23,6 +22,7 @@ from allocscope.collector.whocalls import (
     auto_sample_rate,
     resolve_sites,
 )
+from allocscope.collector.who_calls_payload import allocinfo_join, build_payload
 from allocscope.errors import AllocscopeError
 from allocscope.probes.who_calls import Sample, SiteCounts, backend_candidates, site_of_macro
 from allocscope.reports import who_calls as report
@@ -389,7 +389,7 @@ def test_allocinfo_join_modes() -> None:
 def test_allocinfo_file_is_strict_unless_lenient(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A garbage line in --allocinfo is a one-line error naming file:line, before any BPF;
     --lenient skips it and says how many lines it skipped."""
-    from allocscope.collector.whocalls import _allocinfo_for_resolution  # pyright: ignore[reportPrivateUsage]
+    from allocscope.collector.who_calls import _allocinfo_for_resolution  # pyright: ignore[reportPrivateUsage]
 
     p = tmp_path / "a.txt"
     p.write_text(ALLOCINFO + "garbage here\n\x00\x01 nonsense 12\n")

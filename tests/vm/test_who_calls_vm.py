@@ -16,7 +16,7 @@ import pytest
 
 from allocscope.collector import workloads
 from allocscope.collector.allocinfo import read_allocinfo
-from allocscope.collector.whocalls import Options, capture
+from allocscope.collector.who_calls import Options, capture
 from allocscope.probes.who_calls import TRACEPOINT_FAMILY
 
 pytestmark = pytest.mark.vm
