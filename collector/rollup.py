@@ -216,7 +216,7 @@ def rollup(
         total_bytes += rec.bytes
         total_calls += rec.calls
         total_tags += 1
-        kind = container_kind(site) if by == "subsystem" else None
+        kind = container_kind(site)  # its own subsystem, in every roll-up (as diff does)
         subsystem = container_group(kind) if kind else classify(site, sub)
         key = group_key(site, by, subsystem)
         row = groups.get(key)
