@@ -140,3 +140,26 @@ def test_bad_windows_pids_and_counts_are_usage_errors(args: list[str], message: 
     r = subprocess.run([*ALLOCSCOPE, *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+# Result kind of each capture above; ab --toggle needs a writable vm.mem_profiling (absent on
+# this host), so tests/vm/test_ab_toggle_vm.py interrupts it inside the profiling guests.
+KIND_OF = {"who-calls": "who-calls", "top --live": "top-live", "overhead": "overhead"}
+VM_ONLY = {"ab-toggle": "tests/vm/test_ab_toggle_vm.py"}
+
+
+def test_every_capture_is_killed_by_a_test() -> None:
+    """A new live capture (a new ``Capture("kind", ...)`` in collector/) fails here until it
+    is added to :data:`VERBS` (or, if it cannot run on this host, to :data:`VM_ONLY`)."""
+    import re
+
+    collector = Path(__file__).resolve().parents[2] / "collector"
+    kinds = set()
+    for src in collector.glob("*.py"):
+        if src.name == "capture.py":  # its docstring's example
+            continue
+        kinds |= set(re.findall(r'Capture\(\s*"([^"]+)"', src.read_text()))
+    assert kinds, "no Capture(...) found: has the runner moved?"
+    assert kinds == set(KIND_OF.values()) | set(VM_ONLY)
+    for path in VM_ONLY.values():
+        assert (collector.parent / path).is_file()
