@@ -57,6 +57,7 @@ T = TypeVar("T")
 # the window closes, so this only bounds a child whose parent vanished without a signal.
 UNBOUNDED_WORKLOAD_SECONDS = 24 * 3600.0
 TICK_SECONDS = 0.1  # how often wait() checks the deadline and calls tick()
+WORKLOAD_READY_S = 30.0  # the longest a workload child's set-up may take
 
 
 def check_duration(duration: float | None, verb: str) -> None:
@@ -107,17 +108,19 @@ class _WindowContext(AbstractContextManager[Window]):
 
     def __enter__(self) -> Window:
         w = self._w
-        w.start = time.time()
-        w._t0 = time.monotonic()
-        if self._on_start is not None:
-            self._on_start()
         if self._cap.workload is not None:
             seconds = self._cap.duration or UNBOUNDED_WORKLOAD_SECONDS
-            w.child = workloads.start(self._cap.workload, seconds)
+            # The clock starts once the child's set-up (mount namespace, tmpfs) is done and
+            # its loop runs: that set-up is not the workload (2+ s under one emulated vCPU).
+            w.child = workloads.start(self._cap.workload, seconds, wait_ready=WORKLOAD_READY_S)
             # Stopped when the capture ends, before the probes close (LIFO): the maps are
             # read while it still runs, so its clean-up (a tmpfs umount frees every page)
             # never lands in the window's numbers.
             self._cap._stack.callback(workloads.stop, w.child)
+        w.start = time.time()
+        w._t0 = time.monotonic()
+        if self._on_start is not None:
+            self._on_start()
         return w
 
     def __exit__(
@@ -180,10 +183,10 @@ class Capture(AbstractContextManager["Capture"]):
         return self._stack.enter_context(resource)
 
     def window(self, on_start: Callable[[], object] | None = None) -> _WindowContext:
-        """The measured window: ``with cap.window() as w:``. Starts the clocks, then calls
-        ``on_start`` (tests use it to run known work inside the window), then the workload
-        child. Ctrl-C or SIGTERM inside the block ends it quietly with ``w.interrupted``;
-        ``w.seconds`` stops when the block ends."""
+        """The measured window: ``with cap.window() as w:``. Starts the workload child and
+        waits for its loop to run, then starts the clocks, then calls ``on_start`` (tests use
+        it to run known work inside the window). Ctrl-C or SIGTERM inside the block ends it
+        quietly with ``w.interrupted``; ``w.seconds`` stops when the block ends."""
         return _WindowContext(self, on_start)
 
     def wait(

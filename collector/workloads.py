@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from allocscope.errors import AllocscopeError
 
@@ -102,7 +103,18 @@ def tmpfs_write(mib: int, directory: str | None = None, chunk: int = 1 << 20) ->
 WORKLOADS: dict[str, Callable[[float], int]] = {}
 
 
+# Set in the workload child: called once its set-up (mount namespace, tmpfs) is done and the
+# loop begins, so a capture can start its clock on a running workload (under QEMU TCG with one
+# vCPU the set-up takes over 2 s: a first 2 s window used to see almost nothing).
+def _not_waited_for() -> None:
+    """Outside a child started by :func:`start` nobody waits for the loop."""
+
+
+_ready: Callable[[], object] = _not_waited_for
+
+
 def _open_close_for(seconds: float) -> int:
+    _ready()
     end = time.monotonic() + seconds
     ops = 0
     while time.monotonic() < end:
@@ -114,6 +126,7 @@ def _tmpfs_write_for(seconds: float) -> int:
     end = time.monotonic() + seconds
     mib = 0
     with private_tmpfs("256m") as d:
+        _ready()
         while time.monotonic() < end:
             tmpfs_write(64, d)
             mib += 64
@@ -136,7 +149,7 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)  # unwinds through private_tmpfs's finally: the mount is cleaned up
 
 
-def _child(name: str, seconds: float, delay: float, parent: int) -> None:
+def _child(name: str, seconds: float, delay: float, parent: int, ready: Any = None) -> None:
     """The workload child's whole life. Each line is one rule of the capture core:
 
     * it never holds the parent's BPF program, link or perf fds (every inherited fd above
@@ -156,6 +169,9 @@ def _child(name: str, seconds: float, delay: float, parent: int) -> None:
         return
     if os.geteuid() == 0 and libc.unshare(_CLONE_NEWNS) == 0:
         subprocess.run(["mount", "--make-rprivate", "/"], capture_output=True)
+    global _ready
+    if ready is not None:
+        _ready = ready.set
     try:
         time.sleep(delay)
         WORKLOADS[name](seconds)
@@ -169,17 +185,24 @@ def check_name(name: str) -> None:
         raise AllocscopeError(f"unknown workload {name!r} (have: {', '.join(sorted(WORKLOADS))})")
 
 
-def start(name: str, seconds: float, delay: float = 0.0) -> BaseProcess:
+def start(name: str, seconds: float, delay: float = 0.0, *, wait_ready: float = 0.0) -> BaseProcess:
     """Run workload ``name`` for ``seconds`` in a child process (after ``delay``); stop it
-    with :func:`stop`. See :func:`_child` for the rules the child keeps."""
+    with :func:`stop`. With ``wait_ready``, wait up to that many seconds until the child's
+    set-up is done and its loop runs. See :func:`_child` for the rules the child keeps."""
     check_name(name)
-    p = mp.get_context("fork").Process(
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    p = ctx.Process(
         target=_child,
-        args=(name, seconds, delay, os.getpid()),
+        args=(name, seconds, delay, os.getpid(), ready),
         daemon=True,
         name=f"allocscope-{name}",
     )
     p.start()
+    if wait_ready > 0:
+        deadline = time.monotonic() + wait_ready
+        while not ready.wait(0.05) and p.is_alive() and time.monotonic() < deadline:
+            pass
     return p
 
 

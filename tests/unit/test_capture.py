@@ -127,3 +127,16 @@ def test_done_ends_the_wait_early() -> None:
     with Capture("who-calls", duration=None) as cap, cap.window() as w:
         cap.wait(w, done=flag.is_set)
     assert 0.2 <= w.seconds < 5 and not w.interrupted
+
+
+def test_the_window_clock_starts_once_the_workload_loop_runs() -> None:
+    """A child's set-up (here a 0.5 s delay standing in for mounts under emulation) is not
+    part of the window: the clock starts when the workload reports its loop running."""
+    from allocscope.collector import workloads
+
+    t0 = time.monotonic()
+    child = workloads.start("open-close", 2.0, delay=0.5, wait_ready=10.0)
+    try:
+        assert time.monotonic() - t0 >= 0.5 and child.is_alive()
+    finally:
+        workloads.stop(child)
