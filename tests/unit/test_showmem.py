@@ -1,8 +1,9 @@
 """The show_mem "Memory allocations" block of a kernel log, on a real sample.
 
 ``tests/data/dmesg-7.3-sysrq-m.txt`` is the whole ``dmesg`` of the 7.3 test guest after
-``echo m > /proc/sysrq-trigger`` (captured 2026-12-04 with ``../shared/kernel/vmrun``); the
-VM suite checks the same parse against that kernel's own /proc/allocinfo.
+``echo m > /proc/sysrq-trigger`` (captured 2026-12-04 in the vmrun guest; the paths on its
+boot command line are generalised); the VM suite checks the same parse against that kernel's
+own /proc/allocinfo.
 """
 
 from __future__ import annotations
