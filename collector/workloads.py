@@ -214,16 +214,3 @@ def stop(p: BaseProcess, timeout: float = 10.0) -> None:
     if p.is_alive():
         p.kill()
         p.join(5)
-
-
-@contextmanager
-def workload_child(name: str | None, seconds: float) -> Iterator[BaseProcess | None]:
-    """``with workload_child(name, s):`` runs the workload for the block (None: nothing)."""
-    if name is None:
-        yield None
-        return
-    p = start(name, seconds)
-    try:
-        yield p
-    finally:
-        stop(p)
