@@ -11,7 +11,7 @@ array summed 46 us batched versus 72 us with BCC's ``sum(Key(i))`` per slot.
 * :func:`items` reads a whole map with ``BPF_MAP_LOOKUP_BATCH`` (Linux 5.6+): one syscall per
   buffer of entries instead of two per entry (``get_next_key`` + ``lookup``). It falls back to
   the per-entry walk where the kernel or map type has no batch ops.
-* :func:`percpu_sums` sums a ``BPF_PERCPU_ARRAY`` of u64 counters: one batch read for all
+* :func:`percpu_sums` sums a per-CPU array map of u64 counters: one batch read for all
   indexes; each value is ``possible CPUs`` slots, summed in Python.
 * :func:`drain_hash` deletes the keys present when it starts (one syscall per key to walk,
   one per key to delete), never BCC's ``clear()``, which restarts its walk on every
@@ -58,7 +58,7 @@ def cpu_values(per_cpu: Any) -> Sequence[Any]:
 
 
 def percpu_sums(table: Any, size: int) -> list[int]:
-    """A ``BPF_PERCPU_ARRAY`` of integers summed over CPUs, index by index (``size`` slots;
+    """A per-CPU array map of integers summed over CPUs, index by index (``size`` slots;
     indexes the map does not return read 0)."""
     out = [0] * size
     for k, v in items(table):
@@ -106,7 +106,7 @@ def drain_hash(table: Any, limit: int) -> int:
 
 
 def stack_addresses(table: Any, stackid: int) -> tuple[int, ...]:
-    """The return addresses of a ``BPF_STACK_TRACE`` entry, innermost first; () for a negative
+    """The return addresses of a stack-trace map entry, innermost first; () for a negative
     id (``bpf_get_stackid`` failed) or an id no longer in the map."""
     if stackid < 0:
         return ()
