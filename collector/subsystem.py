@@ -1,7 +1,8 @@
 """Source path -> subsystem (net, mm, fs/ext4, drivers/scsi, ...).
 
 The talk's dashboards group a machine's allocations "by subsystem"; the mapping is data
-(``subsystems.toml`` next to this module, documented in docs/design/allocinfo.md) so a user can override it.
+(``subsystems.toml`` next to this module, documented in docs/design/allocinfo.md) so a user
+can override it.
 """
 
 from __future__ import annotations
