@@ -20,8 +20,9 @@ The rules it owns (each one removed a defect found when the tool was tried as a 
 * **Probes die first.** Everything given to :meth:`hold` is closed when the ``with`` block
   ends, whatever ends it, so the programs are detached before the result is assembled.
 * **The workload child** (:mod:`allocscope.collector.workloads`) starts when the window opens,
-  after the probes are attached, and is stopped (SIGTERM, SIGKILL after 10 s) when the capture
-  ends, after the maps are read and before the probes close.
+  after the probes are attached, runs until the capture stops it (never for ``duration``
+  seconds of its own: a window can outlast ``-d``), and is stopped (SIGTERM, SIGKILL after
+  10 s) when the capture ends, after the maps are read and before the probes close.
   The child closes every inherited fd above 2 (so it never holds a BPF program or perf fd),
   dies with its parent (``PR_SET_PDEATHSIG``), ignores SIGINT (no traceback on Ctrl-C) and
   mounts only inside its own mount namespace (no tmpfs survives a ``kill -9``).
@@ -53,8 +54,8 @@ from allocscope.probes.loader import interruptible, interrupting_signal
 
 T = TypeVar("T")
 
-# How long the workload child runs when -d is not given ("until Ctrl-C"): it is stopped when
-# the window closes, so this only bounds a child whose parent vanished without a signal.
+# How long the workload child may run: the capture stops it when it ends (and it dies with
+# its parent), so this only bounds a child whose parent vanished without a signal.
 UNBOUNDED_WORKLOAD_SECONDS = 24 * 3600.0
 TICK_SECONDS = 0.1  # how often wait() checks the deadline and calls tick()
 WORKLOAD_READY_S = 30.0  # the longest a workload child's set-up may take
@@ -109,10 +110,18 @@ class _WindowContext(AbstractContextManager[Window]):
     def __enter__(self) -> Window:
         w = self._w
         if self._cap.workload is not None:
-            seconds = self._cap.duration or UNBOUNDED_WORKLOAD_SECONDS
+            # The child runs until the capture stops it, not for -d seconds: a capture's
+            # windows can take longer than -d of wall time. ab --toggle runs -d/period windows
+            # of `period` s back to back, but writing vm.mem_profiling (static keys patched)
+            # and reading the maps between windows are outside them: 0.4-1.9 s per write plus
+            # 0.1-0.4 s per read on 7.3 with one emulated vCPU, so 12 windows of 2 s took 41 s,
+            # a child given 24 s stopped in window 7, and windows 8-12 saw 7-8 page
+            # allocations each (6.12, whose writes take 4-77 ms, ran 30 s: the last 2 starved).
             # The clock starts once the child's set-up (mount namespace, tmpfs) is done and
             # its loop runs: that set-up is not the workload (2+ s under one emulated vCPU).
-            w.child = workloads.start(self._cap.workload, seconds, wait_ready=WORKLOAD_READY_S)
+            w.child = workloads.start(
+                self._cap.workload, UNBOUNDED_WORKLOAD_SECONDS, wait_ready=WORKLOAD_READY_S
+            )
             # Stopped when the capture ends, before the probes close (LIFO): the maps are
             # read while it still runs, so its clean-up (a tmpfs umount frees every page)
             # never lands in the window's numbers.
