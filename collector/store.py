@@ -252,6 +252,8 @@ class Store:
                 f"{self.root}: the store belongs on {home} (listed in /etc/fstab), which is not "
                 "mounted: not writing to the directory underneath"
             )
+        if os.path.lexists(self.root) and not os.path.isdir(self.root):
+            raise StoreUnavailable(f"{self.root}: not a directory (a store is a directory)")
         try:
             os.makedirs(self.root, exist_ok=True)
             # Named like a temp file so clean_stale_temps removes it if we are killed here.

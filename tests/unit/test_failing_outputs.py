@@ -267,6 +267,14 @@ def _store_argv(verb: str, store: str, inputs: dict[str, str], spool: str) -> li
     return ["ingest", "--store", store, inputs["overhead"]]
 
 
+def test_a_store_that_is_a_file_is_named_as_such(places: Places, inputs: dict[str, str]) -> None:
+    store = places.tmp / "store-file"
+    store.write_text("not a store\n")
+    r = _run("ingest", "--store", str(store), inputs["overhead"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == f"allocscope: error: {store}: not a directory (a store is a directory)\n"
+
+
 @pytest.mark.parametrize("where", ["read-only-tmpfs", "read-only-bind", "full-disk"])
 @pytest.mark.parametrize("verb", ["collect", "ingest"])
 def test_store_writers(places: Places, inputs: dict[str, str], verb: str, where: str) -> None:
