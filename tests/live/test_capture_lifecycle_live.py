@@ -224,14 +224,19 @@ def test_bad_windows_pids_and_counts_are_usage_errors(args: list[str], message: 
 
 
 # Result kind of each capture above; ab --toggle needs a writable vm.mem_profiling (absent on
-# this host), so tests/vm/test_ab_toggle_vm.py interrupts it inside the profiling guests.
+# this host), so VM tests send it each signal inside the profiling guests.
 KIND_OF = {"who-calls": "who-calls", "top --live": "top-live", "overhead": "overhead"}
-VM_ONLY = {"ab-toggle": "tests/vm/test_ab_toggle_vm.py"}
+VM_ONLY = {
+    "ab-toggle": ("tests/vm/test_ab_toggle_vm.py", "tests/vm/test_ab_toggle_signals_vm.py"),
+}
+# what a VM test file must do to each capture it covers: Ctrl-C, SIGTERM and kill -9
+VM_SIGNALS = ("os.killpg(proc.pid, signal.SIGINT)", "signal.SIGTERM", "proc.kill()")
 
 
 def test_every_capture_is_killed_by_a_test() -> None:
     """A new live capture (a new ``Capture("kind", ...)`` in collector/) fails here until it
-    is added to :data:`VERBS` (or, if it cannot run on this host, to :data:`VM_ONLY`)."""
+    is added to :data:`VERBS` (or, if it cannot run on this host, to :data:`VM_ONLY`, whose
+    files must send it every signal)."""
     import re
 
     collector = Path(__file__).resolve().parents[2] / "collector"
@@ -242,5 +247,7 @@ def test_every_capture_is_killed_by_a_test() -> None:
         kinds |= set(re.findall(r'Capture\(\s*"([^"]+)"', src.read_text()))
     assert kinds, "no Capture(...) found: has the runner moved?"
     assert kinds == set(KIND_OF.values()) | set(VM_ONLY)
-    for path in VM_ONLY.values():
-        assert (collector.parent / path).is_file()
+    for kind, paths in VM_ONLY.items():
+        text = "".join((collector.parent / p).read_text() for p in paths)
+        missing = [s for s in VM_SIGNALS if s not in text]
+        assert not missing, f"{kind}: no VM test does {missing}"
