@@ -261,16 +261,26 @@ def _parse_extras(text: str, path: str, lineno: int) -> dict[str, str]:
 # (Parquet int64, DuckDB BIGINT); line numbers are the C `int` of __LINE__. A number past
 # these did not come from a kernel, and accepting it would only move the crash to the
 # snapshot or report that tries to store it.
+# calls is printed unsigned (%llu) though the per-CPU sum can dip below zero just as bytes
+# does (a free counted on one CPU before its allocation on another is read): such a sum
+# prints as 2^64 - n, and is read back as -n, as the ioctl reader does (allocinfo_ioctl._signed).
 _S64_MAX = (1 << 63) - 1
+_U64_END = 1 << 64
 _LINE_MAX = (1 << 31) - 1
+
+
+def _calls(calls_s: str) -> int:
+    """A calls field as the signed count it stands for (see above)."""
+    calls = int(calls_s)
+    return calls - _U64_END if calls > _S64_MAX else calls
 
 
 def _out_of_range(bytes_s: str, calls_s: str, line_s: str) -> str:
     """Why a line's numbers cannot be a kernel's, or '' when they can."""
     if abs(int(bytes_s)) > _S64_MAX:
-        return f"bytes {bytes_s[:24]} is out of range (a 64-bit counter)"
-    if abs(int(calls_s)) > _S64_MAX:
-        return f"calls {calls_s[:24]} is out of range (a 64-bit counter)"
+        return f"bytes {bytes_s[:24]} is out of range (a signed 64-bit counter)"
+    if not -_S64_MAX <= int(calls_s) < _U64_END:
+        return f"calls {calls_s[:24]} is out of range (an unsigned 64-bit counter)"
     if not 0 <= int(line_s) <= _LINE_MAX:
         return f"line number {line_s[:24]} is out of range (0 to 2^31-1)"
     return ""
@@ -310,7 +320,7 @@ def parse_allocinfo(
             extras = _parse_extras(rest, source, lineno) if rest else {}
             records.append(
                 AllocRecord(
-                    Site(file, int(line), func, module or ""), int(bytes_s), int(calls_s), extras
+                    Site(file, int(line), func, module or ""), int(bytes_s), _calls(calls_s), extras
                 )
             )
             continue

@@ -11,8 +11,10 @@ allocscope runs as root and is pointed at shared and world-writable directories 
   refuses a link that is there anyway. The caller writes through the file object we opened,
   never by name, so the name cannot be swapped under it.
 * **Atomic publication.** fsync the file, ``rename`` it over the target, fsync the directory: a
-  reader or a crash sees the old content or the whole new one. ``rename`` replaces a link at the
-  target itself, never what it points to.
+  reader or a crash sees the old content or the whole new one. Only a regular file (or
+  nothing) at the target is replaced: a link, a device (``/dev/null``), a FIFO or a directory
+  there is refused up front, and a link planted after that check is replaced by ``rename``,
+  never written through.
 * **One-line failures.** Any ``OSError`` becomes :class:`OutputError` (``PATH: reason``), which
   the CLI prints as ``allocscope: error: ...``; it is still an ``OSError`` for callers (the store)
   that turn write failures into their own errors. Missing parent directories are an error
@@ -24,6 +26,10 @@ A pid says little on a shared store, though: two cloned machines share a hostnam
 other machine's pid is "dead" here. So the writer also holds an exclusive ``flock`` on its temp
 file for as long as it writes (released by the kernel when the writer dies, NFS forwards it to
 the server), and a temp is removed only when that lock can be taken (:func:`writer_gone`).
+Every write first removes such leftovers from its directory, whatever file they were for.
+
+:func:`check_output` tries the target's directory before a long capture starts, so ``-o`` on
+a read-only or pseudo filesystem fails in a second, not after a 60 s window.
 """
 
 from __future__ import annotations
@@ -71,12 +77,50 @@ def _reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_existing(path: str) -> None:
+    """Refuse a target that the rename would wrongly replace: a directory, a link, or anything
+    that is not a regular file. ``-o /dev/null`` used to replace the device node with a regular
+    file, as root (every later ``> /dev/null`` on the machine then filled a file), and ``-o
+    /dev/stdout`` replaced that link. A link is refused whatever it points to: writing through
+    it is what a planted link wants, and replacing it breaks ``/dev/stdout`` and its kin."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return  # nothing there (or unreachable: the open below says why)
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            to = os.readlink(path)
+        except OSError:
+            to = "?"
+        raise OutputError(
+            errno.ELOOP,
+            f"{path}: is a symbolic link (to {to[:200]}): not written through, not replaced; "
+            "name the file itself, or omit -o to print to stdout",
+        )
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputError(errno.EISDIR, f"{path}: is a directory")
+    for test, kind in _KINDS:
+        if test(st.st_mode):
+            raise OutputError(
+                errno.EINVAL,
+                f"{path}: is {kind}, not a regular file: the output goes to a new file renamed "
+                "over the target, which would replace it; omit -o to print to stdout",
+            )
+
+
 def _check_target(path: str, make_parents: bool) -> str:
     if not path:
         raise OutputError(errno.EINVAL, "'': an empty output path")
     directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) and not os.path.islink(path):
-        raise OutputError(errno.EISDIR, f"{path}: is a directory")
+    _check_existing(path)
     if make_parents:
         try:
             os.makedirs(directory, exist_ok=True)
@@ -98,6 +142,23 @@ def _fsync_dir(directory: str) -> None:
         os.close(dfd)
 
 
+def check_output(path: str, *, make_parents: bool = False) -> None:
+    """Raise :class:`OutputError` now if ``path`` cannot be written (the checks and the
+    exclusive temp-file creation :func:`atomic_file` does, with nothing left behind). A disk
+    that fills up later still fails at the write itself."""
+    _check_target(path, make_parents)
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, _OPEN_FLAGS, 0o600)
+    except OSError as e:
+        raise OutputError(e.errno or 0, f"{path}: {_reason(e)}") from None
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
 @contextmanager
 def atomic_file(path: str, *, make_parents: bool = False) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``path`` when the block ends without an exception.
@@ -105,7 +166,7 @@ def atomic_file(path: str, *, make_parents: bool = False) -> Iterator[BinaryIO]:
     On an exception the temp file is removed and ``path`` is untouched.
     """
     directory = _check_target(path, make_parents)
-    clean_stale_temps(directory, os.path.basename(path))
+    clean_stale_temps(directory)  # a killed writer's, whatever file it was writing there
     tmp = temp_name(path)
     try:
         fd = os.open(tmp, _OPEN_FLAGS, 0o666)

@@ -46,6 +46,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from allocscope.collector.atomic import (
+    OutputError,
     atomic_file,
     pid_alive,
     temp_name,
@@ -248,9 +249,11 @@ class Store:
         home = unmounted_home(self.root)
         if home is not None:
             raise StoreUnavailable(
-                f"store {self.root} belongs on {home} (listed in /etc/fstab), which is not "
+                f"{self.root}: the store belongs on {home} (listed in /etc/fstab), which is not "
                 "mounted: not writing to the directory underneath"
             )
+        if os.path.lexists(self.root) and not os.path.isdir(self.root):
+            raise StoreUnavailable(f"{self.root}: not a directory (a store is a directory)")
         try:
             os.makedirs(self.root, exist_ok=True)
             # Named like a temp file so clean_stale_temps removes it if we are killed here.
@@ -259,7 +262,7 @@ class Store:
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
-            raise StoreUnavailable(f"store {self.root} is not writable: {e.strerror or e}") from e
+            raise StoreUnavailable(f"{self.root}: store not writable ({e.strerror or e})") from e
 
     def write_part(
         self, dataset: str, table: pa.Table, path: str, *, presorted: bool = False
@@ -290,7 +293,7 @@ class Store:
             write_atomic(path, write, make_parents=True)
         except OSError as e:
             _release(held or [])
-            raise StoreUnavailable(f"cannot write {path}: {e.strerror or e}") from e
+            raise _unavailable(path, e) from e
         except BaseException:
             _release(held or [])
             raise
@@ -434,7 +437,7 @@ class _PartStream:
         except OSError as e:
             self._stack.__exit__(_Aborted, _Aborted(), None)
             _release(self.held)
-            raise StoreUnavailable(f"cannot write {path}: {e.strerror or e}") from e
+            raise _unavailable(path, e) from e
 
     def write(self, table: pa.Table) -> None:
         """Append rows (already in the dataset's schema and sort order)."""
@@ -451,7 +454,7 @@ class _PartStream:
             if n:
                 self._writer.write_table(t.slice(0, n), row_group_size=ROW_GROUP_ROWS)
         except OSError as e:
-            raise StoreUnavailable(f"cannot write {self.path}: {e.strerror or e}") from e
+            raise _unavailable(self.path, e) from e
         rest = t.slice(n)
         self._buf = [rest] if rest.num_rows else []
         self._buffered = rest.num_rows
@@ -466,7 +469,7 @@ class _PartStream:
             self._stack.close()  # fsync, rename, fsync the directory
         except OSError as e:
             self.abort()
-            raise StoreUnavailable(f"cannot write {self.path}: {e.strerror or e}") from e
+            raise _unavailable(self.path, e) from e
         except BaseException:
             self.abort()
             raise
@@ -547,6 +550,13 @@ class BatchWriter:
             part.abort()
         self._parts.clear()
         self._hosts.clear()
+
+
+def _unavailable(path: str, e: OSError) -> StoreUnavailable:
+    """``PATH: reason``, the path named once (the safe writer's errors already name it)."""
+    if isinstance(e, OutputError):
+        return StoreUnavailable(str(e))
+    return StoreUnavailable(f"{path}: {e.strerror or e}")
 
 
 def _release(held: list[int]) -> None:

@@ -395,16 +395,19 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """Make SIGTERM (and SIGHUP) behave like Ctrl-C inside the block.
+    """Make SIGINT, SIGTERM and SIGHUP end the capture as Ctrl-C does, inside the block.
 
     Captures catch :class:`KeyboardInterrupt` once, stop waiting, read their maps and write
-    what they have; probes are detached by their ``with`` blocks on the way out.
+    what they have; probes are detached by their ``with`` blocks on the way out. SIGINT gets
+    a handler too: Python installs its own only when SIGINT was not ignored at start, and a
+    shell script's background job (``allocscope who-calls ... &``, then ``kill -INT``) starts
+    with it ignored; the capture then ran its whole window and reported no interrupt.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _LAST_SIGNAL[0] = int(signal.SIGINT)
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     for s in old:
         signal.signal(s, _raise_interrupt)
     try:

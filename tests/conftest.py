@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,12 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+Cli = Callable[..., tuple[int, str, str]]
+"""The :func:`cli` fixture: ``cli(*args)`` -> (exit status, stdout, stderr)."""
+
+
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
     """Run ``allocscope ARGS`` in-process; returns (rc, stdout, stderr)."""
     from allocscope.cli import main
 

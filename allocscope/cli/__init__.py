@@ -102,6 +102,11 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help()
         return 2
     try:
+        output = getattr(args, "output", None)
+        if output and output != "-":  # before a capture, not after its window
+            from allocscope.collector.atomic import check_output
+
+            check_output(output)
         rc = args.func(args)
         return int(rc or 0)
     except AllocscopeError as e:

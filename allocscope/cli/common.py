@@ -137,17 +137,32 @@ def add_output_format(
 
 def emit_result(result: Any, args: argparse.Namespace, table: Callable[[], str]) -> int:
     """A verb's result, the same way in every verb: printed first (the whole Result document
-    with ``--json``, else the table ``table()`` renders), so a failing ``-o`` (full disk,
-    bad path) never loses the capture; then written to ``-o`` by the safe writer, with
-    "wrote FILE" on stderr. Returns the exit status: 130/143 for a run ended by
-    Ctrl-C/SIGTERM (:func:`interrupted_exit_code`), else 0."""
-    if getattr(args, "json", False):
+    with ``--json``, else the table ``table()`` renders), then written to ``-o`` by the safe
+    writer, with "wrote FILE" on stderr. Returns the exit status: 130/143 for a run ended by
+    Ctrl-C/SIGTERM (:func:`interrupted_exit_code`), else 0.
+
+    A failing ``-o`` (the disk filled during a 60 s capture) loses nothing: the whole Result
+    document, which the table does not hold (folded stacks, settings), goes to stdout after
+    the table if ``--json`` did not already put it there, and the one error line says so
+    (exit 2)."""
+    from allocscope.collector.atomic import OutputError
+
+    as_json = bool(getattr(args, "json", False))
+    if as_json:
         print_json(result.to_dict())
     else:
         sys.stdout.write(table())
     sys.stdout.flush()
     if getattr(args, "output", None):
-        result.write(args.output)
+        try:
+            result.write(args.output)
+        except OutputError as e:
+            if not as_json:
+                print_json(result.to_dict())
+            sys.stdout.flush()
+            raise OutputError(
+                e.errno or 0, f"{e} (the whole result is on stdout as JSON instead)"
+            ) from None
         print(f"wrote {args.output}", file=sys.stderr)
     return interrupted_exit_code(result)
 

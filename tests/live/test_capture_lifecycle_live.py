@@ -1,10 +1,18 @@
 """The capture core's rules, against real processes and the kernel's own view.
 
-For every live verb with ``--workload``: after ``kill -9`` of allocscope, within 2 s no BPF
-program of ours is loaded (``bpftool prog list``), the workload child is gone, and no tmpfs
-of ours is mounted (``/proc/mounts``). A normal run leaves no tmpfs either; Ctrl-C prints no
-child traceback and exits 130, SIGTERM 143; bad ``-d``/``-p``/``--count`` are one-line usage
-errors. Each case compiles one BPF program (~2-3 s here).
+For every live verb (who-calls, top --live, overhead; ab --toggle in the VM tests), run with a
+built-in workload and saving its result (``-o`` into a fresh directory, or ``--json``):
+
+* ``kill -9``: within 2 s the BPF programs it held (ids read from its ``/proc/PID/fdinfo``, so
+  other tools' programs do not count) are gone, the workload child is gone, no tmpfs of ours
+  is mounted, no temp file or half-written ``-o`` file is left;
+* Ctrl-C (SIGINT to the process group), ``kill -INT`` to a job a script put in the background
+  (SIGINT ignored at start: it used to run its whole window), and SIGTERM: exit 130/130/143,
+  no traceback, the partial result saved and marked interrupted, and the same nothing left.
+
+A normal run leaves no tmpfs either; bad ``-d``/``-p``/``--count`` are one-line usage errors.
+A new ``Capture(...)`` kind in collector/ fails :func:`test_every_capture_is_killed_by_a_test`
+until it is added here. Each case compiles one BPF program (~2-3 s here).
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from allocscope.collector.atomic import TEMP_RE
+
 ALLOCSCOPE = [sys.executable, "-m", "allocscope"]
+ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))  # this tree's
 TMPFS_PREFIX = "allocscope-tmpfs-"
 
 
@@ -30,53 +41,91 @@ def prog_ids() -> set[int]:
     return {int(p["id"]) for p in json.loads(out.stdout or "[]")}
 
 
+def held_prog_ids(pid: int) -> set[int]:
+    """The BPF programs process ``pid`` holds open (``prog_id:`` in its fdinfo). Other tests
+    and tools load programs concurrently: only these ids are ours to watch."""
+    ids = set()
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    for fd in fdinfo.iterdir() if fdinfo.is_dir() else []:
+        try:
+            text = fd.read_text()
+        except OSError:
+            continue
+        ids |= {int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("prog_id:")}
+    return ids
+
+
 def our_mounts() -> list[str]:
     with open("/proc/mounts") as f:
         return [ln for ln in f if TMPFS_PREFIX in ln]
 
 
-def _wait_attached(proc: subprocess.Popen[bytes], before: set[int], timeout: float = 60) -> None:
-    """Until the probes are loaded and the workload child runs."""
+def _wait_attached(proc: subprocess.Popen[bytes], timeout: float = 60) -> set[int]:
+    """Until the probes are loaded and the workload child runs; the programs' ids."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         assert proc.poll() is None, "allocscope ended before attaching"
         kids = psutil.Process(proc.pid).children(recursive=True)
-        if prog_ids() - before and kids:
+        ids = held_prog_ids(proc.pid)
+        if ids and kids:
             time.sleep(1.0)  # the workload is inside its loop (tmpfs mounted)
-            return
+            return held_prog_ids(proc.pid)
         time.sleep(0.2)
     pytest.fail("no BPF program and workload child within 60 s")
 
 
+# every live verb; OUTPUT: how each saves its result (-o FILE, or --json on stdout)
 VERBS = {
     "who-calls": ["who-calls", "xas_alloc", "-d", "60", "--workload", "tmpfs-write"],
     "top --live": ["top", "--live", "60", "--workload", "tmpfs-write", "--no-frees"],
     "overhead": ["overhead", "-d", "60", "--workload", "tmpfs-write"],
 }
+HAS_OUTPUT = {"who-calls", "overhead"}
+
+
+def _argv(verb: str, out: Path) -> list[str]:
+    if verb in HAS_OUTPUT:
+        return [*ALLOCSCOPE, *VERBS[verb], "-o", str(out)]
+    return [*ALLOCSCOPE, *VERBS[verb], "--json"]
+
+
+def _temps(d: Path) -> list[str]:
+    return [n for n in os.listdir(d) if TEMP_RE.match(n)]
+
+
+def _left_behind(ids: set[int], kids: list[psutil.Process]) -> str:
+    """What the capture left: its programs, live workload children, tmpfs mounts."""
+    alive = [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+    if alive:
+        return f"workload child outlived its parent: {alive}"
+    if ids & prog_ids():
+        return f"BPF programs still loaded: {sorted(ids & prog_ids())}"
+    if our_mounts():
+        return f"tmpfs left mounted: {our_mounts()}"
+    return ""
+
+
+def _settle(ids: set[int], kids: list[psutil.Process]) -> str:
+    deadline = time.monotonic() + 2.0
+    while (why := _left_behind(ids, kids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return why
 
 
 @pytest.mark.usefixtures("live")
 @pytest.mark.parametrize("verb", sorted(VERBS))
-def test_kill_9_leaves_no_probe_child_or_mount(verb: str) -> None:
-    before = prog_ids()
+def test_kill_9_leaves_no_probe_child_mount_or_temp(verb: str, tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [*ALLOCSCOPE, *VERBS[verb]], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        _argv(verb, tmp_path / "out.json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV
     )
     try:
-        _wait_attached(proc, before)
+        ids = _wait_attached(proc)
         kids = psutil.Process(proc.pid).children(recursive=True)
         proc.kill()
         proc.wait(10)
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            alive = [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
-            if not alive and not (prog_ids() - before) and not our_mounts():
-                break
-            time.sleep(0.1)
-        alive = [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
-        assert not alive, f"{verb}: workload child outlived its parent: {alive}"
-        assert not (prog_ids() - before), f"{verb}: BPF programs still loaded after kill -9"
-        assert not our_mounts(), f"{verb}: tmpfs left mounted: {our_mounts()}"
+        why = _settle(ids, kids)
+        assert not why, f"{verb} after kill -9: {why}"
+        assert _temps(tmp_path) == [] and not (tmp_path / "out.json").exists()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -89,38 +138,70 @@ def test_a_normal_tmpfs_run_leaves_no_mount(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        env=ENV,
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["kind"] == "overhead"
     assert not our_mounts()
     leftovers = [p for p in os.listdir("/tmp") if p.startswith(TMPFS_PREFIX)]
-    assert not leftovers, leftovers
+    assert leftovers == [], leftovers
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# how the signal arrives: Ctrl-C (the whole foreground process group), kill -INT to a job a
+# shell script started in the background (it starts with SIGINT ignored), kill -TERM
+HOW = {
+    "ctrl-c": (signal.SIGINT, 130),
+    "kill-int-background-job": (signal.SIGINT, 130),
+    "sigterm": (signal.SIGTERM, 143),
+}
 
 
 @pytest.mark.usefixtures("live")
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_exit_codes_and_no_child_traceback(sig: int, code: int) -> None:
-    before = prog_ids()
-    args = ["who-calls", "alloc_empty_file", "-d", "60", "--workload", "open-close", "--json"]
+@pytest.mark.parametrize("how", sorted(HOW))
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_interrupt_saves_the_capture_and_leaves_nothing(
+    verb: str, how: str, tmp_path: Path
+) -> None:
+    sig, code = HOW[how]
+    out = tmp_path / "out.json"
     proc = subprocess.Popen(
-        [*ALLOCSCOPE, *args],
+        _argv(verb, out),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=ENV,
         start_new_session=True,  # its own process group, as a shell gives a foreground job
+        preexec_fn=_ignore_sigint if how == "kill-int-background-job" else None,
     )
-    _wait_attached(proc, before)
-    # Ctrl-C in a terminal reaches the whole foreground process group
-    if sig == signal.SIGINT:
-        os.killpg(proc.pid, sig)
-    else:
-        proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    try:
+        ids = _wait_attached(proc)
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        if how == "ctrl-c":
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        stdout, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     text = err.decode(errors="replace")
     assert proc.returncode == code, text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
-    doc = json.loads(out)
-    assert doc["settings"]["interrupted"] is True and doc["payload"]["total_calls"] > 0
-    assert not (prog_ids() - before)
+    if verb in HAS_OUTPUT:  # the partial result is saved where it was asked for
+        doc = json.loads(out.read_text())
+        assert doc["settings"]["interrupted"] is True and doc["duration"] < 60
+        assert doc["payload"]
+        if verb == "who-calls":
+            assert doc["payload"]["total_calls"] > 0
+    else:
+        live = json.loads(stdout)["live"]
+        assert live["interrupted"] is True and live["events"] > 0 and live["duration"] < 60
+    assert _temps(tmp_path) == []
+    why = _settle(ids, kids)
+    assert not why, f"{verb} after {how}: {why}"
 
 
 @pytest.mark.parametrize(
@@ -137,20 +218,25 @@ def test_interrupt_exit_codes_and_no_child_traceback(sig: int, code: int) -> Non
     ],
 )
 def test_bad_windows_pids_and_counts_are_usage_errors(args: list[str], message: str) -> None:
-    r = subprocess.run([*ALLOCSCOPE, *args], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([*ALLOCSCOPE, *args], capture_output=True, text=True, timeout=60, env=ENV)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
 
 # Result kind of each capture above; ab --toggle needs a writable vm.mem_profiling (absent on
-# this host), so tests/vm/test_ab_toggle_vm.py interrupts it inside the profiling guests.
+# this host), so VM tests send it each signal inside the profiling guests.
 KIND_OF = {"who-calls": "who-calls", "top --live": "top-live", "overhead": "overhead"}
-VM_ONLY = {"ab-toggle": "tests/vm/test_ab_toggle_vm.py"}
+VM_ONLY = {
+    "ab-toggle": ("tests/vm/test_ab_toggle_vm.py", "tests/vm/test_ab_toggle_signals_vm.py"),
+}
+# what a VM test file must do to each capture it covers: Ctrl-C, SIGTERM and kill -9
+VM_SIGNALS = ("os.killpg(proc.pid, signal.SIGINT)", "signal.SIGTERM", "proc.kill()")
 
 
 def test_every_capture_is_killed_by_a_test() -> None:
     """A new live capture (a new ``Capture("kind", ...)`` in collector/) fails here until it
-    is added to :data:`VERBS` (or, if it cannot run on this host, to :data:`VM_ONLY`)."""
+    is added to :data:`VERBS` (or, if it cannot run on this host, to :data:`VM_ONLY`, whose
+    files must send it every signal)."""
     import re
 
     collector = Path(__file__).resolve().parents[2] / "collector"
@@ -161,5 +247,7 @@ def test_every_capture_is_killed_by_a_test() -> None:
         kinds |= set(re.findall(r'Capture\(\s*"([^"]+)"', src.read_text()))
     assert kinds, "no Capture(...) found: has the runner moved?"
     assert kinds == set(KIND_OF.values()) | set(VM_ONLY)
-    for path in VM_ONLY.values():
-        assert (collector.parent / path).is_file()
+    for kind, paths in VM_ONLY.items():
+        text = "".join((collector.parent / p).read_text() for p in paths)
+        missing = [s for s in VM_SIGNALS if s not in text]
+        assert not missing, f"{kind}: no VM test does {missing}"

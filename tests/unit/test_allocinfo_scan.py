@@ -110,6 +110,23 @@ def test_numbers_no_kernel_prints_are_refused_on_every_path() -> None:
     assert edge.records[0].bytes == (1 << 63) - 1 and edge.records[0].site.line == (1 << 31) - 1
 
 
+def test_a_racing_negative_calls_sum_printed_unsigned_is_read_back_signed() -> None:
+    """The kernel prints calls with %llu (lib/alloc_tag.c alloc_tag_to_text), and the per-CPU
+    sum can be read below zero mid-race: -1 prints as 2^64 - 1. That is a kernel's number, read
+    as -1 as the ioctl reader reads the same counter (it used to be refused as out of range,
+    failing a whole snapshot); 2^64 itself is not one."""
+    for only_python in (False, True):
+        text = (HEAD + f" -4096 {(1 << 64) - 1} a.c:1 func:f\n").encode()
+        if only_python:
+            with python_only():
+                snap = parse_allocinfo_bytes(text, "t")
+        else:
+            snap = parse_allocinfo_bytes(text, "t")
+        assert (snap.records[0].bytes, snap.records[0].calls) == (-4096, -1)
+    with pytest.raises(InputError, match=r"^t:3: calls 18446744073709551616 is out of range"):
+        parse_allocinfo_bytes((HEAD + f" 1 {1 << 64} a.c:1 func:f\n").encode(), "t")
+
+
 def test_snapshot_from_columns_equals_snapshot_from_records(fixtures_dir: Path) -> None:
     host = HostMetadata("h", "7.3.0", "b", 1.0, 2, "cpu", 1 << 30, "1")
     for name in ("allocinfo-6.12-tmpfs-write.txt", "allocinfo-7.3-boot.txt"):

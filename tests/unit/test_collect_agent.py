@@ -180,7 +180,9 @@ def test_unmounted_store_filesystem_spools_instead_of_writing_underneath(
     assert len(Store(str(mnt / "allocscope")).known_snapshots()) == 2
 
 
-def test_two_agents_flushing_one_spool_store_each_snapshot_once(tmp_path, fixtures_dir):
+def test_two_agents_flushing_one_spool_store_each_snapshot_once(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
     """A cron --once next to the systemd agent shares the default spool: both flushing it at
     once store every spooled snapshot once, drop none, and neither fails on the other's
     removals."""

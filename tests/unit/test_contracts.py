@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,6 +27,7 @@ from allocscope.collector.payloads import (
     LiveSiteRow,
     OtherRow,
     OverheadPayload,
+    Payload,
     PooledRow,
     ProfilingMemory,
     SampleCounts,
@@ -320,7 +322,7 @@ def _comparison() -> Comparison:
     )
 
 
-TYPED = {
+TYPED: dict[str, Callable[[], Payload]] = {
     "who-calls": _who_calls,
     "overhead": _overhead,
     "top-live": lambda: TopLivePayload(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import need
+from conftest import Cli, need
 
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.reports.prometheus import SiteSample, escape_label, render
@@ -128,7 +128,9 @@ def test_cli_file_and_store(tmp_path: Path, fixtures_dir: Path, cli: Any) -> Non
         ("subsystem", "every series already has this label"),
     ],
 )
-def test_bad_label_names_are_refused(tmp_path, fixtures_dir, cli, key, why):
+def test_bad_label_names_are_refused(
+    tmp_path: Path, fixtures_dir: Path, cli: Cli, key: str, why: str
+) -> None:
     """node_exporter drops the whole textfile for one bad name: refuse before writing."""
     f = str(fixtures_dir / "allocinfo-6.12-tmpfs-write.txt")
     out_file = tmp_path / "allocinfo.prom"
@@ -139,7 +141,7 @@ def test_bad_label_names_are_refused(tmp_path, fixtures_dir, cli, key, why):
     assert err.startswith(f"allocscope: error: --label {key!r}: {why}") and err.count("\n") == 1
 
 
-def test_label_value_not_utf8_is_refused(cli, fixtures_dir):
+def test_label_value_not_utf8_is_refused(cli: Cli, fixtures_dir: Path) -> None:
     f = str(fixtures_dir / "allocinfo-6.12-tmpfs-write.txt")
     rc, out, err = cli("export", "--prometheus", "--file", f, "--label", "k=a\udcffb")
     assert rc == 2 and out == "" and "--label 'k': the value is not valid UTF-8" in err
@@ -148,7 +150,7 @@ def test_label_value_not_utf8_is_refused(cli, fixtures_dir):
 NASTY_VALUES = ['a"b', "back\\slash", "new\nline", "tab\tcr\r", "ünï©ødé", "", "{}=,"]
 
 
-def test_promtool_accepts_the_output(tmp_path, fixtures_dir, cli):
+def test_promtool_accepts_the_output(tmp_path: Path, fixtures_dir: Path, cli: Cli) -> None:
     """The real consumer's parser, not ours: every line of the textfile, nasty label values
     included (node_exporter rejects the whole file for one bad line). CI has promtool
     (Debian package prometheus, installed by scripts/setup)."""
@@ -182,7 +184,7 @@ def test_promtool_accepts_the_output(tmp_path, fixtures_dir, cli):
     assert got == {f"k{i}": v.strip() for i, v in enumerate(NASTY_VALUES)}
 
 
-def test_promtool_rejects_what_we_refuse(tmp_path):
+def test_promtool_rejects_what_we_refuse(tmp_path: Path) -> None:
     """The refusal list is the consumer's: promtool fails a textfile with each bad name."""
     promtool = shutil.which("promtool")
     need(promtool is not None, "promtool not installed (apt-get install prometheus)")

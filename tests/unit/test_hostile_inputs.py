@@ -26,8 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from allocscope.cli import VERBS
+
+ENV = dict(os.environ, PYTHONPATH=str(REPO))  # this tree's allocscope, from any cwd
 
 # Readable allocinfo with odd content the kernel can print (bytes are %lli: negative is real)
 # or that is kept safely (bad UTF-8 replaced, control characters neutralised on output): these
@@ -174,8 +177,14 @@ SLOTS: list[Slot] = [
         lambda p, t: ["export", "--prometheus", "--store", _store_with_part(p, t), "--host", "h"],
     ),
 ]
+
+
+def _with_subsystems(args: tuple[str, ...]) -> Callable[[str, Path], list[str]]:
+    return lambda p, t: [*args, "--subsystems", p]
+
+
 SLOTS += [
-    Slot(verb, "--subsystems", "toml", lambda p, t, a=tuple(args): [*a, "--subsystems", p])
+    Slot(verb, "--subsystems", "toml", _with_subsystems(args))
     for verb, args in (
         ("top", ("top", "--file", "GOOD")),
         ("diff", ("diff", "GOOD", "GOOD")),
@@ -233,6 +242,7 @@ def _run(slot: Slot, case: str, data: bytes, tmp: Path, good: Path) -> Outcome:
         capture_output=True,
         timeout=300,
         cwd=tmp,
+        env=ENV,
         check=False,
         stdin=subprocess.DEVNULL,
     )

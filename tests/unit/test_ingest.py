@@ -6,10 +6,13 @@ import dataclasses
 import json
 import os
 import shutil
+from pathlib import Path
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import Cli
 from support.synth import FleetSpec, results, write_snapshot_files
 
 from allocscope.collector import snapshot_check as check_mod
@@ -24,7 +27,7 @@ SPEC = FleetSpec(hosts=3, sites=25, snapshots=2)
 
 
 @pytest.fixture
-def good(tmp_path):
+def good(tmp_path: Path) -> list[str]:
     paths = write_snapshot_files(str(tmp_path / "in"), SPEC)
     for n, r in enumerate(results(SPEC)):
         p = tmp_path / "in" / f"{r.kind}-{n}.json"
@@ -33,7 +36,7 @@ def good(tmp_path):
     return paths
 
 
-def _bad_files(tmp_path, good):
+def _bad_files(tmp_path: Path, good: list[str]) -> dict[str, str]:
     snaps = [p for p in good if p.endswith(".parquet")]
     d = tmp_path / "bad"
     d.mkdir()
@@ -93,7 +96,7 @@ def _bad_files(tmp_path, good):
     return out
 
 
-def test_ingest_good_and_bad(tmp_path, good):
+def test_ingest_good_and_bad(tmp_path: Path, good: list[str]) -> None:
     bad = _bad_files(tmp_path, good)
     store = Store(str(tmp_path / "store"))
     rep = ingest(store, [str(tmp_path / "in"), str(tmp_path / "bad")])
@@ -118,7 +121,7 @@ def test_ingest_good_and_bad(tmp_path, good):
     assert "functions" in json.loads(row["payload_json"])
 
 
-def test_other_column_types_are_cast(tmp_path, good):
+def test_other_column_types_are_cast(tmp_path: Path, good: list[str]) -> None:
     """A producer that wrote ``line`` as int64 is read the careful way and stored as int32."""
     snap = [p for p in good if p.endswith(".parquet")][0]
     t = pq.read_table(snap)
@@ -134,7 +137,7 @@ def test_other_column_types_are_cast(tmp_path, good):
     assert store.read("allocinfo").schema.field("line").type == pa.int32()
 
 
-def test_reingest_is_duplicate(tmp_path, good):
+def test_reingest_is_duplicate(tmp_path: Path, good: list[str]) -> None:
     store = Store(str(tmp_path / "store"))
     first = ingest(store, good)
     files = sorted(store.files("allocinfo") + store.files("callers"))
@@ -143,7 +146,7 @@ def test_reingest_is_duplicate(tmp_path, good):
     assert sorted(store.files("allocinfo") + store.files("callers")) == files
 
 
-def test_cli_exit_status_and_messages(tmp_path, good, cli):
+def test_cli_exit_status_and_messages(tmp_path: Path, good: list[str], cli: Cli) -> None:
     bad = tmp_path / "x.json"
     bad.write_text("[]")
     rc, out, err = cli("ingest", "--store", str(tmp_path / "s"), *good, str(bad))
@@ -152,7 +155,7 @@ def test_cli_exit_status_and_messages(tmp_path, good, cli):
     assert "imported 3 overhead, 6 snapshot, 3 who-calls (" in out and "1 skipped" in out
 
 
-def test_real_snapshot_file_roundtrip(tmp_path, fixtures_dir):
+def test_real_snapshot_file_roundtrip(tmp_path: Path, fixtures_dir: Path) -> None:
     snap = read_allocinfo(str(fixtures_dir / "allocinfo-6.12-tmpfs-write.txt"))
     host = collect_host_metadata({"group": "control"})
     path = str(tmp_path / "one.parquet")
@@ -166,7 +169,7 @@ def test_real_snapshot_file_roundtrip(tmp_path, fixtures_dir):
     assert h["allocinfo_version"] == "1.0" and h["total_bytes"] == snap.total_bytes
 
 
-def test_moved_store_file_is_not_a_snapshot(tmp_path, good):
+def test_moved_store_file_is_not_a_snapshot(tmp_path: Path, good: list[str]) -> None:
     store = Store(str(tmp_path / "store"))
     ingest(store, good)
     copy = tmp_path / "copy.parquet"
@@ -175,7 +178,7 @@ def test_moved_store_file_is_not_a_snapshot(tmp_path, good):
     assert rep.skipped and "not an allocscope snapshot" in rep.skipped[0][1]
 
 
-def _stored_order_ok(store):
+def _stored_order_ok(store: Store) -> bool:
     """Every allocinfo part is sorted by (hostname, taken_at, site_key)."""
     for f in store.files("allocinfo"):
         t = pq.read_table(f, columns=["hostname", "taken_at", "site_key"])
@@ -191,7 +194,7 @@ def _stored_order_ok(store):
     return True
 
 
-def test_unsorted_snapshots_are_stored_sorted(tmp_path, fixtures_dir):
+def test_unsorted_snapshots_are_stored_sorted(tmp_path: Path, fixtures_dir: Path) -> None:
     """Real snapshots come in /proc/allocinfo order, not site order: the bulk path sorts them."""
     snap = read_allocinfo(str(fixtures_dir / "allocinfo-7.3-boot.txt"))
     paths = []
@@ -211,7 +214,7 @@ def test_unsorted_snapshots_are_stored_sorted(tmp_path, fixtures_dir):
     assert sorted(store.read("hosts")["hostname"].to_pylist()) == ["alpha", "mid", "zeta"]
 
 
-def test_small_chunks_and_batches_store_the_same(tmp_path):
+def test_small_chunks_and_batches_store_the_same(tmp_path: Path) -> None:
     """Many chunks per batch and many batches: same rows, same hosts rows, parts sorted."""
     spec = FleetSpec(hosts=5, sites=40, snapshots=3)
     paths = write_snapshot_files(str(tmp_path / "in"), spec)
@@ -234,7 +237,7 @@ def test_small_chunks_and_batches_store_the_same(tmp_path):
     assert many.known_snapshots() == one.known_snapshots()
 
 
-def test_batch_spanning_days_is_split_per_day(tmp_path):
+def test_batch_spanning_days_is_split_per_day(tmp_path: Path) -> None:
     spec = FleetSpec(hosts=2, sites=10, snapshots=4, step=43_200.0)  # two snapshots a day
     paths = write_snapshot_files(str(tmp_path / "in"), spec)
     store = Store(str(tmp_path / "store"))
@@ -254,7 +257,7 @@ def test_batch_spanning_days_is_split_per_day(tmp_path):
     assert set(zip(h["hostname"].to_pylist(), h["taken_at"].to_pylist(), strict=True)) == rows_keys
 
 
-def test_row_groups_as_one_shot_write(tmp_path, monkeypatch):
+def test_row_groups_as_one_shot_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows streamed chunk by chunk are written in whole row groups, like one write_table."""
     monkeypatch.setattr(store_mod, "ROW_GROUP_ROWS", 64)
     spec = FleetSpec(hosts=4, sites=25, snapshots=2)
@@ -267,7 +270,7 @@ def test_row_groups_as_one_shot_write(tmp_path, monkeypatch):
     assert sizes == [64] * (spec.rows // 64) + [spec.rows % 64]
 
 
-def test_same_snapshot_twice_in_one_ingest(tmp_path, good):
+def test_same_snapshot_twice_in_one_ingest(tmp_path: Path, good: list[str]) -> None:
     snap = [p for p in good if p.endswith(".parquet")][0]
     copy = tmp_path / "copy.parquet"
     shutil.copy(snap, copy)
@@ -277,13 +280,15 @@ def test_same_snapshot_twice_in_one_ingest(tmp_path, good):
     assert store.read("allocinfo").num_rows == SPEC.sites
 
 
-def test_failed_batch_write_leaves_nothing(tmp_path, good, monkeypatch):
+def test_failed_batch_write_leaves_nothing(
+    tmp_path: Path, good: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The disk fills up mid-batch: the error reaches the caller and no file (whole, partial
     or temp) is left behind, so nothing of the batch was half-imported."""
     calls = {"n": 0}
     real = pq.ParquetWriter.write_table
 
-    def flaky(self, *a, **k):
+    def flaky(self: pq.ParquetWriter, *a: Any, **k: Any) -> Any:
         calls["n"] += 1
         if calls["n"] > 1:
             raise OSError(28, "No space left on device")
@@ -301,13 +306,15 @@ def test_failed_batch_write_leaves_nothing(tmp_path, good, monkeypatch):
 
 
 @pytest.mark.parametrize("file_index", [True, False], ids=["file_index", "filename"])
-def test_good_files_take_the_bulk_path(tmp_path, monkeypatch, file_index):
+def test_good_files_take_the_bulk_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_index: int
+) -> None:
     """Well-formed snapshots are decoded together, never one by one (the slow, careful way);
     with DuckDB < 1.3 (no file_index column) by file name instead."""
     monkeypatch.setattr(check_mod, "_HAS_FILE_INDEX", check_mod._HAS_FILE_INDEX)
     monkeypatch.setattr(check_mod, "_duckdb_has_file_index", lambda version: file_index)
 
-    def careful(path):
+    def careful(path: str) -> NoReturn:
         raise AssertionError(f"{path} was read the careful way")
 
     monkeypatch.setattr(check_mod, "read_snapshot_file", careful)
@@ -320,7 +327,7 @@ def test_good_files_take_the_bulk_path(tmp_path, monkeypatch, file_index):
     assert _stored_order_ok(store)
 
 
-def test_part_orphaned_by_a_killed_ingest_is_not_counted_twice(tmp_path):
+def test_part_orphaned_by_a_killed_ingest_is_not_counted_twice(tmp_path: Path) -> None:
     """kill -9 between a batch part's rename and its hosts part's: the next ingest removes
     the orphan (its writer, a process of this host, is dead) before importing again."""
     spec = FleetSpec(hosts=3, sites=20, snapshots=2)
@@ -347,7 +354,7 @@ def test_part_orphaned_by_a_killed_ingest_is_not_counted_twice(tmp_path):
     assert not any(os.path.basename(f) == dead for f in store.files("allocinfo"))
 
 
-def test_a_live_writers_unpublished_pair_is_left_alone(tmp_path):
+def test_a_live_writers_unpublished_pair_is_left_alone(tmp_path: Path) -> None:
     """An allocinfo part without its hosts part whose writer is alive (it may be between
     the two renames right now) is not touched."""
     spec = FleetSpec(hosts=1, sites=20, snapshots=1)
@@ -359,7 +366,9 @@ def test_a_live_writers_unpublished_pair_is_left_alone(tmp_path):
     assert store.clean_orphans() == 0 and os.path.exists(part)  # this process: alive
 
 
-def test_ingest_refuses_an_unmounted_store_filesystem(tmp_path, good, cli, monkeypatch):
+def test_ingest_refuses_an_unmounted_store_filesystem(
+    tmp_path: Path, good: list[str], cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from allocscope.collector import mounts
 
     mnt = tmp_path / "data"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pyarrow.parquet as pq
 from support.synth import FleetSpec, write_snapshot_files
@@ -62,7 +63,7 @@ def _run(cmd: list[str], kill_after: float | None) -> float:
     return time.monotonic() - t
 
 
-def test_kill_9_during_ingest(tmp_path):
+def test_kill_9_during_ingest(tmp_path: Path) -> None:
     src = tmp_path / "in"
     write_snapshot_files(str(src), SPEC)
     # how long a whole ingest takes here, so the kills land inside one

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from conftest import Cli
 from report_samples import EVIL, ingest_results, make_store, overhead_result, who_calls_result
 
 from allocscope.collector.allocinfo import read_allocinfo
@@ -43,7 +44,9 @@ def assert_self_contained(page: str) -> None:
     assert urls <= {"http://www.w3.org/2000/svg"}, urls
 
 
-def test_file_report_matches_the_allocinfo_parser(cli, fixtures_dir: Path, tmp_path: Path) -> None:
+def test_file_report_matches_the_allocinfo_parser(
+    cli: Cli, fixtures_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "host.html"
     rc, _out, err = cli("report", "--file", str(fixtures_dir / FIXTURE), "-o", str(out), "-n", "5")
     assert rc == 0, err
@@ -76,8 +79,8 @@ def test_two_files_are_two_snapshots_with_changes(fixtures_dir: Path) -> None:
     assert data.bars is not None and data.bars.columns == [Path(a).name, Path(b).name]
     assert data.trend is not None and len(data.trend.times) == 2
     # Changes by line-free key, computed here from the two parses.
-    first = defaultdict(int)
-    last = defaultdict(int)
+    first: defaultdict[str, int] = defaultdict(int)
+    last: defaultdict[str, int] = defaultdict(int)
     for r in read_allocinfo(a).records:
         first[r.site.loose_key] += r.bytes
     for r in read_allocinfo(b).records:
@@ -169,7 +172,7 @@ def test_store_without_hosts_dataset_reads_labels_from_snapshot_files(tmp_path: 
     assert all(h.labels.get("group") in ("pilot", "control") for h in data.hosts)
 
 
-def test_who_calls_result_flame_graph_and_callers(cli, tmp_path: Path) -> None:
+def test_who_calls_result_flame_graph_and_callers(cli: Cli, tmp_path: Path) -> None:
     wc = who_calls_result(tmp_path / "wc.json", evil=True)
     out = tmp_path / "wc.html"
     rc, _o, err = cli("report", "--result", str(wc), "-o", str(out))
@@ -238,7 +241,7 @@ def test_unknown_payload_shapes_render_generically(tmp_path: Path) -> None:
     assert "pilot spends +41%" in t and "f<1>" in t and "1.410" in t
 
 
-def test_stdout_and_errors(cli, tmp_path: Path) -> None:
+def test_stdout_and_errors(cli: Cli, tmp_path: Path) -> None:
     rc, _o, err = cli("report", "-o", str(tmp_path / "x.html"))
     assert rc == 2 and "nothing to report" in err
     rc, _o, err = cli("report", "--file", str(tmp_path / "missing.txt"), "-o", "-")
@@ -280,9 +283,8 @@ def test_store_results_are_merged_across_hosts(tmp_path: Path) -> None:
     row = next(r for r in fo.rows if r["function"] == "__alloc_pages_noprof")
 
     def ns(i: int) -> float:
-        return next(f for f in ohs[i]["functions"] if f["function"] == "__alloc_pages_noprof")[
-            "ns_per_call"
-        ]
+        row = next(f for f in ohs[i]["functions"] if f["function"] == "__alloc_pages_noprof")
+        return float(row["ns_per_call"])
 
     assert row["pilot_ns_per_call"] == pytest.approx((ns(0) + ns(2)) / 2)  # median of two
     assert row["control_ns_per_call"] == pytest.approx((ns(1) + ns(3)) / 2)

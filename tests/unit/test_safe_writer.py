@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from allocscope.collector import atomic
 from allocscope.collector.atomic import OutputError, write_text_atomic
@@ -65,12 +69,43 @@ def test_a_link_at_the_exact_temp_name_is_refused(
     assert not target.exists()
 
 
-def test_a_link_at_the_target_is_replaced_not_followed(world_dir: Path, victim: Path) -> None:
+def test_a_link_at_the_target_is_refused_neither_followed_nor_replaced(
+    world_dir: Path, victim: Path
+) -> None:
+    """A planted link is not written through; nor is a link replaced (``-o /dev/stdout``, a
+    link to ``/proc/self/fd/1``, used to become a regular file when stdout was one)."""
     target = world_dir / "out.json"
     target.symlink_to(victim)
-    write_text_atomic(str(target), "{}\n")
+    stdout = world_dir / "stdout"
+    stdout.symlink_to("/proc/self/fd/1")
+    for link in (target, stdout):
+        to = os.readlink(link)
+        with pytest.raises(OutputError, match="is a symbolic link"):
+            write_text_atomic(str(link), "{}\n")
+        assert link.is_symlink() and os.readlink(link) == to
     assert victim.read_text() == VICTIM_TEXT
-    assert not target.is_symlink() and target.read_text() == "{}\n"
+
+
+def test_a_device_or_fifo_at_the_target_is_refused(tmp_path: Path) -> None:
+    """``-o /dev/null`` as root used to replace the device node with a regular file."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    targets = [fifo]
+    if os.geteuid() == 0:
+        null = tmp_path / "null"  # the same device as /dev/null, never the real node
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.stat("/dev/null").st_rdev)
+        targets.append(null)
+    for t in targets:
+        before = os.lstat(t)
+        with pytest.raises(OutputError, match="not a regular file"):
+            write_text_atomic(str(t), "x")
+        after = os.lstat(t)
+        assert (after.st_mode, after.st_rdev, after.st_ino) == (
+            before.st_mode,
+            before.st_rdev,
+            before.st_ino,
+        )
+    assert sorted(os.listdir(tmp_path)) == sorted(t.name for t in targets)
 
 
 def test_temp_names_are_unguessable(tmp_path: Path) -> None:
@@ -134,6 +169,43 @@ def test_a_killed_writers_temp_is_removed_by_the_next_write(tmp_path: Path) -> N
     left = set(os.listdir(tmp_path))
     assert dead.name not in left
     assert {alive.name, other_host.name, link.name, "r.json"} <= left
+
+
+def test_a_killed_writers_temp_is_removed_by_the_next_write_of_any_file(tmp_path: Path) -> None:
+    """A real writer, SIGKILLed inside its write (its temp file exists and is locked), leaves a
+    temp that the next write into the directory, of another file, removes; a live writer's
+    temp, locked, is never touched."""
+    script = (
+        "import sys, time\n"
+        "from allocscope.collector.atomic import atomic_file\n"
+        "with atomic_file(sys.argv[1]) as f:\n"
+        "    f.write(b'partial'); f.flush(); print('writing', flush=True); time.sleep(600)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def writer(name: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / name)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert p.stdout is not None and p.stdout.readline() == "writing\n"
+        return p
+
+    killed, live = writer("killed.json"), writer("live.json")
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+        temps = sorted(n for n in os.listdir(tmp_path) if atomic.TEMP_RE.match(n))
+        assert len(temps) == 2
+        write_text_atomic(str(tmp_path / "other.json"), "{}")
+        left = sorted(os.listdir(tmp_path))
+        assert [n for n in left if ".killed.json." in n] == []
+        assert [n for n in left if ".live.json." in n] == [t for t in temps if ".live.json." in t]
+    finally:
+        live.kill()
+        live.wait(10)
 
 
 def test_result_files_go_through_the_safe_writer(world_dir: Path, victim: Path) -> None:

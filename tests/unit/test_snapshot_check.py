@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import Cli
 
 from allocscope.collector.ingest import ingest
 from allocscope.collector.store import Store
@@ -21,7 +22,7 @@ FIXTURE = "allocinfo-7.3-boot.txt"
 
 
 @pytest.fixture
-def good(tmp_path, fixtures_dir, cli) -> Path:
+def good(tmp_path: Path, fixtures_dir: Path, cli: Cli) -> Path:
     out = tmp_path / "good.parquet"
     rc, _o, err = cli("snapshot", "--file", str(fixtures_dir / FIXTURE), "-o", str(out))
     assert rc == 0, err
@@ -61,7 +62,9 @@ def _bad(good: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("case", ["types", "schema", "schema-text", "nulls", "two-hosts"])
-def test_top_diff_report_refuse_what_ingest_refuses(good, tmp_path, cli, case):
+def test_top_diff_report_refuse_what_ingest_refuses(
+    good: Path, tmp_path: Path, cli: Cli, case: str
+) -> None:
     path, why = _bad(good, tmp_path)[case]
     rep = ingest(Store(str(tmp_path / "store")), [str(path)])
     ((_p, ingest_why),) = rep.skipped
@@ -77,7 +80,7 @@ def test_top_diff_report_refuse_what_ingest_refuses(good, tmp_path, cli, case):
     assert not (tmp_path / "r.html").exists()
 
 
-def test_a_good_snapshot_still_reads(good, cli, tmp_path):
+def test_a_good_snapshot_still_reads(good: Path, cli: Cli, tmp_path: Path) -> None:
     rc, out, err = cli("top", "--file", str(good), "-n", "3")
     assert rc == 0 and out, err
     rc, out, err = cli("diff", str(good), str(good))

@@ -7,12 +7,15 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from allocscope.collector.allocinfo import read_allocinfo
-from allocscope.collector.host import collect_host_metadata
+from allocscope.collector.allocinfo import AllocinfoSnapshot, read_allocinfo
+from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.snapshot import snapshot_table
 from allocscope.collector.store import (
     HOSTS_SCHEMA,
@@ -27,13 +30,15 @@ from allocscope.collector.store import (
 FIXTURE = "allocinfo-7.3-boot.txt"
 
 
-def _snap(fixtures_dir, labels=None):
+def _snap(
+    fixtures_dir: Path, labels: dict[str, str] | None = None
+) -> tuple[AllocinfoSnapshot, HostMetadata, pa.Table]:
     snap = read_allocinfo(str(fixtures_dir / FIXTURE))
     host = collect_host_metadata(labels or {"group": "pilot"})
     return snap, host, snapshot_table(snap, host)
 
 
-def test_commit_snapshot_layout_and_contents(tmp_path, fixtures_dir):
+def test_commit_snapshot_layout_and_contents(tmp_path: Path, fixtures_dir: Path) -> None:
     snap, host, rows = _snap(fixtures_dir)
     store = Store(str(tmp_path / "s"))
     a, h = store.commit_snapshot(
@@ -71,11 +76,13 @@ def test_commit_snapshot_layout_and_contents(tmp_path, fixtures_dir):
     assert set(t["taken_at"].to_pylist()) == {row["taken_at"]}
 
 
-def test_failed_write_leaves_nothing(tmp_path, fixtures_dir, monkeypatch):
+def test_failed_write_leaves_nothing(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     snap, host, rows = _snap(fixtures_dir)
     store = Store(str(tmp_path / "s"))
 
-    def boom(*a, **k):
+    def boom(*a: Any, **k: Any) -> None:
         a[1].write(b"PAR1 half a file")
         raise OSError(28, "No space left on device")
 
@@ -86,7 +93,7 @@ def test_failed_write_leaves_nothing(tmp_path, fixtures_dir, monkeypatch):
     assert leftovers == []
 
 
-def test_unwritable_store_is_unavailable(tmp_path):
+def test_unwritable_store_is_unavailable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(StoreUnavailable):
@@ -104,7 +111,7 @@ def _writer(root: str, host_index: int, n: int) -> None:
             store.commit_snapshot(table, host, taken)
 
 
-def test_concurrent_writers_never_collide(tmp_path):
+def test_concurrent_writers_never_collide(tmp_path: Path) -> None:
     root = str(tmp_path / "s")
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(root, i, 5)) for i in range(4)]
@@ -119,7 +126,7 @@ def test_concurrent_writers_never_collide(tmp_path):
     assert store.read("allocinfo").num_rows == 20 * 20
 
 
-def test_batch_names_carry_pid(tmp_path):
+def test_batch_names_carry_pid(tmp_path: Path) -> None:
     store = Store(str(tmp_path))
     a = store.part_path("allocinfo", "2026-11-29", "batch", 123, batch=True)
     me = safe_name(socket.gethostname())
@@ -127,7 +134,7 @@ def test_batch_names_carry_pid(tmp_path):
     assert store.part_path("hosts", "2026-11-29", "a/b c", 5).endswith("part-a_b_c-5.parquet")
 
 
-def test_clean_stale_temps_only_dead_own(tmp_path):
+def test_clean_stale_temps_only_dead_own(tmp_path: Path) -> None:
     store = Store(str(tmp_path))
     d = tmp_path / "allocinfo" / "dt=2026-11-29"
     d.mkdir(parents=True)
@@ -141,7 +148,7 @@ def test_clean_stale_temps_only_dead_own(tmp_path):
     assert not dead.exists() and alive.exists() and other.exists()
 
 
-def test_killed_writability_probe_is_cleaned(tmp_path):
+def test_killed_writability_probe_is_cleaned(tmp_path: Path) -> None:
     """A writer killed inside check_writable leaves its probe file at the store's top."""
     store = Store(str(tmp_path))
     store.check_writable()
@@ -153,7 +160,7 @@ def test_killed_writability_probe_is_cleaned(tmp_path):
     assert not stale.exists()
 
 
-def test_read_empty_dataset_has_schema(tmp_path):
+def test_read_empty_dataset_has_schema(tmp_path: Path) -> None:
     t = Store(str(tmp_path)).read("callers")
     assert t.num_rows == 0 and "caller" in t.schema.names
 
@@ -167,7 +174,7 @@ sys.stdin.read()
 """
 
 
-def _hold(path):
+def _hold(path: str) -> subprocess.Popen[str]:
     """Another process writing ``path`` (a same-hostname clone: its pid means nothing here)."""
     p = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(path)],
@@ -179,7 +186,7 @@ def _hold(path):
     return p
 
 
-def _uncommitted(store, fixtures_dir, name):
+def _uncommitted(store: Store, fixtures_dir: Path, name: str) -> str:
     """A published allocinfo part named ``name`` whose commit record is not (yet) written."""
     _snap_, host, rows = _snap(fixtures_dir)
     _a, h = store.commit_snapshot(rows, host, 1764400000.0)
@@ -192,8 +199,8 @@ def _uncommitted(store, fixtures_dir, name):
 
 @pytest.mark.parametrize("kind", ["agent", "batch"])
 def test_an_uncommitted_part_is_removed_only_when_its_writer_is_provably_gone(
-    tmp_path, fixtures_dir, kind
-):
+    tmp_path: Path, fixtures_dir: Path, kind: str
+) -> None:
     """Pid and hostname are no proof (a cron --once next to the agent, clones sharing a
     hostname): a part whose writer still holds its lock stays; once the writer is gone it
     goes."""
@@ -215,7 +222,9 @@ def test_an_uncommitted_part_is_removed_only_when_its_writer_is_provably_gone(
     assert [os.path.basename(f) for f in os.listdir(os.path.dirname(part))] == []
 
 
-def test_a_commit_written_while_cleaning_keeps_the_part(tmp_path, fixtures_dir, monkeypatch):
+def test_a_commit_written_while_cleaning_keeps_the_part(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The writer commits between the clean-up's first look and its lock: the part stays."""
     store = Store(str(tmp_path / "s"))
     host = collect_host_metadata().hostname
@@ -224,7 +233,7 @@ def test_a_commit_written_while_cleaning_keeps_the_part(tmp_path, fixtures_dir, 
     real_exists = os.path.exists
     looks = []
 
-    def exists(p):
+    def exists(p: Any) -> bool:
         if p == commit:
             looks.append(p)
             if len(looks) == 2:  # the look under the lock: committed by now
@@ -237,7 +246,7 @@ def test_a_commit_written_while_cleaning_keeps_the_part(tmp_path, fixtures_dir, 
     assert len(looks) == 2 and os.path.exists(part)
 
 
-def test_a_clones_live_temp_file_is_left_alone(tmp_path):
+def test_a_clones_live_temp_file_is_left_alone(tmp_path: Path) -> None:
     """A temp with our hostname and a pid dead here, but its writer (a clone) holds it."""
     store = Store(str(tmp_path))
     d = tmp_path / "allocinfo" / "dt=2026-11-29"
@@ -245,7 +254,7 @@ def test_a_clones_live_temp_file_is_left_alone(tmp_path):
     me = socket.gethostname().replace(".", "_")
     temp = d / f".part-x-1.parquet.{me}.999999999.0123456789abcdef.tmp"
     temp.write_bytes(b"partial")
-    writer = _hold(temp)
+    writer = _hold(str(temp))
     try:
         assert store.clean_stale_temps() == 0 and temp.exists()
     finally:

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import Cli
 from report_samples import ingest_results, make_store, who_calls_result
 
 from allocscope.collector.store import Store
@@ -71,7 +72,9 @@ READS = {
 
 @pytest.mark.parametrize("how", ["zero-byte", "truncated"])
 @pytest.mark.parametrize("dataset", sorted(READS))
-def test_a_damaged_part_is_named_everywhere(pristine, tmp_path, cli, dataset, how):
+def test_a_damaged_part_is_named_everywhere(
+    pristine: Path, tmp_path: Path, cli: Cli, dataset: str, how: str
+) -> None:
     root, part = _damage(pristine, tmp_path, dataset, how)
     for verb, args in _commands(root, tmp_path).items():
         rc, _out, err = cli(*args)
@@ -86,7 +89,7 @@ def test_a_damaged_part_is_named_everywhere(pristine, tmp_path, cli, dataset, ho
             assert "zero bytes" in err
 
 
-def test_moved_aside_the_store_reads_again(pristine, tmp_path, cli):
+def test_moved_aside_the_store_reads_again(pristine: Path, tmp_path: Path, cli: Cli) -> None:
     root, part = _damage(pristine, tmp_path, "allocinfo", "truncated")
     rc, _out, err = cli("query", "--store", str(root), "top-sites")
     assert rc == 2 and "mv " in err
@@ -95,7 +98,7 @@ def test_moved_aside_the_store_reads_again(pristine, tmp_path, cli):
     assert rc == 0 and "(no rows)" not in out, err
 
 
-def test_query_refuses_a_store_that_is_not_one(tmp_path, cli):
+def test_query_refuses_a_store_that_is_not_one(tmp_path: Path, cli: Cli) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("not a store\n")
     for name, why in (

@@ -118,8 +118,12 @@ def test_page_callers_skip_allocator_and_bpf_frames() -> None:
     stack = [0x900000, 0x1410, 0x1510, 0x1310, 0x1210]  # [bpf] <- page allocator <- shmem
     recs = {
         r.site.function: r
-        for r in L.read_records(probe([(stack, 30), ([0x1410, 0x1010], 10)]), KS, frees=False)
-    }  # type: ignore[arg-type]
+        for r in L.read_records(
+            probe([(stack, 30), ([0x1410, 0x1010], 10)]),  # type: ignore[arg-type]
+            KS,
+            frees=False,
+        )
+    }
     extras = recs[L.PAGE_SITE].extras
     assert extras["stack_samples"] == "40"
     assert extras["sampled_callers"] == "shmem_alloc_folio 75%, alloc_empty_file 25%"
@@ -156,13 +160,17 @@ def test_probe_defines_use_btf_or_tracepoint_offsets() -> None:
 
 
 def test_hooks_follow_the_defines() -> None:
-    raw = {"KMEM_CACHE_SIZE_OFF": 24, "TRACK_PAGES": True}
+    raw: kmem_sites.Defines = {"KMEM_CACHE_SIZE_OFF": 24, "TRACK_PAGES": True}
     assert [h.program for h in kmem_sites.hooks(raw, frees=False)] == [
         "on_kmalloc",
         "on_cache_alloc",
         "on_page_alloc",
     ]
-    classic = {"TP_KMALLOC_BYTES_OFF": 32, "TP_CACHE_BYTES_OFF": 32, "TRACK_PAGES": False}
+    classic: kmem_sites.Defines = {
+        "TP_KMALLOC_BYTES_OFF": 32,
+        "TP_CACHE_BYTES_OFF": 32,
+        "TRACK_PAGES": False,
+    }
     got = kmem_sites.hooks(classic, frees=True)
     assert [(h.backend, h.target) for h in got] == [
         ("tracepoint", "kmem:kmalloc"),

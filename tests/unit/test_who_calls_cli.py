@@ -53,8 +53,8 @@ def ksyms() -> Kallsyms:
     return Kallsyms([Symbol(a, n, "") for n, a in ADDR.items()])
 
 
-def stack(*names: str) -> list[int]:
-    return [ADDR[n] + 0x10 for n in names]
+def stack(*names: str) -> tuple[int, ...]:
+    return tuple(ADDR[n] + 0x10 for n in names)
 
 
 def test_help_ends_with_real_examples(cli) -> None:  # type: ignore[no-untyped-def]
@@ -363,7 +363,7 @@ def test_samples_are_weighted_by_their_epoch() -> None:
         tags={},
     )
     p = _payload(raw, None, [Epoch(0, 0.5, 0), Epoch(1, 1.0, 100), Epoch(100, 1.0, 0)]).to_dict()
-    by = {c["caller"]: c for c in p["callers"]}  # type: ignore[union-attr]
+    by = {c["caller"]: c for c in p["callers"]}
     assert by["shmem_add_to_page_cache"]["share"] == pytest.approx(100 / 101)
     assert by["add_to_swap_cache"]["calls"] == 100
     assert by["add_to_swap_cache"]["ci_low"] < 1 / 101 < by["add_to_swap_cache"]["ci_high"]
