@@ -7,7 +7,11 @@ as a careful benchmark pairs runs.
 
 The sysctl is a global switch other people rely on: the original value is restored on every
 exit path (normal end, error, Ctrl-C, SIGTERM/SIGHUP via :func:`interruptible`), with signals
-blocked while the restore writes. Only SIGKILL can leave it changed.
+blocked while the restore writes. SIGKILL (or a crash of the interpreter) runs no handler, so a
+small guardian process (:class:`Guardian`) outlives us to do it: it waits on a pipe whose only
+writer is this process and, when that pipe closes without the word "restored", writes the
+original value back. Only killing both (``kill -9`` of the whole process group) can leave the
+sysctl changed.
 
 Kernel semantics worth repeating in the output (Documentation/mm/allocation-profiling.rst):
 allocations made while profiling is off are not counted in /proc/allocinfo, and their later
@@ -124,6 +128,60 @@ class Restorer:
                 time.sleep(0.05)
 
 
+class Guardian:
+    """A process that restores the sysctl if we die without doing it (SIGKILL, OOM kill).
+
+    Forked once the original value is known. It keeps nothing of ours: every inherited fd but
+    its end of the pipe is closed (so it never holds a BPF program, perf event or output temp),
+    and it ignores SIGINT/SIGTERM/SIGHUP (a Ctrl-C to the process group must leave it to us to
+    restore, and it waits for our word). When the pipe reaches EOF -- we closed it, or the
+    kernel did because we died -- it restores unless we said "restored" first. It never
+    prints: a guardian that outlives a terminal has nowhere to write.
+    """
+
+    _DONE = b"restored"
+
+    def __init__(self, sysctl: Sysctl, original: str) -> None:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the guardian
+            code = 0
+            try:
+                for sig in _BLOCK:
+                    signal.signal(sig, signal.SIG_IGN)
+                os.closerange(3, r)
+                os.closerange(r + 1, _max_fd())
+                said = b""
+                while chunk := os.read(r, 64):
+                    said += chunk
+                if self._DONE not in said:
+                    sysctl.write(original)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(r)
+        self._pid = pid
+        self._w: int | None = w
+
+    def release(self, restored: bool) -> None:
+        """Tell the guardian whether we restored; it restores (again) unless we did."""
+        if self._w is None:
+            return
+        try:
+            if restored:
+                os.write(self._w, self._DONE)
+        finally:
+            os.close(self._w)
+            self._w = None
+            os.waitpid(self._pid, 0)
+
+
+def _max_fd() -> int:
+    n = os.sysconf("SC_OPEN_MAX")
+    return n if n > 0 else 4096
+
+
 @dataclass
 class ToggleWindow(Generic[T]):
     state: str  # "1" = profiling on, "0" = off
@@ -171,6 +229,7 @@ def run_toggle(
     original = sysctl.check_toggleable()
     run: ToggleRun[T] = ToggleRun(original)
     restorer = Restorer(sysctl, original)
+    guardian = Guardian(sysctl, original)
     try:
         for i in range(windows):
             state = "1" if i % 2 == 0 else "0"
@@ -187,6 +246,7 @@ def run_toggle(
         restorer.restore()
         run.restored = restorer.restored
         run.restore_error = restorer.error
+        guardian.release(restorer.restored)
     if not run.restored:
         raise AllocscopeError(
             f"could not restore {sysctl.path} to {original!r}: "

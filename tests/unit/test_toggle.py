@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,35 @@ def test_signal_restores_original_in_subprocess(
     assert proc.returncode == 0, err
     assert out.strip().splitlines()[-1].startswith("done True True")
     assert s.read() == original
+
+
+@pytest.mark.parametrize("original", ["1", "0"])
+def test_kill_9_is_restored_by_the_guardian(tmp_path: Path, original: str) -> None:
+    """SIGKILL runs no handler: the guardian process puts the original value back."""
+    s = _fake(tmp_path, original)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, s.path, s.cmdline_path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.split()[1] != original:  # the sysctl is flipped right now
+            break
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 5.0
+    while s.read() != original and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert s.read() == original
+
+
+def test_the_guardian_leaves_a_restored_value_alone(tmp_path: Path) -> None:
+    """After a normal run the guardian writes nothing: the value someone sets after us
+    stays (a guardian that restored late would clobber it)."""
+    s = _fake(tmp_path, "1")
+    run_toggle(s, lambda: 0, windows=2, period=0.01)
+    s.write("0")  # an operator's later change
+    time.sleep(0.2)
+    assert s.read() == "0"
