@@ -1,4 +1,4 @@
-"""Reading ``/proc/allocinfo``: the text formats 1.0 and 2.0, and the kernel's quirks.
+"""Reading ``/proc/allocinfo``: the text formats 1.0, 1.1 and 2.0, and the kernel's quirks.
 
 The format (mm/alloc_tag.c)::
 
@@ -14,6 +14,22 @@ sub-lines (``nid0 <bytes> <calls>``, a proposed format) attached to the tag abov
 comments and the ``...`` of hand-made excerpts; a truncated last line (reading while modules
 load). Anything else is an :class:`InputError` naming file and line, or, with
 ``lenient=True``, a counted warning.
+
+Version 1.1 is not upstream: it is what kernels carrying David Wang's "lib/alloc_tag: Add
+accumulative call counter for memory allocation profiling" (linux-mm, v1 2024-06-17, v2
+2024-09-13, CONFIG_MEM_ALLOC_PROFILING_ACCUMULATIVE_CALL_COUNTER) print: one more unsigned
+64-bit number after the tag, the calls made since boot (freed ones included)::
+
+    allocinfo - version: 1.1
+    #     <size>  <calls> <tag info> <accumulative calls>
+           45056       11 mm/memory.c:6939 func:__pud_alloc 1290
+
+v2 prints the 1.1 header even with the option off, and then no column. The number is kept as
+the :data:`CUMULATIVE_KEY` extra (a decimal string, like the other extras, so it survives a
+snapshot's ``extras`` column and the store unchanged, and a u64 needs no int64); it is read as
+the last token of a line, in any version, when that token is all digits. The compiled
+scanner declines such lines (a bare number is not ``key:value``): 1.1 takes the pure-Python
+fast path.
 """
 
 from __future__ import annotations
@@ -39,7 +55,9 @@ from allocscope.collector.site import Site
 from allocscope.errors import InputError
 
 PROC_ALLOCINFO = "/proc/allocinfo"
-KNOWN_VERSIONS = ("1.0", "2.0")
+KNOWN_VERSIONS = ("1.0", "1.1", "2.0")
+# The extras key holding a 1.1 line's accumulative calls (see the module docstring).
+CUMULATIVE_KEY = "cumulative_calls"
 
 _HEADER = re.compile(r"^allocinfo - version: (\d+\.\d+)\s*$")
 _LINE = re.compile(
@@ -52,9 +70,11 @@ _NUMA = re.compile(r"^\s+nid(\d+)\s+(-?\d+)\s+(-?\d+)\s*$")
 # a record (tests/unit/test_allocinfo_hypothesis.py checks both paths agree on any input).
 _FAST = re.compile(
     r"^[ \t]*(-?\d+)[ \t]+(-?\d+)[ \t]+(\S+):(\d+)(?:[ \t]+\[([^\]\s]+)\])?[ \t]+func:(\S+)"
-    r"((?:[ \t]+[^\s:]+:\S*)*)[ \t]*$",
+    r"((?:[ \t]+[^\s:]+:\S*)*)(?:[ \t]+([0-9]+))?[ \t]*$",
     re.MULTILINE,
 )
+# A 1.1 line's accumulative calls: the last token of the text after func:, all digits.
+_CUMULATIVE_TAIL = re.compile(r"^(.*)\s+([0-9]+)\s*$", re.DOTALL)
 # How far into a file its header lines may reach for the bytes fast path (a real header is
 # two lines; a longer one just takes the decoding path).
 _HEAD_WINDOW = 4096
@@ -86,6 +106,12 @@ class AllocRecord:
     def accurate(self) -> bool:
         """False when the kernel says the counter missed early-boot allocations."""
         return self.extras.get("accurate", "yes") != "no"
+
+    @property
+    def cumulative_calls(self) -> int | None:
+        """Calls since boot, freed ones included (allocinfo 1.1); None when not printed."""
+        v = self.extras.get(CUMULATIVE_KEY)
+        return int(v) if v is not None and v.isdigit() else None
 
 
 def scanner() -> str:
@@ -262,6 +288,7 @@ def _parse_extras(text: str, path: str, lineno: int) -> dict[str, str]:
 # these did not come from a kernel, and accepting it would only move the crash to the
 # snapshot or report that tries to store it.
 _S64_MAX = (1 << 63) - 1
+_U64_MAX = (1 << 64) - 1  # 1.1's accumulative calls: printed with %llu
 _LINE_MAX = (1 << 31) - 1
 
 
@@ -274,6 +301,19 @@ def _out_of_range(bytes_s: str, calls_s: str, line_s: str) -> str:
     if not 0 <= int(line_s) <= _LINE_MAX:
         return f"line number {line_s[:24]} is out of range (0 to 2^31-1)"
     return ""
+
+
+def _split_cumulative(rest: str) -> tuple[str, str | None]:
+    """``" accurate:no 1290"`` -> (``" accurate:no"``, ``"1290"``): a 1.1 line's last token
+    when it is all ASCII digits (what _FAST's last group takes)."""
+    m = _CUMULATIVE_TAIL.match(rest)
+    return (m[1], m[2]) if m else (rest, None)
+
+
+def _with_cumulative(extras: dict[str, str], cumulative: str | None) -> dict[str, str]:
+    if cumulative is not None:
+        extras[CUMULATIVE_KEY] = str(int(cumulative))  # "007" -> "7", as the kernel prints
+    return extras
 
 
 def parse_allocinfo(
@@ -299,7 +339,12 @@ def parse_allocinfo(
         m = match_line(raw)
         if m is not None:
             bytes_s, calls_s, file, line, module, func, rest = m.groups()
+            cumulative = None
+            if rest:
+                rest, cumulative = _split_cumulative(rest)
             why = _out_of_range(bytes_s, calls_s, line)
+            if not why and cumulative is not None and int(cumulative) > _U64_MAX:
+                why = f"accumulative calls {cumulative[:24]} is out of range (a 64-bit counter)"
             if why:
                 err = InputError(source, lineno, why)
                 if not lenient:
@@ -307,7 +352,16 @@ def parse_allocinfo(
                 warnings.append(str(err))
                 skipped += 1
                 continue
-            extras = _parse_extras(rest, source, lineno) if rest else {}
+            try:
+                extras = _with_cumulative(
+                    _parse_extras(rest, source, lineno) if rest else {}, cumulative
+                )
+            except InputError as err:
+                if not lenient:
+                    raise
+                warnings.append(str(err))
+                skipped += 1
+                continue
             records.append(
                 AllocRecord(
                     Site(file, int(line), func, module or ""), int(bytes_s), int(calls_s), extras
@@ -438,7 +492,8 @@ def parse_allocinfo_text(
     if lines:
         rows = _FAST.findall(body)
         if len(rows) == lines and not any(
-            len(b) > 18 or len(c) > 19 or len(ln) > 9 for b, c, _f, ln, *_ in rows
+            len(b) > 18 or len(c) > 19 or len(ln) > 9 or len(cu) > 19
+            for b, c, _f, ln, _m, _fn, _r, cu in rows
         ):
             snap = _parse_head(head, source, lenient)
             # Tens of thousands of new objects, none cyclic: the cyclic GC would run dozens
@@ -451,9 +506,9 @@ def parse_allocinfo_text(
                         Site(file, int(line), func, module),
                         int(nbytes),
                         int(calls),
-                        _extras_of(rest) if rest else {},
+                        _with_cumulative(_extras_of(rest) if rest else {}, cum or None),
                     )
-                    for nbytes, calls, file, line, module, func, rest in rows
+                    for nbytes, calls, file, line, module, func, rest, cum in rows
                 ]
             finally:
                 if gc_was_on:
