@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from allocscope.collector import attribution, shares
 from allocscope.collector.allocinfo import AllocinfoSnapshot
+from allocscope.collector.exact_tags import PROFILING_OFF_NOTE, profiling_off
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.payloads import (
     AllocCounts,
@@ -279,7 +280,9 @@ def _notes(
                 "allocating function, name that function (or use a kernel with "
                 "kprobes for a function-entry count)"
             )
-    if not read_tag and backend in TRACEPOINT_FAMILY:
+    if backend in TRACEPOINT_FAMILY and profiling_off():
+        notes.append(PROFILING_OFF_NOTE)  # compiled in, switched off: alloc_tag never set
+    elif not read_tag and backend in TRACEPOINT_FAMILY:
         notes.append(
             "exact allocinfo tag not read (needs matching kernel headers and "
             "CONFIG_MEM_ALLOC_PROFILING): sites matched by function name"
@@ -343,7 +346,7 @@ def build_payload(
         site=",".join(t.label for t in targets),
         sites=tuple(blocks),
         backend=backend,
-        tag_mode="exact-tag" if read_tag else "function-name",
+        tag_mode="exact-tag" if read_tag and not profiling_off() else "function-name",
         total_calls=total_calls,
         total_bytes=sum(b.total_bytes or 0 for b in blocks),
         lost=sum(b.lost or 0 for b in blocks) + raw.missing_stacks,

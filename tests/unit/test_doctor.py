@@ -282,3 +282,27 @@ def test_unprivileged_attach_rows_name_privileges_not_configs() -> None:
     # privileged failures keep the kernel-config fix
     f = facts(attach={**facts().attach, "kprobe": CheckResult(False, KPROBE_FAIL)})
     assert "CONFIG_KPROBES" in _line(f, "bpf kprobe").fix
+
+
+def test_profiling_off_says_exact_tags_need_it() -> None:
+    """Compiled in, sysctl 0: doctor says exact tags need vm.mem_profiling=1 (the kernel does
+    not set current->alloc_tag) and that who-calls matches by function name instead."""
+    from allocscope.collector.exact_tags import (
+        PROFILING_OFF_NOTE,
+        profiling_off,
+        profiling_off_note,
+    )
+
+    rep = diagnose(facts(mem_profiling="0"))
+    line = next(x for x in rep.lines if x.check == "vm.mem_profiling")
+    assert "current->alloc_tag" in line.consequence and "function" in line.consequence
+    assert "by function name: vm.mem_profiling=0" in rep.summary
+    on = diagnose(facts(mem_profiling="1"))
+    assert "function name" not in on.summary
+    assert "alloc_tag" not in next(x for x in on.lines if x.check == "vm.mem_profiling").consequence
+    # the shared message: only for "compiled in and off"
+    assert profiling_off("0") and profiling_off("[0]") and not profiling_off("1")
+    assert not profiling_off(None, read=False)  # absent: not compiled in, nothing to switch on
+    assert profiling_off_note("0") == PROFILING_OFF_NOTE
+    assert "vm.mem_profiling=1" in PROFILING_OFF_NOTE and "function name" in PROFILING_OFF_NOTE
+    assert profiling_off_note("1") is None
