@@ -356,10 +356,10 @@ def parse_allocinfo(
                 extras = _with_cumulative(
                     _parse_extras(rest, source, lineno) if rest else {}, cumulative
                 )
-            except InputError as err:
+            except InputError as bad:
                 if not lenient:
                     raise
-                warnings.append(str(err))
+                warnings.append(str(bad))
                 skipped += 1
                 continue
             records.append(

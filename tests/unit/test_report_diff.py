@@ -90,7 +90,7 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return a, b
 
 
-def report(cli, a: Path, b: Path, out: Path) -> str:  # type: ignore[no-untyped-def]
+def report(cli: Any, a: Path, b: Path, out: Path) -> str:
     rc, _o, err = cli("report", "--diff", str(a), str(b), "-o", str(out))
     assert rc == 0, err
     return out.read_text()
@@ -109,8 +109,8 @@ def frames_of(page: str) -> dict[str, list[tuple[float, str]]]:
 
 
 def test_growth_red_shrinkage_blue_and_a_legend(
-    cli, pair: tuple[Path, Path], tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Any, pair: tuple[Path, Path], tmp_path: Path
+) -> None:
     page = report(cli, *pair, tmp_path / "d.html")
     f = frames_of(page)
     # swap path: 4% -> 25%: red; page-cache path: 90% -> 70%: blue; xas_store is in both
@@ -146,8 +146,8 @@ def test_growth_red_shrinkage_blue_and_a_legend(
 
 
 def test_table_of_caller_share_changes_with_newcombe_intervals(
-    cli, pair: tuple[Path, Path], tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Any, pair: tuple[Path, Path], tmp_path: Path
+) -> None:
     page = report(cli, *pair, tmp_path / "d.html")
     table = re.search(r'<table class="sortable diff-changes">.*?</table>', page, re.S)
     assert table is not None
@@ -184,7 +184,7 @@ def test_no_change_is_not_significant() -> None:
     assert all(f.delta == 0 for f in diff_frames({"a;b": 3, "a;c": 1}, {"a;b": 30, "a;c": 10}))
 
 
-def test_two_different_sites_are_refused_in_one_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_two_different_sites_are_refused_in_one_line(cli: Any, tmp_path: Path) -> None:
     a = write(tmp_path / "a.json", {XA: 1}, {"xa_insert": 1})
     b = write(tmp_path / "b.json", {"x;alloc_empty_file": 1}, {"x": 1}, site="alloc_empty_file")
     rc, out, err = cli("report", "--diff", str(a), str(b), "-o", str(tmp_path / "d.html"))
@@ -194,7 +194,7 @@ def test_two_different_sites_are_refused_in_one_line(cli, tmp_path: Path) -> Non
     assert not (tmp_path / "d.html").exists()
 
 
-def test_a_kind_without_stacks_is_refused(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_kind_without_stacks_is_refused(cli: Any, tmp_path: Path) -> None:
     from report_samples import overhead_result
 
     a = write(tmp_path / "a.json", {XA: 1}, {"xa_insert": 1})
