@@ -8,6 +8,7 @@ metadata and the overhead payload's profiling_memory block carry struct page + p
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,6 @@ def test_memmap_from_vmstat_in_host_metadata_and_overhead_block() -> None:
     # (it misses what was allocated before profiling started: accurate:no at boot)
     assert 0 < m["page_ext_bytes"] <= total
     print(
-        f"memmap {total} B ({total / mem_total:.2%} of MemTotal), boot {boot * PAGE} B, "
+        f"{platform.release()}: {', '.join(names)}; memmap {total} B ({total / mem_total:.2%} of MemTotal), boot {boot * PAGE} B, "
         f"alloc_page_ext tag {m['page_ext_bytes']} B"
     )
