@@ -54,6 +54,7 @@ def test_memmap_from_vmstat_in_host_metadata_and_overhead_block() -> None:
     # (it misses what was allocated before profiling started: accurate:no at boot)
     assert 0 < m["page_ext_bytes"] <= total
     print(
-        f"{platform.release()}: {', '.join(names)}; memmap {total} B ({total / mem_total:.2%} of MemTotal), boot {boot * PAGE} B, "
+        f"{platform.release()}: {', '.join(names)}; memmap {total} B "
+        f"({total / mem_total:.2%} of MemTotal), boot {boot * PAGE} B, "
         f"alloc_page_ext tag {m['page_ext_bytes']} B"
     )
