@@ -132,6 +132,10 @@ class HostMetadata:
         known.setdefault("memory_bytes", 0)
         known.setdefault("mem_profiling", None)
         known["labels"] = {str(k): str(v) for k, v in (known.get("labels") or {}).items()}
+        for k in ("memmap_bytes", "memmap_boot_bytes"):  # a figure or nothing, never garbage
+            v = known.get(k)
+            if v is not None and (type(v) is not int or v < 0):
+                raise ValueError(f"host metadata {k} is not a byte count: {v!r}")
         return cls(**known)
 
     @property

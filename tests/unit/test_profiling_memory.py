@@ -9,6 +9,8 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 from allocscope.collector.ab import GIB, Loaded, compare_groups, memmap_comparison
 from allocscope.collector.host import HostMetadata, read_memmap
 from allocscope.collector.payloads import ProfilingMemory
@@ -42,6 +44,9 @@ def test_host_metadata_round_trips_the_figures() -> None:
     older = h.to_dict()
     del older["memmap_bytes"], older["memmap_boot_bytes"]  # a result from before
     assert HostMetadata.from_dict(older).memmap_total_bytes is None
+    for bad in ("54M", -1, 1.5, True):
+        with pytest.raises(ValueError, match="memmap_bytes is not a byte count"):
+            HostMetadata.from_dict({**h.to_dict(), "memmap_bytes": bad})
 
 
 def test_profiling_memory_block_of_a_saved_file(fixtures_dir: Path) -> None:
