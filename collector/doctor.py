@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from allocscope.collector.exact_tags import PROFILING_OFF_SHORT
+from allocscope.collector.exact_tags import profiling_off_short, tags_need_profiling
 from allocscope.probes import capabilities as caps
 from allocscope.probes.capabilities import (
     AllocinfoState,
@@ -245,7 +245,7 @@ def _mem_profiling_line(f: Facts) -> DoctorLine:
         "vm.mem_profiling",
         WARN,
         value,
-        f"profiling off: allocinfo counters do not move; {PROFILING_OFF_SHORT}",
+        f"profiling off: allocinfo counters do not move; {profiling_off_short(f.kernel_release)}",
         fix,
     )
 
@@ -499,7 +499,11 @@ def diagnose(f: Facts) -> DoctorReport:
     )
     if best:
         # exact tags come from current->alloc_tag, unset while profiling is off
-        off = allocinfo_ok and f.mem_profiling in ("0", "[0]")
+        off = (
+            allocinfo_ok
+            and f.mem_profiling in ("0", "[0]")
+            and tags_need_profiling(f.kernel_release)
+        )
         can.append(f"who-calls via {best}" + (" (by function name: vm.mem_profiling=0)" * off))
     summary = (
         ("this host can " + "; ".join(can))
