@@ -256,3 +256,14 @@ def test_browser_draws_red_and_blue(pair: tuple[Path, Path], tmp_path: Path) -> 
             blue += b > 180 and r < 150
     assert red > 500 and blue > 500, (red, blue)
     assert os.path.getsize(shot) > 0
+
+
+def test_hostile_names_are_escaped_and_addresses_redacted(cli: Any, tmp_path: Path) -> None:
+    from report_samples import EVIL, who_calls_result
+
+    a = who_calls_result(tmp_path / "a.json", evil=True)
+    b = who_calls_result(tmp_path / "b.json", evil=True)
+    page = report(cli, a, b, tmp_path / "d.html")
+    diff = page[page.index('id="diff-0"') : page.index('id="result-0"')]
+    assert EVIL not in diff and "<script>alert" not in diff and "&lt;script&gt;" in diff
+    assert "0xffffffff81234567" not in diff and "[kernel address]" in diff
