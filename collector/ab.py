@@ -19,6 +19,7 @@ from allocscope.collector.payloads import (
     AbPayload,
     Comparison,
     HistBucket,
+    MemmapComparison,
     OverheadPayload,
     PooledRow,
     TogglePayload,
@@ -187,6 +188,73 @@ def compare_groups(
         comparisons=tuple(comparisons),
         verdicts=tuple(headline(comparisons)),
         notes=tuple(notes),
+        memory=memmap_comparison(a, b),
+    )
+
+
+GIB = 1 << 30
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _page_ext_tag(item: Loaded) -> float | None:
+    """The ``alloc_page_ext`` tag's bytes in an overhead result's profiling_memory block."""
+    m = item.result.payload.get("profiling_memory")
+    v = m.get("page_ext_bytes") if isinstance(m, dict) else None
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def memmap_comparison(a: Sequence[Loaded], b: Sequence[Loaded]) -> MemmapComparison:
+    """Profiling's per-page memory, pilot minus control, straight from /proc/vmstat.
+
+    struct page plus page_ext (nr_memmap_pages + nr_memmap_boot_pages, in each result's host
+    metadata) scales with RAM, so the groups are compared per GiB of RAM and the difference
+    is scaled back by group A's mean RAM. A pilot with profiling's page_ext (8 bytes per 4 KiB
+    page, ~2 MiB per GiB) against a control without it (a kernel without
+    CONFIG_MEM_ALLOC_PROFILING, or booted with ``sysctl.vm.mem_profiling=never``) shows it;
+    toggling the sysctl at run time does not free page_ext, so the same host shows ~0.
+    """
+
+    def figures(group: Sequence[Loaded]) -> tuple[list[float], list[float], list[float]]:
+        totals, per_gib, ram = [], [], []
+        for item in group:
+            h = item.result.host
+            total = h.memmap_total_bytes
+            if total is None or h.memory_bytes <= 0:
+                continue
+            totals.append(float(total))
+            per_gib.append(total / (h.memory_bytes / GIB))
+            ram.append(h.memory_bytes / GIB)
+        return totals, per_gib, ram
+
+    ta, ga, ra = figures(a)
+    tb, gb, _ = figures(b)
+    pa_, pb_ = _mean(ga), _mean(gb)
+    delta = pa_ - pb_ if pa_ is not None and pb_ is not None else None
+    mean_ram = _mean(ra)
+    tags_a = [x for x in map(_page_ext_tag, a) if x is not None]
+    tags_b = [x for x in map(_page_ext_tag, b) if x is not None]
+    note = ""
+    if not ta or not tb:
+        note = (
+            "no nr_memmap_pages/nr_memmap_boot_pages in "
+            + ("either group" if not ta and not tb else "group A" if not ta else "group B")
+            + " (kernel before 6.11, or a result written before allocscope recorded them)"
+        )
+    return MemmapComparison(
+        n_a=len(ta),
+        n_b=len(tb),
+        memmap_bytes_a=_mean(ta),
+        memmap_bytes_b=_mean(tb),
+        per_gib_a=pa_,
+        per_gib_b=pb_,
+        delta_per_gib=delta,
+        delta_bytes=delta * mean_ram if delta is not None and mean_ram is not None else None,
+        page_ext_tag_a=_mean(tags_a),
+        page_ext_tag_b=_mean(tags_b),
+        note=note,
     )
 
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from allocscope.collector.exact_tags import profiling_off_short, tags_need_profiling
 from allocscope.probes import capabilities as caps
 from allocscope.probes.capabilities import (
     AllocinfoState,
@@ -239,8 +240,13 @@ def _mem_profiling_line(f: Facts) -> DoctorLine:
         if f.mem_profiling_writable
         else "boot with sysctl.vm.mem_profiling=1"
     )
+    # The kernel leaves current->alloc_tag unset while profiling is off (collector/exact_tags.py)
     return DoctorLine(
-        "vm.mem_profiling", WARN, value, "profiling off: allocinfo counters do not move", fix
+        "vm.mem_profiling",
+        WARN,
+        value,
+        f"profiling off: allocinfo counters do not move; {profiling_off_short(f.kernel_release)}",
+        fix,
     )
 
 
@@ -492,7 +498,13 @@ def diagnose(f: Facts) -> DoctorReport:
         None,
     )
     if best:
-        can.append(f"who-calls via {best}")
+        # exact tags come from current->alloc_tag, unset while profiling is off
+        off = (
+            allocinfo_ok
+            and f.mem_profiling in ("0", "[0]")
+            and tags_need_profiling(f.kernel_release)
+        )
+        can.append(f"who-calls via {best}" + (" (by function name: vm.mem_profiling=0)" * off))
     summary = (
         ("this host can " + "; ".join(can))
         if can

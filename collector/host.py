@@ -17,6 +17,11 @@ from typing import Any
 import psutil
 
 MEM_PROFILING_SYSCTL = "/proc/sys/vm/mem_profiling"
+VMSTAT = "/proc/vmstat"
+# Pages of per-page metadata -- struct page (the memmap) plus page_ext -- allocated after boot
+# and at boot (memblock). "mm: report per-page metadata information" (Linux 6.11) added them
+# as nr_memmap/nr_memmap_boot; later kernels print nr_memmap_pages/nr_memmap_boot_pages.
+MEMMAP_COUNTERS = (("nr_memmap_pages", "nr_memmap"), ("nr_memmap_boot_pages", "nr_memmap_boot"))
 
 
 def read_text(path: str) -> str | None:
@@ -59,6 +64,32 @@ def mem_profiling_state() -> tuple[str | None, bool, bool]:
     return value, writable, compressed
 
 
+def read_memmap(path: str = VMSTAT) -> tuple[int, int] | None:
+    """(runtime, boot) bytes of struct page plus page_ext, from /proc/vmstat; None before 6.11.
+
+    Allocation profiling's page_ext (one tag reference per page, 8 bytes with
+    CONFIG_MEM_ALLOC_PROFILING) is in these counters, so profiling's per-page memory is the
+    difference between a host that has it and one that does not (``ab``), beside allocinfo's
+    own ``mm/page_ext.c func:alloc_page_ext`` tag.
+    """
+    text = read_text(path)
+    if text is None:
+        return None
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("nr_memmap"):
+            try:
+                values[name] = int(value)
+            except ValueError:
+                continue
+    got = [next((values[n] for n in names if n in values), None) for names in MEMMAP_COUNTERS]
+    if got[0] is None or got[1] is None:
+        return None
+    page = os.sysconf("SC_PAGE_SIZE")
+    return got[0] * page, got[1] * page
+
+
 @dataclass(slots=True)
 class HostMetadata:
     """Who, what kernel, which boot, how big, profiling on or off, and user labels."""
@@ -74,6 +105,16 @@ class HostMetadata:
     mem_profiling_writable: bool = False
     mem_profiling_compressed: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    # struct page + page_ext from /proc/vmstat (read_memmap): after boot / at boot; None
+    # when the kernel does not report them (before 6.11) or the result predates them
+    memmap_bytes: int | None = None
+    memmap_boot_bytes: int | None = None
+
+    @property
+    def memmap_total_bytes(self) -> int | None:
+        if self.memmap_bytes is None or self.memmap_boot_bytes is None:
+            return None
+        return self.memmap_bytes + self.memmap_boot_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +132,10 @@ class HostMetadata:
         known.setdefault("memory_bytes", 0)
         known.setdefault("mem_profiling", None)
         known["labels"] = {str(k): str(v) for k, v in (known.get("labels") or {}).items()}
+        for k in ("memmap_bytes", "memmap_boot_bytes"):  # a figure or nothing, never garbage
+            v = known.get(k)
+            if v is not None and (type(v) is not int or v < 0):
+                raise ValueError(f"host metadata {k} is not a byte count: {v!r}")
         return cls(**known)
 
     @property
@@ -112,6 +157,7 @@ def parse_labels(items: list[str] | None) -> dict[str, str]:
 def collect_host_metadata(labels: dict[str, str] | None = None) -> HostMetadata:
     """Read this host's metadata now (cheap: a few /proc reads)."""
     value, writable, compressed = mem_profiling_state()
+    memmap = read_memmap()
     return HostMetadata(
         hostname=socket.gethostname(),
         kernel_release=platform.release(),
@@ -124,4 +170,6 @@ def collect_host_metadata(labels: dict[str, str] | None = None) -> HostMetadata:
         mem_profiling_writable=writable,
         mem_profiling_compressed=compressed,
         labels=dict(labels or {}),
+        memmap_bytes=memmap[0] if memmap else None,
+        memmap_boot_bytes=memmap[1] if memmap else None,
     )

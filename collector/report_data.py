@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from allocscope.collector.flame_diff import StackDiff, compare_results
 from allocscope.collector.report_inputs import COLUMNS, load_files
 from allocscope.collector.result import Result, read_result
 from allocscope.collector.store import Store
@@ -171,6 +173,7 @@ class ReportData:
     change_hosts: int = 0
     groups: GroupCompare | None = None
     results: list[ResultEntry] = field(default_factory=list)
+    diffs: list[StackDiff] = field(default_factory=list)  # report --diff A B
     fleet_callers: list[FleetCallers] = field(default_factory=list)
     fleet_overhead: FleetOverhead | None = None
     notes: list[str] = field(default_factory=list)
@@ -418,6 +421,7 @@ def gather(
     files: list[str] | None = None,
     store: str | None = None,
     results: list[str] | None = None,
+    diff: Sequence[str] | None = None,
     top_n: int = 20,
     max_bars: int = 40,
     max_subsystems: int = 9,
@@ -430,6 +434,15 @@ def gather(
     for path in results or []:
         data.results.append(ResultEntry(path, read_result(path)))
         data.sources.append(f"result {path}")
+    if diff:
+        if len(diff) != 2:
+            raise AllocscopeError(f"--diff takes two result files, got {len(diff)}")
+        (pa_, ra), (pb_, rb) = ((p, read_result(p)) for p in diff)
+        data.diffs.append(compare_results((pa_, ra), (pb_, rb)))
+        for path, res in ((pa_, ra), (pb_, rb)):
+            if path not in (results or []):
+                data.results.append(ResultEntry(path, res))
+                data.sources.append(f"result {path} (--diff)")
     if not files and not store:
         return data
 

@@ -120,11 +120,16 @@ class Row:
     subsystem: str = ""
     site: Site | None = None  # set when grouping by site
     extras: dict[str, str] = field(default_factory=dict)
+    # allocinfo 1.1's accumulative calls, summed over the tags that print them; None: none do
+    cumulative_calls: int | None = None
     _sub_bytes: dict[str, int] = field(default_factory=dict, repr=False)
 
     def add(self, rec: AllocRecord, subsystem: str) -> None:
         self.bytes += rec.bytes
         self.calls += rec.calls
+        cum = rec.cumulative_calls
+        if cum is not None:
+            self.cumulative_calls = (self.cumulative_calls or 0) + cum
         self.tags += 1
         self.accurate = self.accurate and rec.accurate
         self._sub_bytes[subsystem] = self._sub_bytes.get(subsystem, 0) + abs(rec.bytes)
@@ -144,6 +149,8 @@ class Rollup:
     all_rows: int  # rows before --min-bytes and -n
     # the matched records split into containers and objects (collector/containers.py)
     counted: CountedTotals = field(default_factory=CountedTotals)
+    # allocinfo 1.1's accumulative calls of the matched records; None when none has them
+    total_cumulative_calls: int | None = None
 
     @property
     def shown_bytes(self) -> int:
@@ -207,6 +214,7 @@ def rollup(
     sub = subsystems or default_map()
     groups: dict[str, Row] = {}
     total_bytes = total_calls = total_tags = 0
+    total_cumulative: int | None = None
     matched_records: list[AllocRecord] = []
     for rec in records:
         site = rec.site
@@ -216,6 +224,9 @@ def rollup(
         total_bytes += rec.bytes
         total_calls += rec.calls
         total_tags += 1
+        cum = rec.cumulative_calls
+        if cum is not None:
+            total_cumulative = (total_cumulative or 0) + cum
         kind = container_kind(site)  # its own subsystem, in every roll-up (as diff does)
         subsystem = container_group(kind) if kind else classify(site, sub)
         key = group_key(site, by, subsystem)
@@ -247,4 +258,5 @@ def rollup(
         matched,
         all_rows,
         counted_once(matched_records, slab_objects_bytes=slab_objects),
+        total_cumulative,
     )

@@ -36,10 +36,19 @@ class WatchRow:
     delta_calls: int
     subsystem: str = ""
     accurate: bool = True
+    # allocinfo 1.1: Δ of the accumulative calls (every allocation, freed ones included);
+    # None without the column or on the first read
+    delta_cumulative: int | None = None
 
     def rate(self, seconds: float) -> float:
         """Δbytes per second over the refresh (0 on the first read)."""
         return self.delta_bytes / seconds if seconds > 0 else 0.0
+
+    def calls_rate(self, seconds: float) -> float | None:
+        """Allocations per second (allocinfo 1.1's accumulative calls), None without them."""
+        if self.delta_cumulative is None or seconds <= 0:
+            return None
+        return self.delta_cumulative / seconds
 
 
 @dataclass(slots=True)
@@ -97,6 +106,7 @@ class Watcher:
         self._slab_objects = slab_objects
         self._clock = clock
         self._prev: dict[str, tuple[int, int, str]] | None = None
+        self._prev_cum: dict[str, int] = {}
         self._prev_t = 0.0
         self._index = 0
 
@@ -116,6 +126,8 @@ class Watcher:
             b0, c0, _ = prev.get(row.key, (row.bytes, row.calls, ""))
             if self._prev is not None and row.key not in prev:
                 b0, c0 = 0, 0  # new since the last read
+            cum0 = self._prev_cum.get(row.key)
+            cum = row.cumulative_calls
             rows.append(
                 WatchRow(
                     row.key,
@@ -125,6 +137,7 @@ class Watcher:
                     row.calls - c0,
                     row.subsystem,
                     row.accurate,
+                    cum - cum0 if cum is not None and cum0 is not None else None,
                 )
             )
         seen = {row.key for row in r.rows}
@@ -147,6 +160,9 @@ class Watcher:
             warnings=list(snap.warnings),
         )
         self._prev = {row.key: (row.bytes, row.calls, row.subsystem) for row in r.rows}
+        self._prev_cum = {
+            row.key: row.cumulative_calls for row in r.rows if row.cumulative_calls is not None
+        }
         self._prev_t = now
         self._index += 1
         return frame

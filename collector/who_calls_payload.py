@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from allocscope.collector import attribution, shares
 from allocscope.collector.allocinfo import AllocinfoSnapshot
+from allocscope.collector.exact_tags import PROFILING_OFF_NOTE, profiling_off_note
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.payloads import (
     AllocCounts,
@@ -266,6 +267,11 @@ def _site_block(
     )
 
 
+def _untagged(blocks: Sequence[SiteBlock]) -> bool:
+    """Profiling off and no event carried a tag: the kernel left current->alloc_tag unset."""
+    return profiling_off_note(tags_seen=any(b.tags_seen for b in blocks)) == PROFILING_OFF_NOTE
+
+
 def _notes(
     targets: Sequence[SiteTarget], blocks: Sequence[SiteBlock], backend: str, read_tag: bool
 ) -> list[str]:
@@ -279,7 +285,11 @@ def _notes(
                 "allocating function, name that function (or use a kernel with "
                 "kprobes for a function-entry count)"
             )
-    if not read_tag and backend in TRACEPOINT_FAMILY:
+    # compiled in, switched off: 6.14+ never sets current->alloc_tag then (exact_tags.py)
+    off = profiling_off_note(tags_seen=any(b.tags_seen for b in blocks) if read_tag else None)
+    if backend in TRACEPOINT_FAMILY and off is not None and read_tag:
+        notes.append(off)
+    elif not read_tag and backend in TRACEPOINT_FAMILY:
         notes.append(
             "exact allocinfo tag not read (needs matching kernel headers and "
             "CONFIG_MEM_ALLOC_PROFILING): sites matched by function name"
@@ -343,7 +353,7 @@ def build_payload(
         site=",".join(t.label for t in targets),
         sites=tuple(blocks),
         backend=backend,
-        tag_mode="exact-tag" if read_tag else "function-name",
+        tag_mode="exact-tag" if read_tag and not _untagged(blocks) else "function-name",
         total_calls=total_calls,
         total_bytes=sum(b.total_bytes or 0 for b in blocks),
         lost=sum(b.lost or 0 for b in blocks) + raw.missing_stacks,

@@ -10,6 +10,8 @@ JSON shapes (stable; tests and scripts rely on them):
   "function", "accurate", "subsystem", "key", "tags", "extras"}], "warnings": [...]}``
 * top, any other ``--by``: same, with ``"groups": [{"key", "bytes", "calls", "tags",
   "accurate", "subsystem"}]`` instead of ``sites``.
+* top of an allocinfo 1.1 read (accumulative calls printed): every row with them, and
+  ``totals``, also have ``"cumulative_calls"``; the key is absent otherwise.
 * diff: ``{"a": {...}, "b": {...}, "kernels_differ", "totals": {"bytes_a", "bytes_b",
   "delta_bytes", "calls_a", "calls_b", "delta_calls", "new", "gone", "moved", "changed"},
   "changes": [...]}`` or ``"groups"`` with ``--by``.
@@ -27,6 +29,9 @@ from allocscope.reports.format import bytes_short, count_short, integer, pct_of,
 from allocscope.reports.table import render, to_csv
 
 INACCURATE_MARK = "*"
+CUMULATIVE_NOTE = (
+    "CUM CALLS: calls since boot, freed ones included (allocinfo 1.1 accumulative counter)"
+)
 
 
 def site_label(row: Row) -> str:
@@ -54,8 +59,13 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
     show_subsystem = r.by != "subsystem" and any(
         row.subsystem != UNKNOWN_SUBSYSTEM for row in r.rows
     )
+    # allocinfo 1.1 (a patched kernel): a column only when some row has the counter
+    show_cumulative = r.total_cumulative_calls is not None
     headers = ["BYTES", "CALLS", "%BYTES"]
     align = ["right", "right", "right"]
+    if show_cumulative:
+        headers.insert(2, "CUM CALLS")
+        align.insert(2, "right")
     if not by_site:
         headers.append("TAGS")
         align.append("right")
@@ -74,6 +84,9 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
             count(row.calls),
             pct_of(row.bytes, r.total_bytes),
         ]
+        if show_cumulative:
+            cum = row.cumulative_calls
+            cells.insert(2, "-" if cum is None else count(cum))
         if not by_site:
             cells.append(str(row.tags))
         if show_subsystem:
@@ -83,6 +96,8 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
     label = f"total ({r.total_tags} tags"
     label += f", {r.all_rows} {r.by}s)" if not by_site else ")"
     totals = [size(r.total_bytes), count(r.total_calls), ""]
+    if show_cumulative:
+        totals.insert(2, count(r.total_cumulative_calls or 0))
     if not by_site:
         totals.append(str(r.total_tags))
     if show_subsystem:
@@ -102,6 +117,8 @@ def top_table(r: Rollup, *, human: bool = True, title: str | None = None) -> str
     line = counted_once_line(r, human)
     if line:
         out.append(line)
+    if show_cumulative:
+        out.append(CUMULATIVE_NOTE)
     if any_inaccurate:
         out.append(
             f"{INACCURATE_MARK} accurate:no - the counter missed allocations made before "
@@ -134,10 +151,16 @@ def counted_once_line(r: Rollup, human: bool = True) -> str:
     )
 
 
+def _with_cumulative(doc: dict[str, Any], cumulative: int | None) -> dict[str, Any]:
+    if cumulative is not None:
+        doc["cumulative_calls"] = cumulative
+    return doc
+
+
 def _site_json(row: Row) -> dict[str, Any]:
     site = row.site
     assert site is not None
-    return {
+    doc = {
         "bytes": row.bytes,
         "calls": row.calls,
         **site.to_dict(),
@@ -146,10 +169,11 @@ def _site_json(row: Row) -> dict[str, Any]:
         "tags": row.tags,
         "extras": row.extras,
     }
+    return _with_cumulative(doc, row.cumulative_calls)
 
 
 def _group_json(row: Row) -> dict[str, Any]:
-    return {
+    doc = {
         "key": row.key,
         "bytes": row.bytes,
         "calls": row.calls,
@@ -157,6 +181,7 @@ def _group_json(row: Row) -> dict[str, Any]:
         "accurate": row.accurate,
         "subsystem": row.subsystem,
     }
+    return _with_cumulative(doc, row.cumulative_calls)
 
 
 def top_json(
@@ -183,6 +208,7 @@ def top_json(
         },
         "shown": {"bytes": r.shown_bytes, "calls": r.shown_calls, "rows": len(r.rows)},
     }
+    _with_cumulative(doc["totals"], r.total_cumulative_calls)
     if r.by == "site":
         doc["sites"] = [_site_json(row) for row in r.rows]
     else:
@@ -194,6 +220,11 @@ def top_json(
 
 
 def top_csv(r: Rollup) -> str:
+    cum = r.total_cumulative_calls is not None  # allocinfo 1.1: one more column, last
+
+    def tail(row: Row) -> list[Any]:
+        return ["" if row.cumulative_calls is None else row.cumulative_calls] if cum else []
+
     if r.by == "site":
         headers = ["bytes", "calls", "file", "line", "module", "function", "accurate", "subsystem"]
         rows: list[list[Any]] = []
@@ -210,15 +241,24 @@ def top_csv(r: Rollup) -> str:
                     s.function,
                     "yes" if row.accurate else "no",
                     row.subsystem,
+                    *tail(row),
                 ]
             )
-        return to_csv(headers, rows)
+        return to_csv(headers + ["cumulative_calls"] * cum, rows)
     headers = [r.by, "bytes", "calls", "tags", "accurate", "subsystem"]
     rows = [
-        [row.key, row.bytes, row.calls, row.tags, "yes" if row.accurate else "no", row.subsystem]
+        [
+            row.key,
+            row.bytes,
+            row.calls,
+            row.tags,
+            "yes" if row.accurate else "no",
+            row.subsystem,
+            *tail(row),
+        ]
         for row in r.rows
     ]
-    return to_csv(headers, rows)
+    return to_csv(headers + ["cumulative_calls"] * cum, rows)
 
 
 # ---------------------------------------------------------------- diff

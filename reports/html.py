@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from importlib import resources
 
 from allocscope.collector.report_data import ReportData
-from allocscope.reports import html_allocinfo, html_fleet, html_results, svg
+from allocscope.reports import html_allocinfo, html_diff, html_fleet, html_results, svg
 from allocscope.reports.format import utc_datetime
 from allocscope.reports.html_parts import DASH, Block, section
 from allocscope.reports.svg import esc
@@ -53,6 +53,7 @@ def render_report(data: ReportData) -> str:
     blocks: list[Block] = [
         *html_allocinfo.sections(data, colors),
         *html_fleet.sections(data),
+        *html_diff.sections(data),
         *html_results.sections(data),
     ]
     if not blocks:

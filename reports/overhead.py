@@ -12,6 +12,7 @@ from allocscope.collector.payloads import (
     AbPayload,
     Comparison,
     ExactTiming,
+    MemmapComparison,
     OverheadPayload,
     ProfilingMemory,
     TogglePayload,
@@ -144,18 +145,24 @@ def histogram_table(e: ExactTiming) -> str:
 def memory_line(m: ProfilingMemory | None) -> str:
     """The profiling's own memory; its figures are the untyped part of the block (see
     :class:`ProfilingMemory`), read defensively."""
-    if m is None or m.status != "known":
-        reason = m.reason if m is not None and m.reason else "not measured"
-        return f"profiling memory: unknown ({reason})"
 
     def size(key: str) -> str:
-        v = m.extra.get(key)
+        v = m.extra.get(key) if m is not None else None
         return bytes_short(v) if isinstance(v, int) and not isinstance(v, bool) else "?"
 
+    memmap = ""
+    if m is not None and isinstance(m.extra.get("memmap_total_bytes"), int):
+        memmap = (
+            f"; struct page + page_ext (vmstat nr_memmap_pages + nr_memmap_boot_pages): "
+            f"{size('memmap_total_bytes')} ({size('memmap_boot_bytes')} at boot)"
+        )
+    if m is None or m.status != "known":
+        reason = m.reason if m is not None and m.reason else "not measured"
+        return f"profiling memory: unknown ({reason}){memmap}"
     return (
         f"profiling memory: {size('total_bytes')} (page_ext "
         f"{size('page_ext_bytes')}, slab obj_ext "
-        f"{size('slab_obj_ext_bytes')}) from {m.extra.get('source')}"
+        f"{size('slab_obj_ext_bytes')}) from {m.extra.get('source')}{memmap}"
     )
 
 
@@ -210,9 +217,32 @@ def ab_table(payload: AbPayload | TogglePayload) -> str:
     )
     lines = [h for h in head if h] + [table, ""]
     lines += [comparison_verdict(c, a, b) for c in payload.verdicts]
+    if isinstance(payload, AbPayload) and payload.memory is not None:
+        lines.append(memmap_line(payload.memory, a, b))
     for note in payload.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines) + "\n"
+
+
+def memmap_line(m: MemmapComparison, a: str, b: str) -> str:
+    """Profiling's per-page memory, A minus B (struct page + page_ext from /proc/vmstat)."""
+    if m.delta_per_gib is None:
+        return f"memory: struct page + page_ext not compared ({m.note})"
+
+    def mib(v: float | None) -> str:
+        return "?" if v is None else f"{v / (1 << 20):.2f} MiB"
+
+    delta = m.delta_per_gib
+    sign = "+" if delta >= 0 else "-"
+    tag = ""
+    if m.page_ext_tag_a is not None or m.page_ext_tag_b is not None:
+        tag = f"; alloc_page_ext tag {mib(m.page_ext_tag_a)} ({a}) vs {mib(m.page_ext_tag_b)} ({b})"
+    return (
+        f"memory: struct page + page_ext (vmstat nr_memmap_pages + nr_memmap_boot_pages) "
+        f"{mib(m.per_gib_a)}/GiB ({a}) vs {mib(m.per_gib_b)}/GiB ({b}): {a} minus {b} "
+        f"{sign}{mib(abs(delta))} per GiB of RAM, {sign}{mib(abs(m.delta_bytes or 0))} "
+        f"per {a} host, n={m.n_a}/{m.n_b}{tag}"
+    )
 
 
 def toggle_table(payload: TogglePayload) -> str:

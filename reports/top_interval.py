@@ -49,9 +49,17 @@ def frame_title(frame: Frame, sort: str) -> str:
 def frame_table(frame: Frame, sort: str, limit: int | None, *, human: bool = True) -> str:
     """The refresh as ``top`` prints a table, with Δbytes, Δcalls and Δbytes/s columns."""
     by = frame.rollup.by
-    headers = ["BYTES", "CALLS", "ΔBYTES", "ΔCALLS", "ΔBYTES/S", "SUBSYSTEM"]
-    headers.append({"site": "SITE"}.get(by, by.upper()))
-    align = ["right"] * 5 + ["left", "left"]
+    # allocinfo 1.1 (accumulative calls): allocations per second, a column only then
+    cum = frame.rollup.total_cumulative_calls is not None
+    headers = ["BYTES", "CALLS", "ΔBYTES", "ΔCALLS", "ΔBYTES/S", *["ALLOCS/S"] * cum]
+    headers += ["SUBSYSTEM", {"site": "SITE"}.get(by, by.upper())]
+    align = ["right"] * (5 + cum) + ["left", "left"]
+
+    def allocs(rate: float | None) -> list[str]:
+        if not cum:
+            return []
+        return ["" if rate is None else _calls(round(rate), human) + "/s"]
+
     rows = [
         [
             _size(r.bytes, human),
@@ -59,18 +67,22 @@ def frame_table(frame: Frame, sort: str, limit: int | None, *, human: bool = Tru
             _delta_size(r.delta_bytes, human) if frame.seconds else "",
             _delta_calls(r.delta_calls, human) if frame.seconds else "",
             _rate(frame, r.delta_bytes, human),
+            *allocs(r.calls_rate(frame.seconds)),
             r.subsystem,
             r.key,
         ]
         for r in frame.sorted_rows(sort, limit)
     ]
     ro = frame.rollup
+    known = [r.delta_cumulative for r in frame.rows if r.delta_cumulative is not None]
+    total_rate = sum(known) / frame.seconds if known and frame.seconds > 0 else None
     totals = [
         _size(ro.total_bytes, human),
         _calls(ro.total_calls, human),
         _delta_size(frame.delta_bytes, human) if frame.seconds else "",
         _delta_calls(frame.delta_calls, human) if frame.seconds else "",
         _rate(frame, frame.delta_bytes, human),
+        *allocs(total_rate),
         "",
         f"total ({ro.total_tags} tags, {len(frame.rows)} rows)",
     ]
@@ -110,6 +122,11 @@ def frame_json(frame: Frame, sort: str, limit: int | None) -> dict[str, Any]:
                 "bytes_per_second": r.rate(frame.seconds),
                 "subsystem": r.subsystem,
                 "accurate": r.accurate,
+                **(
+                    {"allocs_per_second": r.calls_rate(frame.seconds)}
+                    if r.delta_cumulative is not None
+                    else {}
+                ),
             }
             for r in frame.sorted_rows(sort, limit)
         ],

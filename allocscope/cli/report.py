@@ -16,6 +16,7 @@ EXAMPLES = """\
   allocscope report --file before.txt --file after.txt -o d.html   # one host, two snapshots
   allocscope report --result xas.json -o xas.html                  # who-calls as a flame graph
   allocscope report --result p1.json p2.json c1.json -o cost.html  # overhead results
+  allocscope report --diff before.json after.json -o change.html   # who-calls of one site, twice
   allocscope report --store DIR --result xas.json -n 50 --title "pilot week 3" -o r.html
 """
 
@@ -55,6 +56,13 @@ def register(sub: Any) -> None:
         help="result files from who-calls, overhead, ab (any number)",
     )
     p.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("A.json", "B.json"),
+        help="two who-calls results of the same site: a differential flame graph (B vs A, "
+        "growth red, shrinkage blue) and caller share changes with intervals",
+    )
+    p.add_argument(
         "-o",
         "--output",
         type=output_arg,
@@ -83,6 +91,8 @@ def _default_title(args: argparse.Namespace) -> str:
         return f"allocscope fleet report: {os.path.basename(os.path.abspath(args.store))}"
     if args.file:
         return f"allocscope report: {', '.join(os.path.basename(f) for f in args.file[:3])}"
+    if args.diff:
+        return f"allocscope report: {' vs '.join(os.path.basename(f) for f in args.diff[::-1])}"
     return "allocscope report"
 
 
@@ -92,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
     from allocscope.collector.subsystem import SubsystemMap
     from allocscope.reports.html import render_report
 
-    if not (args.store or args.file or args.result):
+    if not (args.store or args.file or args.result or args.diff):
         raise AllocscopeError(
-            "nothing to report: give --store DIR, --file ALLOCINFO and/or --result RESULT.json"
+            "nothing to report: give --store DIR, --file ALLOCINFO, --result RESULT.json "
+            "and/or --diff A.json B.json"
         )
     if args.top < 1 or args.max_bars < 1:
         raise AllocscopeError("-n/--top and --max-bars must be at least 1")
@@ -104,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         files=args.file,
         store=args.store,
         results=args.result,
+        diff=args.diff,
         top_n=args.top,
         max_bars=args.max_bars,
         subsystems=subsystems,
@@ -120,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if data.results:
         what.append(f"{len(data.results)} result(s)")
+    if data.diffs:
+        what.append(f"{len(data.diffs)} comparison(s)")
     print(
         f"wrote {args.output} ({len(page.encode()) / 1024:.0f} KiB; {'; '.join(what)})",
         file=sys.stderr,

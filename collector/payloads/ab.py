@@ -37,6 +37,25 @@ class Comparison(Contract):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MemmapComparison(Contract):
+    """Profiling's per-page memory, pilot minus control: struct page plus page_ext from
+    /proc/vmstat (nr_memmap_pages + nr_memmap_boot_pages, Linux 6.11+) per GiB of RAM, beside
+    allocinfo's ``alloc_page_ext`` tag. Group means over the results that have the figures."""
+
+    n_a: int = req("results of group A with the vmstat figures", nonneg=True)
+    n_b: int = req("results of group B with them", nonneg=True)
+    memmap_bytes_a: float | None = req("group A mean struct page + page_ext bytes")
+    memmap_bytes_b: float | None = req("group B mean")
+    per_gib_a: float | None = req("group A mean memmap bytes per GiB of RAM")
+    per_gib_b: float | None = req("group B mean")
+    delta_per_gib: float | None = req("A minus B, bytes per GiB of RAM")
+    delta_bytes: float | None = req("delta_per_gib times group A's mean RAM in GiB")
+    page_ext_tag_a: float | None = opt("group A mean alloc_page_ext tag bytes", nullable=True)
+    page_ext_tag_b: float | None = opt("group B mean alloc_page_ext tag bytes", nullable=True)
+    note: str = opt("why a figure is missing", default="")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AbPayload(Contract):
     """ab: pilot vs control overhead results."""
 
@@ -53,6 +72,7 @@ class AbPayload(Contract):
     comparisons: tuple[Comparison, ...] = req("one row per function and metric")
     verdicts: tuple[Comparison, ...] = req("headline verdicts")
     notes: tuple[str, ...] = opt("caveats", default=())
+    memory: MemmapComparison | None = opt("profiling's per-page memory, A minus B (vmstat)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -84,7 +84,9 @@ class ProfilingMemory(Contract):
 
     Only ``status`` and ``reason`` are typed: the figures of a known status (``source``,
     ``allocinfo_version``, ``page_ext_bytes``, ``slab_obj_ext_bytes``, ``lines``,
-    ``total_bytes``) stay in ``extra`` in the order written, so the JSON is unchanged.
+    ``total_bytes``) stay in ``extra`` in the order written, so the JSON is unchanged; so do
+    /proc/vmstat's ``memmap_bytes``, ``memmap_boot_bytes``, ``memmap_total_bytes`` and
+    ``memmap_source`` (struct page plus page_ext, Linux 6.11+), whatever the status.
     """
 
     status: str = req("known | unknown")

@@ -40,6 +40,10 @@ REAL_LINES += [
     "          nid0     8192        2\n",
     "       -4096       -1 mm/slub.c:1 func:x.constprop.0 \n",
     "...\n",
+    # allocinfo 1.1 (accumulative calls after the tag; test_allocinfo_v11.py)
+    "allocinfo - version: 1.1\n",
+    "       45056       11 mm/memory.c:6939 func:__pud_alloc 1290\n",
+    "           8        1 a.c:2 func:g accurate:no 18446744073709551615\n",
 ]
 
 
@@ -63,7 +67,7 @@ def check_text(text: str, lenient: bool) -> None:
 
 ALPHABET = st.sampled_from(
     list(" \t\n\r\x0b\x85\u2028:[]#-0123456789abcfmnu._/")
-    + ["func:", "nid0", "accurate:no", "allocinfo - version: 2.0"]
+    + ["func:", "nid0", "accurate:no", "allocinfo - version: 2.0", " 18446744073709551616"]
 )
 
 

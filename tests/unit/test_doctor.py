@@ -282,3 +282,38 @@ def test_unprivileged_attach_rows_name_privileges_not_configs() -> None:
     # privileged failures keep the kernel-config fix
     f = facts(attach={**facts().attach, "kprobe": CheckResult(False, KPROBE_FAIL)})
     assert "CONFIG_KPROBES" in _line(f, "bpf kprobe").fix
+
+
+def test_profiling_off_says_exact_tags_need_it() -> None:
+    """Compiled in, sysctl 0: doctor says exact tags need vm.mem_profiling=1 (6.14+ does not
+    set current->alloc_tag then) and that who-calls matches by function name instead; before
+    6.14 the kernel sets it anyway, and doctor says tags are still read."""
+    from allocscope.collector.exact_tags import (
+        PROFILING_OFF_NOTE,
+        PROFILING_OFF_TAGGED_NOTE,
+        profiling_off,
+        profiling_off_note,
+        tags_need_profiling,
+    )
+
+    rep = diagnose(facts(mem_profiling="0", kernel_release="7.3.4-allocprof"))
+    line = next(x for x in rep.lines if x.check == "vm.mem_profiling")
+    assert "current->alloc_tag unset" in line.consequence and "function" in line.consequence
+    assert "by function name: vm.mem_profiling=0" in rep.summary
+    old = diagnose(facts(mem_profiling="0", kernel_release="6.12.117-allocprof-btf"))
+    line = next(x for x in old.lines if x.check == "vm.mem_profiling")
+    assert "exact tags still read" in line.consequence and "function name" not in old.summary
+    on = diagnose(facts(mem_profiling="1", kernel_release="7.3.4"))
+    assert "function name" not in on.summary
+    assert "alloc_tag" not in next(x for x in on.lines if x.check == "vm.mem_profiling").consequence
+    # the shared message: only for "compiled in and off"; the kernel or the capture decides
+    assert profiling_off("0") and profiling_off("[0]") and not profiling_off("1")
+    assert not profiling_off(None, read=False)  # absent: not compiled in, nothing to switch on
+    assert tags_need_profiling("6.14.0") and tags_need_profiling("7.3.4-allocprof")
+    assert not tags_need_profiling("6.12.117-allocprof-btf") and tags_need_profiling("weird")
+    assert profiling_off_note("0", release="7.3.4") == PROFILING_OFF_NOTE
+    assert profiling_off_note("0", release="6.12.1") == PROFILING_OFF_TAGGED_NOTE
+    assert profiling_off_note("0", release="6.12.1", tags_seen=False) == PROFILING_OFF_NOTE
+    assert profiling_off_note("0", release="7.3.4", tags_seen=True) == PROFILING_OFF_TAGGED_NOTE
+    assert "vm.mem_profiling=1" in PROFILING_OFF_NOTE and "function name" in PROFILING_OFF_NOTE
+    assert profiling_off_note("1") is None

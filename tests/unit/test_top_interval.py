@@ -93,3 +93,35 @@ def test_usage_errors(cli: Any, fixtures_dir: Path, args: list[str], message: st
         args = [*args, "--file", str(fixtures_dir / "allocinfo-7.3-boot.txt")]
     rc, out, err = cli("top", *args)
     assert rc != 0 and message in err
+
+
+def test_allocinfo_11_gives_allocations_per_second() -> None:
+    """1.1's accumulative calls turn into allocations per second (freed ones included), a
+    column only when the file has them; a tag new since the last read has no rate yet."""
+    from allocscope.reports.top_interval import frame_json, frame_table
+
+    head = "allocinfo - version: 1.1\n#     <size>  <calls> <tag info> <accumulative calls>\n"
+    texts = [
+        " 8192 2 lib/xarray.c:378 func:xas_alloc 1000\n 4096 1 fs/dcache.c:1 func:__d_alloc 7\n",
+        " 8192 2 lib/xarray.c:378 func:xas_alloc 1500\n 4096 1 fs/dcache.c:1 func:__d_alloc 7\n"
+        " 64 1 mm/new.c:1 func:fresh 9\n",
+    ]
+    it = iter(texts)
+    w = Watcher(lambda: parse_allocinfo_text(head + next(it), "f"), clock=clock([0.0, 2.0]))
+    first = w.step()
+    assert all(r.delta_cumulative is None for r in first.rows)
+    f = w.step()
+    by = {r.key.split(" func:")[0]: r for r in f.rows}
+    # live bytes and calls did not move, but 500 allocations came and went in 2 s
+    assert by["lib/xarray.c:378"].delta_calls == 0
+    assert by["lib/xarray.c:378"].calls_rate(f.seconds) == 250.0
+    assert by["fs/dcache.c:1"].calls_rate(f.seconds) == 0.0
+    assert by["mm/new.c:1"].calls_rate(f.seconds) is None
+    table = frame_table(f, "bytes", None)
+    assert "ALLOCS/S" in table.splitlines()[0] and "250/s" in table
+    rows = {r["key"].split(" func:")[0]: r for r in frame_json(f, "bytes", None)["rows"]}
+    assert rows["lib/xarray.c:378"]["allocs_per_second"] == 250.0
+    assert "allocs_per_second" not in rows["mm/new.c:1"]
+    plain = Watcher(reader(READS), clock=clock([0.0, 1.0]))
+    plain.step()
+    assert "ALLOCS/S" not in frame_table(plain.step(), "bytes", None)
