@@ -45,6 +45,8 @@
  * Settings (-D; defaults in sync with probes/lifespan.py DEFAULT_*):
  *   SAMPLE_RATE      mean gap R of the byte sampler, bytes (4096); 1 with ADDR_SHIFT 0 = census
  *   ADDR_SHIFT       keep 1 in 2^ADDR_SHIFT addresses (5)
+ *   ADDR_SALT        XORed into the address before hashing (0); user space draws one per
+ *                    capture, so which addresses are kept is random across captures
  *   TRACK_MAX        size of tracked (65536)
  *   LIVES_MAX        size of lifespans (8192)
  *   STACK_ENTRIES    size of stacks (8192)
@@ -76,6 +78,9 @@
 #endif
 #ifndef STACK_ENTRIES
 #define STACK_ENTRIES 8192
+#endif
+#ifndef ADDR_SALT
+#define ADDR_SALT 0
 #endif
 #ifndef TRACK_PAGES
 #define TRACK_PAGES 1
@@ -253,7 +258,7 @@ static __always_inline void on_alloc(void *ctx, u64 site, u64 ptr, u64 bytes, u3
 	if (!ptr || !allocscope_task_wanted())
 		return;
 	allocscope_count(CNT_ALLOC, 1);
-	if (!sampler_addr_kept(ptr, ADDR_SHIFT))
+	if (!sampler_addr_kept(ptr ^ (u64)ADDR_SALT, ADDR_SHIFT))
 		return;
 	allocscope_count(CNT_ALLOC_KEPT, 1);
 	/* a kept address still tracked: the object it held was freed where no hook saw it */
@@ -276,11 +281,19 @@ static __always_inline void on_alloc(void *ctx, u64 site, u64 ptr, u64 bytes, u3
 		allocscope_count(CNT_STACK_FAIL, 1);
 	o.bytes = bytes;
 	o.t_alloc = bpf_ktime_get_ns();
+	/*
+	 * Weights: the byte sampler's times 2^ADDR_SHIFT. Variances: the byte sampler's times
+	 * 2^(2*ADDR_SHIFT) plus the address stage's (1 - 2^-ADDR_SHIFT) * w^2 (Poisson sampling
+	 * HT), in the header's fixed-point units (bytes: >> 16; calls: 1/256).
+	 */
+	u64 bw = w.bytes_w << ADDR_SHIFT, cw = w.calls_w << ADDR_SHIFT;
+	u64 bsq = (bw >> 8) * (bw >> 8), csq = (cw * cw) >> SAMPLER_FRAC_BITS;
+
 	o.w.hits = w.hits;
-	o.w.bytes_w = w.bytes_w << ADDR_SHIFT;
-	o.w.bytes_w2 = w.bytes_w2 << (2 * ADDR_SHIFT);
-	o.w.calls_w = w.calls_w << ADDR_SHIFT;
-	o.w.calls_w2 = w.calls_w2 << (2 * ADDR_SHIFT);
+	o.w.bytes_w = bw;
+	o.w.bytes_w2 = (w.bytes_w2 << (2 * ADDR_SHIFT)) + (bsq - (bsq >> ADDR_SHIFT));
+	o.w.calls_w = cw;
+	o.w.calls_w2 = (w.calls_w2 << (2 * ADDR_SHIFT)) + (csq - (csq >> ADDR_SHIFT));
 	if (tracked.insert(&ptr, &o))
 		allocscope_count(CNT_TRACK_FULL, 1);
 }
@@ -309,7 +322,7 @@ static __always_inline void on_free(u64 ptr)
 	if (ptr < 4096)
 		return; /* kfree(NULL) and ZERO_SIZE_PTR are traced too */
 	allocscope_count(CNT_FREE, 1);
-	if (!sampler_addr_kept(ptr, ADDR_SHIFT)) {
+	if (!sampler_addr_kept(ptr ^ (u64)ADDR_SALT, ADDR_SHIFT)) {
 		allocscope_count(CNT_FREE_FILTERED, 1);
 		return;
 	}

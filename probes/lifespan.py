@@ -73,6 +73,7 @@ class LifespanSettings:
     track_max: int = DEFAULT_TRACK_MAX
     lives_max: int = DEFAULT_LIVES_MAX
     stack_entries: int = DEFAULT_STACK_ENTRIES
+    salt: int = 0  # XORed into addresses before the hash; capture() draws a random one
 
     @classmethod
     def census(cls, **kw: object) -> LifespanSettings:
@@ -95,6 +96,7 @@ class LifespanSettings:
         d: Defines = {
             "SAMPLE_RATE": self.sample_rate,
             "ADDR_SHIFT": self.addr_shift,
+            "ADDR_SALT": f"0x{self.salt & 0xFFFFFFFFFFFFFFFF:x}ULL",
             "TRACK_MAX": self.track_max,
             "LIVES_MAX": self.lives_max,
             "STACK_ENTRIES": self.stack_entries,
