@@ -36,6 +36,7 @@ from allocscope.collector.site import canonical_function
 from allocscope.probes import lifespan as probe_lifespan
 from allocscope.probes.lifespan import (
     NR_SLOTS,
+    AddrSum,
     AllocTag,
     LifeEntry,
     LifeKey,
@@ -65,6 +66,7 @@ class RawLifespan:
     lifespans: list[LifeEntry]
     stacks: dict[int, tuple[int, ...]]
     tags: dict[int, AllocTag]
+    addr_sums: list[AddrSum]
     start_ns: int  # probe clock when the window began
     end_ns: int  # probe clock when the hooks were detached
     notes: list[str] = field(default_factory=list)
@@ -181,6 +183,40 @@ class _Row:
     age_bytes: list[float] = field(default_factory=lambda: [0.0] * NR_SLOTS)
     stacks_all: Counter[str] = field(default_factory=Counter)
     stacks_old: Counter[str] = field(default_factory=Counter)
+    # per address: (allocated weights, byte-stage variance) and the live object's weights
+    clusters: dict[int, byte_sampling.WeightSums] = field(default_factory=dict)
+    live_at: dict[int, byte_sampling.WeightSums] = field(default_factory=dict)
+
+
+def cluster_estimates(
+    r: _Row, p_addr: float, point: float, confidence: float, *, freed: bool
+) -> tuple[byte_sampling.Estimate, byte_sampling.Estimate]:
+    """(calls, bytes) allocated -- or, with ``freed``, allocated and no longer live -- with
+    the address sample's variance taken over addresses (clusters), not objects: slab objects
+    reuse a few addresses, and every allocation at a kept address is in the sample together.
+
+    Var = sum over addresses c of (byte-stage variance_c + (1 - p) * Y_c^2), Y_c the weighted
+    total at c (Horvitz-Thompson variance for Poisson sampling of clusters).
+    """
+    q = 1.0 - p_addr
+    calls = bytes_ = var_c = var_b = 0.0
+    for addr, w in r.clusters.items():
+        yb, yc = w.bytes, w.calls
+        vb, vc = w.bytes_var, w.calls_var
+        if freed:
+            live = r.live_at.get(addr)
+            if live is not None:
+                keep = max(0.0, 1.0 - live.bytes / yb) if yb > 0 else 0.0
+                yb, yc = max(0.0, yb - live.bytes), max(0.0, yc - live.calls)
+                vb, vc = vb * keep, vc * keep
+        calls += yc
+        bytes_ += yb
+        var_c += vc + q * yc * yc
+        var_b += vb + q * yb * yb
+    return (
+        byte_sampling.total(calls, var_c, max(1.0, point / 8), confidence),
+        byte_sampling.total(bytes_, var_b, point, confidence),
+    )
 
 
 def _slot(ns: int) -> int:
@@ -245,9 +281,15 @@ def build_payload(
             r.hist_w2[i] += e.hist_w2[i]
         if folded and e.freed_n:
             r.stacks_all[folded] += e.freed_n
+    clustered = not raw.counters.get("addr_sums_full") and bool(raw.addr_sums)
+    for a in raw.addr_sums:
+        rk, _ = key_of(a.key)
+        got = rows[rk].clusters.setdefault(a.addr, byte_sampling.WeightSums())
+        got.add(a.weight)
     for o in raw.tracked:
         rk, folded = key_of(o.key)
         r = rows[rk]
+        r.live_at.setdefault(o.addr, byte_sampling.WeightSums()).add(o.weight)
         age = max(0, raw.end_ns - o.t_alloc)
         r.live.add(o.weight)
         r.live_n += 1
@@ -263,6 +305,7 @@ def build_payload(
                 r.stacks_old[folded] += 1
 
     point = float(raw.settings.sample_rate << raw.settings.addr_shift)
+    p_addr = 1.0 / (1 << raw.settings.addr_shift)
     out: list[LifespanRow] = []
     for (site, tag, source, caller), r in rows.items():
         alloc = byte_sampling.WeightSums()
@@ -274,6 +317,13 @@ def build_payload(
             )  # missed frees: allocated in the window, freed unseen
         )
         stacks = r.stacks_old if view == "leaks" else r.stacks_all
+        if clustered and r.clusters:
+            alloc_calls, alloc_bytes = cluster_estimates(r, p_addr, point, confidence, freed=False)
+            freed_calls, _ = cluster_estimates(r, p_addr, point, confidence, freed=True)
+        else:
+            alloc_calls = byte_sampling.calls_estimate(alloc, point, confidence)
+            alloc_bytes = byte_sampling.bytes_estimate(alloc, point, confidence)
+            freed_calls = byte_sampling.calls_estimate(r.freed, point, confidence)
         out.append(
             LifespanRow(
                 site=site,
@@ -284,9 +334,9 @@ def build_payload(
                 freed_sampled=r.freed_n,
                 live_sampled=r.live_n,
                 missed_frees=r.missed_n,
-                allocated_calls=_est(byte_sampling.calls_estimate(alloc, point, confidence)),
-                allocated_bytes=_est(byte_sampling.bytes_estimate(alloc, point, confidence)),
-                freed_calls=_est(byte_sampling.calls_estimate(r.freed, point, confidence)),
+                allocated_calls=_est(alloc_calls),
+                allocated_bytes=_est(alloc_bytes),
+                freed_calls=_est(freed_calls),
                 live_calls=_est(byte_sampling.calls_estimate(r.live, point, confidence)),
                 live_bytes=_est(byte_sampling.bytes_estimate(r.live, point, confidence)),
                 old_calls=_est(byte_sampling.calls_estimate(r.old, point, confidence)),
@@ -334,6 +384,12 @@ def build_payload(
             "free went through a path with no tracepoint (see untraced_frees); they count as "
             "allocated, not as live"
         )
+    if c.get("addr_sums_full"):
+        notes.append(
+            f"{c['addr_sums_full']} tracked allocations not summed per address (map full): "
+            "intervals of allocated and freed totals assume independent objects (too narrow "
+            "for slab caches that reuse a few addresses)"
+        )
     if c.get("stack_fail"):
         notes.append(f"{c['stack_fail']} tracked objects have no stack (caller [unknown])")
     d = raw.defines
@@ -377,6 +433,7 @@ def read_raw(
         lifespans=lifespans,
         stacks=probe_lifespan.read_stacks(probe, ids),
         tags=probe_lifespan.read_tags(probe),
+        addr_sums=probe_lifespan.read_addr_sums(probe),
         start_ns=start_ns,
         end_ns=end_ns,
     )

@@ -36,6 +36,13 @@
  *   lifespans HASH struct life_key {site, tag, stackid, source} -> struct life_val (LIVES_MAX):
  *             freed objects' weights, lifespan log2 histogram (NR_SLOTS, ns), missed frees.
  *             Shared by all CPUs: updated with atomic adds (tracked frees are rare).
+ *   addr_sums HASH {life_key, address} -> struct sample_weight (ADDR_SUMS_MAX): the weights
+ *             of every tracked allocation per key and address (the *_w2 fields hold the
+ *             byte stage's variance only). Slab objects reuse a few
+ *             addresses (a per-CPU freelist hands the same object back), so allocations at
+ *             one address are one CLUSTER of the address sample: the variance of allocated
+ *             and freed totals is computed over these sums, not over objects. Full:
+ *             CNT_ADDR_SUMS_FULL (those intervals then assume independent objects).
  *   stacks    STACK_TRACE[STACK_ENTRIES]: kernel stacks of tracked allocations.
  *   life_zero ARRAY[1] struct life_val, never written: the initial value of a lifespans
  *             entry (1.2 KB, past the 512-byte BPF stack).
@@ -49,6 +56,7 @@
  *                    capture, so which addresses are kept is random across captures
  *   TRACK_MAX        size of tracked (65536)
  *   LIVES_MAX        size of lifespans (8192)
+ *   ADDR_SUMS_MAX    size of addr_sums (65536)
  *   STACK_ENTRIES    size of stacks (8192)
  *   TRACK_PAGES      1 = hook mm_page_alloc/mm_page_free(_batched) (1)
  *   PAGE_FREE_BATCHED 1 = hook mm_page_free_batched (1)
@@ -75,6 +83,9 @@
 #endif
 #ifndef LIVES_MAX
 #define LIVES_MAX 8192
+#endif
+#ifndef ADDR_SUMS_MAX
+#define ADDR_SUMS_MAX 65536
 #endif
 #ifndef STACK_ENTRIES
 #define STACK_ENTRIES 8192
@@ -140,7 +151,8 @@
 #define CNT_TRACK_FULL 7 /* tracked objects dropped: tracked map full */
 #define CNT_LIVES_FULL 8 /* lifespans dropped: lifespans map full */
 #define CNT_STACK_FAIL 9 /* tracked objects whose stack walk failed (kept, stackid < 0) */
-#define NR_COUNTERS 10
+#define CNT_ADDR_SUMS_FULL 10 /* tracked objects not summed per address: addr_sums full */
+#define NR_COUNTERS 11
 
 #define NR_SLOTS 48 /* log2 ns slots: slot i holds [2^i, 2^(i+1)) ns, i = 47 everything above */
 #define LIFE_SHIFT 6 /* life_w_sum counts lifespans in 64 ns units (u64 headroom: see docs) */
@@ -158,6 +170,11 @@ struct life_key {
 	u64 tag;
 	s32 stackid;
 	u32 source;
+};
+
+struct addr_key {
+	struct life_key key;
+	u64 addr;
 };
 
 struct obj {
@@ -188,6 +205,7 @@ struct tag_info {
 BPF_PERCPU_ARRAY(sampler_state, struct byte_sampler, 1);
 BPF_HASH(tracked, u64, struct obj, TRACK_MAX);
 BPF_HASH(lifespans, struct life_key, struct life_val, LIVES_MAX);
+BPF_HASH(addr_sums, struct addr_key, struct sample_weight, ADDR_SUMS_MAX);
 BPF_STACK_TRACE(stacks, STACK_ENTRIES);
 BPF_ARRAY(life_zero, struct life_val, 1); /* a zeroed value: too big for the 512-byte stack */
 #if READ_TAG
@@ -288,14 +306,29 @@ static __always_inline void on_alloc(void *ctx, u64 site, u64 ptr, u64 bytes, u3
 	 */
 	u64 bw = w.bytes_w << ADDR_SHIFT, cw = w.calls_w << ADDR_SHIFT;
 	u64 bsq = (bw >> 8) * (bw >> 8), csq = (cw * cw) >> SAMPLER_FRAC_BITS;
+	u64 bvar = w.bytes_w2 << (2 * ADDR_SHIFT), cvar = w.calls_w2 << (2 * ADDR_SHIFT);
 
 	o.w.hits = w.hits;
 	o.w.bytes_w = bw;
-	o.w.bytes_w2 = (w.bytes_w2 << (2 * ADDR_SHIFT)) + (bsq - (bsq >> ADDR_SHIFT));
+	o.w.bytes_w2 = bvar + (bsq - (bsq >> ADDR_SHIFT));
 	o.w.calls_w = cw;
-	o.w.calls_w2 = (w.calls_w2 << (2 * ADDR_SHIFT)) + (csq - (csq >> ADDR_SHIFT));
-	if (tracked.insert(&ptr, &o))
+	o.w.calls_w2 = cvar + (csq - (csq >> ADDR_SHIFT));
+	if (tracked.insert(&ptr, &o)) {
 		allocscope_count(CNT_TRACK_FULL, 1);
+		return;
+	}
+	struct addr_key ak = {.key = o.key, .addr = ptr};
+	struct sample_weight wz = {};
+	struct sample_weight *aw = addr_sums.lookup_or_try_init(&ak, &wz);
+	if (!aw) {
+		allocscope_count(CNT_ADDR_SUMS_FULL, 1);
+		return;
+	}
+	__sync_fetch_and_add(&aw->hits, o.w.hits);
+	__sync_fetch_and_add(&aw->bytes_w, o.w.bytes_w);
+	__sync_fetch_and_add(&aw->bytes_w2, bvar); /* the byte stage's only: the address */
+	__sync_fetch_and_add(&aw->calls_w, o.w.calls_w); /* stage's is taken over clusters */
+	__sync_fetch_and_add(&aw->calls_w2, cvar);
 }
 
 static __always_inline u32 log2_slot(u64 v)

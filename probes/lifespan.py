@@ -36,6 +36,7 @@ COUNTERS = (  # index = CNT_*
     "track_full",
     "lives_full",
     "stack_fail",
+    "addr_sums_full",
 )
 NR_SLOTS = 48
 LIFE_SHIFT = 6
@@ -43,6 +44,7 @@ DEFAULT_SAMPLE_RATE = 4096
 DEFAULT_ADDR_SHIFT = 5
 DEFAULT_TRACK_MAX = 65536
 DEFAULT_LIVES_MAX = 8192
+DEFAULT_ADDR_SUMS_MAX = 65536
 DEFAULT_STACK_ENTRIES = 8192
 
 # Free paths of Linux 6.x that release slab objects or pages without the kmem free
@@ -180,7 +182,7 @@ def untraced_frees(defines: Defines) -> tuple[str, ...]:
 def reset_maps(probe: Probe) -> None:
     """Empty the maps after the attach phase, so the window starts from zero."""
     maps.zero_array(probe["counters"])
-    for name in ("tracked", "lifespans"):
+    for name in ("tracked", "lifespans", "addr_sums"):
         maps.drain_hash(probe[name], 4 * DEFAULT_TRACK_MAX)
 
 
@@ -222,6 +224,7 @@ class LifeKey:
 class TrackedObject:
     """One object still tracked (live) at the end of the window."""
 
+    addr: int
     key: LifeKey
     t_alloc: int  # bpf_ktime_get_ns() at allocation
     bytes: int
@@ -268,8 +271,8 @@ def _weights(w: object) -> WeightSums:
 def read_tracked(probe: Probe) -> list[TrackedObject]:
     """Every object still tracked."""
     return [
-        TrackedObject(_key(v.key), int(v.t_alloc), int(v.bytes), _weights(v.w))
-        for _k, v in maps.items(probe["tracked"])
+        TrackedObject(maps.as_int(k), _key(v.key), int(v.t_alloc), int(v.bytes), _weights(v.w))
+        for k, v in maps.items(probe["tracked"])
     ]
 
 
@@ -288,6 +291,21 @@ def read_lifespans(probe: Probe) -> list[LifeEntry]:
             tuple(int(x) for x in v.hist_w2),
         )
         for k, v in maps.items(probe["lifespans"])
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class AddrSum:
+    """The weights of every tracked allocation of one key at one address (one cluster)."""
+
+    key: LifeKey
+    addr: int
+    weight: WeightSums
+
+
+def read_addr_sums(probe: Probe) -> list[AddrSum]:
+    return [
+        AddrSum(_key(k.key), int(k.addr), _weights(v)) for k, v in maps.items(probe["addr_sums"])
     ]
 
 

@@ -80,6 +80,7 @@ LIFESPAN_COUNTERS = {
     "CNT_TRACK_FULL": "track_full",
     "CNT_LIVES_FULL": "lives_full",
     "CNT_STACK_FAIL": "stack_fail",
+    "CNT_ADDR_SUMS_FULL": "addr_sums_full",
 }
 LATENCY_STATS = {"STAT_CALLS": "calls", "STAT_NS": "total_ns"}
 
@@ -101,6 +102,7 @@ SCALARS = (
     ("lifespan", "ADDR_SHIFT", "DEFAULT_ADDR_SHIFT"),
     ("lifespan", "TRACK_MAX", "DEFAULT_TRACK_MAX"),
     ("lifespan", "LIVES_MAX", "DEFAULT_LIVES_MAX"),
+    ("lifespan", "ADDR_SUMS_MAX", "DEFAULT_ADDR_SUMS_MAX"),
     ("lifespan", "STACK_ENTRIES", "DEFAULT_STACK_ENTRIES"),
     ("lifespan", "NR_SLOTS", "NR_SLOTS"),
     ("lifespan", "LIFE_SHIFT", "LIFE_SHIFT"),
