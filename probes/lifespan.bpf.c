@@ -43,7 +43,7 @@
  *             one address are one CLUSTER of the address sample: the variance of allocated
  *             and freed totals is computed over these sums, not over objects. Full:
  *             CNT_ADDR_SUMS_FULL (those intervals then assume independent objects).
- *   stacks    STACK_TRACE[STACK_ENTRIES]: kernel stacks of tracked allocations.
+ *   stacks    STACK_TRACE[STACK_ENTRIES] of STACK_DEPTH frames: stacks of tracked allocations.
  *   life_zero ARRAY[1] struct life_val, never written: the initial value of a lifespans
  *             entry (1.2 KB, past the 512-byte BPF stack).
  *   tags      HASH alloc_tag address -> struct tag_info (READ_ALLOC_TAG only; who_calls.bpf.c).
@@ -57,7 +57,9 @@
  *   TRACK_MAX        size of tracked (65536)
  *   LIVES_MAX        size of lifespans (8192)
  *   ADDR_SUMS_MAX    size of addr_sums (65536)
- *   STACK_ENTRIES    size of stacks (8192)
+ *   STACK_ENTRIES    size of stacks (32768): a stack whose hash bucket holds another stack
+ *                    is lost (CNT_STACK_FAIL), so the map is kept sparse
+ *   STACK_DEPTH      frames kept per stack (32; 256-byte entries instead of BCC's 127 frames)
  *   TRACK_PAGES      1 = hook mm_page_alloc/mm_page_free(_batched) (1)
  *   PAGE_FREE_BATCHED 1 = hook mm_page_free_batched (1)
  *   PAGE_SIZE_BYTES  bytes of an order-0 page (4096)
@@ -88,7 +90,10 @@
 #define ADDR_SUMS_MAX 65536
 #endif
 #ifndef STACK_ENTRIES
-#define STACK_ENTRIES 8192
+#define STACK_ENTRIES 32768
+#endif
+#ifndef STACK_DEPTH
+#define STACK_DEPTH 32
 #endif
 #ifndef ADDR_SALT
 #define ADDR_SALT 0
@@ -206,7 +211,10 @@ BPF_PERCPU_ARRAY(sampler_state, struct byte_sampler, 1);
 BPF_HASH(tracked, u64, struct obj, TRACK_MAX);
 BPF_HASH(lifespans, struct life_key, struct life_val, LIVES_MAX);
 BPF_HASH(addr_sums, struct addr_key, struct sample_weight, ADDR_SUMS_MAX);
-BPF_STACK_TRACE(stacks, STACK_ENTRIES);
+struct lifespan_stack {
+	u64 ip[STACK_DEPTH];
+};
+BPF_TABLE("stacktrace", int, struct lifespan_stack, stacks, STACK_ENTRIES);
 BPF_ARRAY(life_zero, struct life_val, 1); /* a zeroed value: too big for the 512-byte stack */
 #if READ_TAG
 BPF_HASH(tags, u64, struct tag_info, 1024);

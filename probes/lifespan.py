@@ -45,7 +45,8 @@ DEFAULT_ADDR_SHIFT = 5
 DEFAULT_TRACK_MAX = 65536
 DEFAULT_LIVES_MAX = 8192
 DEFAULT_ADDR_SUMS_MAX = 65536
-DEFAULT_STACK_ENTRIES = 8192
+DEFAULT_STACK_ENTRIES = 32768
+STACK_DEPTH = 32
 
 # Free paths of Linux 6.x that release slab objects or pages without the kmem free
 # tracepoints (mm/slub.c, mm/page_alloc.c, mm/slab_common.c as of 6.18). Objects freed there
@@ -102,6 +103,7 @@ class LifespanSettings:
             "TRACK_MAX": self.track_max,
             "LIVES_MAX": self.lives_max,
             "STACK_ENTRIES": self.stack_entries,
+            "STACK_DEPTH": STACK_DEPTH,
             "FILTER_TGID": self.pid or 0,
             "PAGE_SIZE_BYTES": resource.getpagesize(),
         }

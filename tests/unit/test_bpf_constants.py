@@ -104,6 +104,7 @@ SCALARS = (
     ("lifespan", "LIVES_MAX", "DEFAULT_LIVES_MAX"),
     ("lifespan", "ADDR_SUMS_MAX", "DEFAULT_ADDR_SUMS_MAX"),
     ("lifespan", "STACK_ENTRIES", "DEFAULT_STACK_ENTRIES"),
+    ("lifespan", "STACK_DEPTH", "STACK_DEPTH"),
     ("lifespan", "NR_SLOTS", "NR_SLOTS"),
     ("lifespan", "LIFE_SHIFT", "LIFE_SHIFT"),
 )
