@@ -11,9 +11,10 @@ The kernel paths they exercise, on Linux 6.x:
   ``shmem_add_to_page_cache`` -> ``xas_store`` -> ``xas_create`` -> ``xas_alloc`` (xarray nodes)
   and ``shmem_alloc_folio`` -> page allocator.
 * ``leak-pipes``: a planted leak for ``allocscope leaks``: opens :data:`LEAK_PIPES` pipes and
-  writes one byte into each, then holds them while churning opens and closes in batches of 64. Each held pipe
-  keeps one page from ``(anon_)pipe_write`` (plus its pipe_inode_info, pipe_buffer array,
-  inode, dentry and two files); the churned ``struct file``s live a few microseconds.
+  writes one byte into each, then holds them while churning opens and closes in batches of
+  64. Each held pipe keeps one page from ``(anon_)pipe_write`` (plus its pipe_inode_info,
+  pipe_buffer array, inode, dentry and two files); the churned ``struct file``s live a few
+  microseconds.
 """
 
 from __future__ import annotations
