@@ -92,6 +92,7 @@ SCALARS = (
     ("kmem_sites", "PAGE_STACK_SAMPLE", "DEFAULT_PAGE_STACK_SAMPLE"),
     ("kmem_sites", "PAGE_STACK_DEPTH", "PAGE_STACK_DEPTH"),
     ("kmem_sites", "NR_ORDERS", "NR_ORDERS"),
+    ("kmem_sites", "ADDR_SHIFT", "DEFAULT_ADDR_SHIFT"),
     ("oncpu", "STACK_STORAGE", "DEFAULT_STACK_STORAGE"),
     ("alloc_latency", "HIST_SLOTS", "HIST_SLOTS"),
     ("alloc_latency", "SUB_BITS", "SUB_BITS"),
