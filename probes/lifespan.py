@@ -30,7 +30,7 @@ COUNTERS = (  # index = CNT_*
     "alloc_kept",
     "tracked",
     "free_events",
-    "free_filtered",
+    "free_kept",
     "free_matched",
     "missed_free",
     "track_full",
@@ -312,7 +312,11 @@ def read_addr_sums(probe: Probe) -> list[AddrSum]:
 
 
 def read_counters(probe: Probe) -> dict[str, int]:
-    return dict(zip(COUNTERS, maps.percpu_sums(probe["counters"], len(COUNTERS)), strict=True))
+    """The counters by name, plus ``free_filtered``: frees dismissed by the address alone
+    (not counted in kernel, to keep that path at one counter)."""
+    c = dict(zip(COUNTERS, maps.percpu_sums(probe["counters"], len(COUNTERS)), strict=True))
+    c["free_filtered"] = max(0, c["free_events"] - c["free_kept"])
+    return c
 
 
 def read_stacks(probe: Probe, stackids: set[int]) -> dict[int, tuple[int, ...]]:

@@ -74,7 +74,7 @@ LIFESPAN_COUNTERS = {
     "CNT_ALLOC_KEPT": "alloc_kept",
     "CNT_TRACKED": "tracked",
     "CNT_FREE": "free_events",
-    "CNT_FREE_FILTERED": "free_filtered",
+    "CNT_FREE_KEPT": "free_kept",
     "CNT_FREE_MATCHED": "free_matched",
     "CNT_MISSED_FREE": "missed_free",
     "CNT_TRACK_FULL": "track_full",
