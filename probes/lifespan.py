@@ -25,7 +25,7 @@ PROGRAM = "lifespan"
 # Mirrored from lifespan.bpf.c (tests/unit/test_bpf_constants.py fails on drift).
 SOURCES = ("kmalloc", "kmem_cache_alloc", "mm_page_alloc")  # index = SRC_*
 SRC_PAGE = 2
-COUNTERS = (  # index = CNT_*
+COUNTERS: tuple[str, ...] = (  # index = CNT_*
     "alloc_events",
     "alloc_kept",
     "tracked",
@@ -51,7 +51,7 @@ STACK_DEPTH = 32
 # Free paths of Linux 6.x that release slab objects or pages without the kmem free
 # tracepoints (mm/slub.c, mm/page_alloc.c, mm/slab_common.c as of 6.18). Objects freed there
 # stay tracked until their address is allocated again (counted as missed frees).
-UNTRACED_FREES = (
+UNTRACED_FREES: tuple[str, ...] = (
     "kmem_cache_free_bulk / kfree_bulk (slab bulk frees: no per-object kfree/kmem_cache_free)",
     "kvfree_rcu / kfree_rcu batches freed through kmem_cache_free_bulk",
     "free_pages_exact / split pages freed past the traced head (pages of a split block)",
@@ -173,7 +173,7 @@ def traced_frees(defines: Defines) -> tuple[str, ...]:
 
 def untraced_frees(defines: Defines) -> tuple[str, ...]:
     """Free paths this build cannot see (documented kernel paths plus disabled hooks)."""
-    out = list(UNTRACED_FREES)
+    out: list[str] = list(UNTRACED_FREES)
     if not defines.get("TRACK_PAGES", True):
         out.append("mm_page_free (page tracking off on this kernel)")
     elif not defines.get("PAGE_FREE_BATCHED"):
@@ -314,7 +314,9 @@ def read_addr_sums(probe: Probe) -> list[AddrSum]:
 def read_counters(probe: Probe) -> dict[str, int]:
     """The counters by name, plus ``free_filtered``: frees dismissed by the address alone
     (not counted in kernel, to keep that path at one counter)."""
-    c = dict(zip(COUNTERS, maps.percpu_sums(probe["counters"], len(COUNTERS)), strict=True))
+    c: dict[str, int] = dict(
+        zip(COUNTERS, maps.percpu_sums(probe["counters"], len(COUNTERS)), strict=True)
+    )
     c["free_filtered"] = max(0, c["free_events"] - c["free_kept"])
     return c
 

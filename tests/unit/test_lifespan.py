@@ -10,6 +10,7 @@ from allocscope.collector import lifespan, lifespan_stats
 from allocscope.collector.byte_sampling import WeightSums
 from allocscope.collector.kallsyms import Kallsyms, Symbol
 from allocscope.collector.lifespan import RawLifespan, _Row, build_payload, cluster_estimates
+from allocscope.collector.payloads import LifespanPayload, LifespanRow
 from allocscope.probes.lifespan import (
     LIFE_SHIFT,
     NR_SLOTS,
@@ -197,8 +198,8 @@ def census_raw() -> RawLifespan:
     )
 
 
-def _row(p: object, site: str, caller: str) -> object:
-    for r in p.rows:  # type: ignore[attr-defined]
+def _row(p: LifespanPayload, site: str, caller: str) -> LifespanRow:
+    for r in p.rows:
         if r.site == site and r.caller == caller:
             return r
     raise AssertionError((site, caller))
