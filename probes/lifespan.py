@@ -14,7 +14,6 @@ import os
 import resource
 from dataclasses import dataclass
 
-from allocscope.collector.byte_sampling import SAMPLER_RATE_MAX, WeightSums
 from allocscope.errors import AllocscopeError, CapabilityError
 from allocscope.probes import btf, maps, tracefs
 from allocscope.probes.kmem_sites import Hook, classic_offsets, raw_args_match
@@ -58,6 +57,7 @@ UNTRACED_FREES: tuple[str, ...] = (
 )
 
 Defines = dict[str, int | str | bool]
+SAMPLER_RATE_MAX = 1 << 24  # sampler.bpf.h (collector/byte_sampling.py mirrors it too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +209,17 @@ def attach_all(probe: Probe) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Weights:
+    """``struct sample_weight`` as read (collector/byte_sampling.Weights estimates from it)."""
+
+    hits: int = 0
+    bytes_w: int = 0
+    bytes_w2: int = 0
+    calls_w: int = 0
+    calls_w2: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class LifeKey:
     """What an object is grouped by: call site (0 for pages), alloc tag, stack, source."""
 
@@ -230,7 +241,7 @@ class TrackedObject:
     key: LifeKey
     t_alloc: int  # bpf_ktime_get_ns() at allocation
     bytes: int
-    weight: WeightSums
+    weight: Weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +249,7 @@ class LifeEntry:
     """One ``lifespans`` entry: the freed (and missed) objects of one key."""
 
     key: LifeKey
-    freed: WeightSums
+    freed: Weights
     freed_n: int
     missed_n: int
     missed_calls_w: int
@@ -260,8 +271,8 @@ def _key(k: object) -> LifeKey:
     return LifeKey(int(k.site), int(k.tag), int(k.stackid), int(k.source))  # type: ignore[attr-defined]
 
 
-def _weights(w: object) -> WeightSums:
-    return WeightSums(
+def _weights(w: object) -> Weights:
+    return Weights(
         int(w.hits),  # type: ignore[attr-defined]
         int(w.bytes_w),  # type: ignore[attr-defined]
         int(w.bytes_w2),  # type: ignore[attr-defined]
@@ -302,7 +313,7 @@ class AddrSum:
 
     key: LifeKey
     addr: int
-    weight: WeightSums
+    weight: Weights
 
 
 def read_addr_sums(probe: Probe) -> list[AddrSum]:

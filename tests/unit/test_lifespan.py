@@ -19,6 +19,7 @@ from allocscope.probes.lifespan import (
     LifeKey,
     LifespanSettings,
     TrackedObject,
+    Weights,
 )
 
 FRAC = 256
@@ -148,8 +149,8 @@ STACKS = {
     2: (0x1510, 0x1010, 0x1210, 0x1610),
     3: (0x1410, 0x1310, 0x1610),
 }
-ONE = WeightSums(1, 256, 0, FRAC, 0)  # census weights of a 256-byte object
-PAGE_W = WeightSums(4096, 4096, 0, FRAC, 0)
+ONE = Weights(1, 256, 0, FRAC, 0)  # census weights of a 256-byte object
+PAGE_W = Weights(4096, 4096, 0, FRAC, 0)
 
 
 def _entry(key: LifeKey, lifespans_ns: list[int], missed: int = 0) -> LifeEntry:
@@ -159,9 +160,8 @@ def _entry(key: LifeKey, lifespans_ns: list[int], missed: int = 0) -> LifeEntry:
         i = min(life.bit_length() - 1, NR_SLOTS - 1)
         n[i] += 1
         w[i] += FRAC
-    freed = WeightSums()
-    for _ in lifespans_ns:
-        freed.add(ONE)
+    k = len(lifespans_ns)
+    freed = Weights(k, 256 * k, 0, FRAC * k, 0)
     return LifeEntry(
         key,
         freed,
