@@ -14,6 +14,7 @@ Method and its limits: docs/design/lifespan.md.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import time
@@ -409,7 +410,7 @@ def build_payload(
         confidence=confidence,
         older_than_ns=older,
         window_ns=window_ns,
-        sampled=sum(r.sampled for r in out) if view != "leaks" else c.get("tracked", 0),
+        sampled=c.get("tracked", 0),
         freed_sampled=sum(e.freed_n for e in raw.lifespans),
         live_sampled=len(raw.tracked),
         missed_frees=sum(e.missed_n for e in raw.lifespans),
@@ -501,6 +502,8 @@ def capture(opts: Options, *, on_start: Callable[[], object] | None = None) -> R
     payload = build_payload(
         raw, ksyms, view=opts.view, older_ns=opts.older_ns, confidence=opts.confidence
     )
+    w = cap.last_window
+    payload = dataclasses.replace(payload, interrupted=bool(w and w.interrupted))
     return cap.result(
         {
             "duration": opts.duration,

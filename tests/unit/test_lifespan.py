@@ -250,3 +250,17 @@ def test_settings_refuse_weights_that_would_overflow() -> None:
     with pytest.raises(AllocscopeError, match="overflow"):
         LifespanSettings(sample_rate=1 << 20, addr_shift=8).check()
     LifespanSettings(sample_rate=4096, addr_shift=5).check()
+
+
+def test_tables_show_both_views_and_neutralise_hostile_names() -> None:
+    from allocscope.reports import lifespan as report
+
+    raw = census_raw()
+    raw.notes.append("site \x1b[31mred\x1b[0m")
+    life = report.text(build_payload(raw, KS, view="lifespan"), 10)
+    assert "alloc_empty_file" in life and "path_openat" in life and "p50 life" in life
+    assert "not traced" in life and "\x1b" not in life
+    leaks = report.text(build_payload(raw, KS, view="leaks", older_ns=2_500_000_000), 10)
+    assert "older than 2.5s" in leaks and "old bytes" in leaks
+    assert "#1 alloc_empty_file <- alloc_file_pseudo: 5 sampled old objects" in leaks
+    assert leaks.index("alloc_file_pseudo") < leaks.index("anon_pipe_write")
