@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import bpf_problem, need
 
 from allocscope.collector.capture import Capture
 from allocscope.collector.kallsyms import Kallsyms
@@ -112,8 +113,6 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run() -> Run:
-    from tests.conftest import bpf_problem, need
-
     problem = bpf_problem()
     need(problem is None, problem or "")
     ksyms = Kallsyms.load()
@@ -193,8 +192,6 @@ def test_sampled_lifespans_and_counts_against_the_census(run: Run) -> None:
 
 @pytest.mark.usefixtures("live")
 def test_memleak_finds_the_same_caller() -> None:
-    from tests.conftest import need
-
     need(os.access(MEMLEAK, os.X_OK), f"{MEMLEAK} not installed (bpfcc-tools)")
     with planted_leak() as child:
         # memleak compiles with BCC too: give it the header tree allocscope uses
