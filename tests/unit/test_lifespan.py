@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 from allocscope.collector import lifespan, lifespan_stats
 from allocscope.collector.byte_sampling import WeightSums
@@ -264,3 +265,14 @@ def test_tables_show_both_views_and_neutralise_hostile_names() -> None:
     assert "older than 2.5s" in leaks and "old bytes" in leaks
     assert "#1 alloc_empty_file <- alloc_file_pseudo: 5 sampled old objects" in leaks
     assert leaks.index("alloc_file_pseudo") < leaks.index("anon_pipe_write")
+
+
+def test_cli_usage_errors_before_any_probe(cli: Any) -> None:
+    rc, _out, err = cli("lifespan", "--census", "--rate", "8")
+    assert rc != 0 and "--census is --rate 1 --addr-shift 0" in err
+    rc, _out, err = cli("leaks", "--confidence", "1.5")
+    assert rc != 0 and "--confidence must be in (0, 1)" in err
+    rc, _out, err = cli("lifespan", "--rate", "1048576", "--addr-shift", "8")
+    assert rc != 0 and "overflow" in err
+    rc, _out, err = cli("top", "--exact-frees")
+    assert rc != 0 and "--exact-frees needs --live" in err
