@@ -21,6 +21,13 @@ from allocscope.collector.payloads.ab import (
     TogglePayload,
     ToggleWindowResult,
 )
+from allocscope.collector.payloads.lifespan import (
+    Estimate,
+    HistSlot,
+    LifespanPayload,
+    LifespanRow,
+    LifespanStats,
+)
 from allocscope.collector.payloads.overhead import (
     ExactTiming,
     FunctionRow,
@@ -41,10 +48,20 @@ from allocscope.collector.payloads.who_calls import (
     WhoCallsPayload,
 )
 
-Payload = WhoCallsPayload | OverheadPayload | TopLivePayload | AbPayload | TogglePayload
+Payload = (
+    WhoCallsPayload | OverheadPayload | TopLivePayload | AbPayload | TogglePayload | LifespanPayload
+)
 
 PAYLOADS: dict[str, type[Payload]] = {
-    t.KIND: t for t in (WhoCallsPayload, OverheadPayload, TopLivePayload, AbPayload, TogglePayload)
+    t.KIND: t
+    for t in (
+        WhoCallsPayload,
+        OverheadPayload,
+        TopLivePayload,
+        AbPayload,
+        TogglePayload,
+        LifespanPayload,
+    )
 }
 
 
@@ -122,6 +139,11 @@ def markdown() -> str:
 
 
 __all__ = [
+    "LifespanStats",
+    "LifespanRow",
+    "LifespanPayload",
+    "HistSlot",
+    "Estimate",
     "PAYLOADS",
     "AbPayload",
     "AllocCounts",
