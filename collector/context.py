@@ -260,9 +260,7 @@ class _Group:
     charge_known: bool = False
     sources: set[str] = field(default_factory=set)
     callers: dict[str, WeightSums] = field(default_factory=lambda: defaultdict(WeightSums))
-    caller_charged: dict[str, WeightSums] = field(
-        default_factory=lambda: defaultdict(WeightSums)
-    )
+    caller_charged: dict[str, WeightSums] = field(default_factory=lambda: defaultdict(WeightSums))
     folded: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     keys: set[str] = field(default_factory=set)  # allocinfo join keys of its members
 
