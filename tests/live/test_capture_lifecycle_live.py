@@ -52,6 +52,7 @@ VERBS = {
     "who-calls": ["who-calls", "xas_alloc", "-d", "60", "--workload", "tmpfs-write"],
     "top --live": ["top", "--live", "60", "--workload", "tmpfs-write", "--no-frees"],
     "overhead": ["overhead", "-d", "60", "--workload", "tmpfs-write"],
+    "context": ["context", "-d", "60", "--workload", "tmpfs-write"],
 }
 
 
@@ -144,7 +145,12 @@ def test_bad_windows_pids_and_counts_are_usage_errors(args: list[str], message: 
 
 # Result kind of each capture above; ab --toggle needs a writable vm.mem_profiling (absent on
 # this host), so tests/vm/test_ab_toggle_vm.py interrupts it inside the profiling guests.
-KIND_OF = {"who-calls": "who-calls", "top --live": "top-live", "overhead": "overhead"}
+KIND_OF = {
+    "who-calls": "who-calls",
+    "top --live": "top-live",
+    "overhead": "overhead",
+    "context": "context",
+}
 VM_ONLY = {"ab-toggle": "tests/vm/test_ab_toggle_vm.py"}
 
 
