@@ -35,6 +35,7 @@ CANDIDATES = {
     "oncpu": ("allocscope.probes.oncpu",),
     "alloc_latency": ("allocscope.probes.alloc_latency",),
     "who_calls": ("allocscope.probes.who_calls",),
+    "context": ("allocscope.probes.context",),
 }
 
 # C index name -> the Python name at that index.
@@ -68,6 +69,7 @@ ONCPU_COUNTERS = {
     "CNT_PAGE_ALLOC": "mm_page_alloc",
     "CNT_PAGES": "pages",
 }
+CONTEXT_SOURCES = {"SRC_KMALLOC": "kmalloc", "SRC_CACHE": "kmem_cache_alloc", "SRC_PAGE": "page"}
 LATENCY_STATS = {"STAT_CALLS": "calls", "STAT_NS": "total_ns"}
 
 # (program, C define, Python name): scalar settings whose C default must equal Python's.
@@ -83,6 +85,14 @@ SCALARS = (
     ("alloc_latency", "SUB_BITS", "SUB_BITS"),
     ("alloc_latency", "START_MAX", "DEFAULT_START_MAX"),
     ("who_calls", "MAX_SITES", "MAX_SITES"),
+    ("context", "SRC_PAGE", "SRC_PAGE"),
+    ("context", "CHARGED_NO", "CHARGED_NO"),
+    ("context", "CHARGED_YES", "CHARGED_YES"),
+    ("context", "CHARGED_UNKNOWN", "CHARGED_UNKNOWN"),
+    ("context", "STACK_ENTRIES", "DEFAULT_STACK_ENTRIES"),
+    ("context", "STACK_DEPTH", "DEFAULT_STACK_DEPTH"),
+    ("context", "SAMPLE_ENTRIES", "DEFAULT_SAMPLE_ENTRIES"),
+    ("context", "TAGS_MAX", "DEFAULT_TAGS_MAX"),
 )
 
 # (program, C prefix, C count define, C->Python mapping, Python tuple name)
@@ -91,6 +101,7 @@ INDEXES = (
     ("kmem_sites", "CNT_", "NR_COUNTERS", KMEM_COUNTERS, "COUNTERS"),
     ("oncpu", "CNT_", "NR_COUNTERS", ONCPU_COUNTERS, "COUNTERS"),
     ("alloc_latency", "STAT_", "NR_STATS", LATENCY_STATS, "STATS"),
+    ("context", "SRC_", "NR_SOURCES", CONTEXT_SOURCES, "SOURCES"),
 )
 
 # Map helpers BCC forces to be copied into each program that uses them (see the header).
