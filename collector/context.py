@@ -463,12 +463,16 @@ def build_payload(
         c = calls_estimate(g.sums, rate, conf)
         b = bytes_estimate(g.sums, rate, conf)
         bs = share(g.sums, everything, "bytes", conf)
+        charged: tuple[float | None, float | None, float | None, float | None] = (
+            None,
+            None,
+            None,
+            None,
+        )
         if g.charge_known and g.sums.hits:
             ch = share(g.charged, g.sums, "bytes", conf)
             chc = share(g.charged, g.sums, "calls", conf)
             charged = (ch.share, ch.ci_low, ch.ci_high, chc.share)
-        else:
-            charged = (None, None, None, None)
         live = _live_join(g, *after_idx, *before_idx) if after is not None else (None,) * 4
         site = g.where.site
         subsystem = classify(site, opts.subsystems) if site.file else "unknown"
