@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 
+from test_byte_sampling import _simulate
+
 from allocscope.collector.byte_sampling import WeightSums
 from allocscope.collector.context import (
     Epoch,
@@ -26,7 +28,6 @@ from allocscope.collector.payloads import ContextPayload
 from allocscope.collector.rollup import Filters
 from allocscope.probes.context import CHARGED_NO, CHARGED_YES, SRC_CACHE, SRC_KMALLOC, SRC_PAGE
 from allocscope.reports import context as report
-from tests.unit.test_byte_sampling import _simulate
 
 FUNCS = [
     "bpf_trace_run4",
