@@ -50,7 +50,9 @@ def test_exact_tags_and_estimated_calls_against_allocinfo(
     mem_profiling.write_text("1\n")
     mib = 32
     with private_tmpfs(f"{mib + 16}m") as d:
-        r = ctx.capture(ctx.Options(during=lambda: _keep_pages(d, mib), confidence=CONF))
+        # a fixed R of one page: the small xas_alloc tag (one 576-byte node per 64 pages,
+        # ~70 KiB here) gets points whatever the auto rate would pick under emulation
+        r = ctx.capture(ctx.Options(during=lambda: _keep_pages(d, mib), confidence=CONF, rate=4096))
         p = r.typed(ContextPayload)
     assert p.tag_mode == "exact-tag", p.notes
     assert p.allocinfo_source in ("text", "ioctl")
