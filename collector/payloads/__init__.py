@@ -21,6 +21,13 @@ from allocscope.collector.payloads.ab import (
     TogglePayload,
     ToggleWindowResult,
 )
+from allocscope.collector.payloads.context import (
+    ContextCaller,
+    ContextPayload,
+    ContextTag,
+    ContextTotals,
+    RateEpoch,
+)
 from allocscope.collector.payloads.lifespan import (
     Estimate,
     HistSlot,
@@ -49,7 +56,13 @@ from allocscope.collector.payloads.who_calls import (
 )
 
 Payload = (
-    WhoCallsPayload | OverheadPayload | TopLivePayload | AbPayload | TogglePayload | LifespanPayload
+    WhoCallsPayload
+    | OverheadPayload
+    | TopLivePayload
+    | AbPayload
+    | TogglePayload
+    | ContextPayload
+    | LifespanPayload
 )
 
 PAYLOADS: dict[str, type[Payload]] = {
@@ -60,6 +73,7 @@ PAYLOADS: dict[str, type[Payload]] = {
         TopLivePayload,
         AbPayload,
         TogglePayload,
+        ContextPayload,
         LifespanPayload,
     )
 }
@@ -150,6 +164,10 @@ __all__ = [
     "AllocinfoJoin",
     "CallerRow",
     "Comparison",
+    "ContextCaller",
+    "ContextPayload",
+    "ContextTag",
+    "ContextTotals",
     "ExactTiming",
     "FunctionRow",
     "HistBucket",
@@ -159,6 +177,7 @@ __all__ = [
     "OverheadPayload",
     "Payload",
     "PooledRow",
+    "RateEpoch",
     "ProfilingMemory",
     "ResultEnvelope",
     "SampleCounts",

@@ -80,6 +80,7 @@ VERBS = {
     "top --live": ["top", "--live", "60", "--workload", "tmpfs-write", "--no-frees"],
     "overhead": ["overhead", "-d", "60", "--workload", "tmpfs-write"],
     "leaks": ["leaks", "-d", "60", "--workload", "leak-pipes"],
+    "context": ["context", "-d", "60", "--workload", "tmpfs-write"],
 }
 HAS_OUTPUT = {"who-calls", "overhead"}
 
@@ -233,6 +234,7 @@ KIND_OF = {
     "top --live": "top-live",
     "overhead": "overhead",
     "leaks": "lifespan",
+    "context": "context",
 }
 VM_ONLY = {
     "ab-toggle": ("tests/vm/test_ab_toggle_vm.py", "tests/vm/test_ab_toggle_signals_vm.py"),

@@ -21,6 +21,10 @@ from allocscope.collector.payloads import (
     AllocinfoJoin,
     CallerRow,
     Comparison,
+    ContextCaller,
+    ContextPayload,
+    ContextTag,
+    ContextTotals,
     Estimate,
     ExactTiming,
     FunctionRow,
@@ -35,6 +39,7 @@ from allocscope.collector.payloads import (
     Payload,
     PooledRow,
     ProfilingMemory,
+    RateEpoch,
     SampleCounts,
     SampleEpoch,
     SiteBlock,
@@ -327,6 +332,77 @@ def _comparison() -> Comparison:
     )
 
 
+def _context() -> ContextPayload:
+    caller = ContextCaller(
+        caller="path_openat",
+        samples=40,
+        calls=1000.0,
+        calls_low=700.0,
+        calls_high=1400.0,
+        bytes=256000.0,
+        bytes_low=180000.0,
+        bytes_high=350000.0,
+        call_share=1.0,
+        call_share_low=0.91,
+        call_share_high=1.0,
+        byte_share=1.0,
+        byte_share_low=0.91,
+        byte_share_high=1.0,
+        charged_share=1.0,
+    )
+    tag = ContextTag(
+        tag="alloc_empty_file",
+        function="alloc_empty_file",
+        subsystem="unknown",
+        sources=("kmem_cache_alloc",),
+        match="call-site",
+        live_bytes=None,
+        live_calls=None,
+        samples=40,
+        calls=1000.0,
+        calls_low=700.0,
+        calls_high=1400.0,
+        bytes=256000.0,
+        bytes_low=180000.0,
+        bytes_high=350000.0,
+        calls_per_s=500.0,
+        bytes_per_s=128000.0,
+        byte_share=0.5,
+        byte_share_low=0.4,
+        byte_share_high=0.6,
+        charged_share=1.0,
+        charged_share_low=0.91,
+        charged_share_high=1.0,
+        callers=(caller,),
+        folded={"do_sys_openat2;path_openat;alloc_empty_file": 40},
+    )
+    return ContextPayload(
+        backend="raw_tracepoint",
+        tag_mode="call-site",
+        allocinfo_source=None,
+        charge_source="btf",
+        duration=2.0,
+        confidence=0.95,
+        rate_mode="auto",
+        rate=4096,
+        rate_epochs=(RateEpoch(rate=4096, seconds=2.0, events=2000, bytes=512000, hits=80),),
+        totals=ContextTotals(
+            events=2000,
+            bytes=512000,
+            calls_est=2000.0,
+            calls_est_low=1800.0,
+            calls_est_high=2200.0,
+            bytes_est=512000.0,
+            bytes_est_low=400000.0,
+            bytes_est_high=600000.0,
+        ),
+        tags=(tag,),
+        tags_total=2,
+        counters={"stack_err": 0, "hash_full": 0},
+        notes=("exact allocinfo tags not read",),
+    )
+
+
 def _est(v: float, lo: float, hi: float) -> Estimate:
     return Estimate(value=v, low=lo, high=hi)
 
@@ -382,6 +458,7 @@ def _lifespan() -> LifespanPayload:
 
 
 TYPED: dict[str, Callable[[], Payload]] = {
+    "context": _context,
     "lifespan": _lifespan,
     "who-calls": _who_calls,
     "overhead": _overhead,

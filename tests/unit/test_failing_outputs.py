@@ -142,11 +142,13 @@ LIVE: dict[str, Callable[[str, dict[str, str]], list[str]]] = {
         o,
     ],
     "overhead": lambda o, i: ["overhead", "-d", "1", "--workload", "open-close", "-o", o],
+    "context": lambda o, i: ["context", "-d", "1", "--workload", "open-close", "-o", o],
     "lifespan": lambda o, i: ["lifespan", "-d", "1", "--workload", "open-close", "-o", o],
     "leaks": lambda o, i: ["leaks", "-d", "1", "--workload", "leak-pipes", "-o", o],
 }
 KIND = {
     "who-calls": "who-calls",
+    "context": "context",
     "overhead": "overhead",
     "lifespan": "lifespan",
     "leaks": "lifespan",
