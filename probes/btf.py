@@ -16,7 +16,11 @@ The format (``include/uapi/linux/btf.h``)::
 Type ids start at 1 (0 is ``void``) in section order. Struct/union members are
 ``{name_off, type, offset}``; ``offset`` is a bit offset, except when the struct's
 ``kind_flag`` is set: then bits 0-23 are the bit offset and bits 24-31 the bitfield size.
-Only what member lookup needs is decoded; every other kind is skipped by its known size.
+Enum members are ``{name_off, s32 val}`` (ENUM64: ``{name_off, val_lo32, val_hi32}``); their
+names are global in C, so they are kept in one table (:meth:`BTF.enum_value`): that is how a
+probe learns a bit number such as ``___GFP_ACCOUNT_BIT`` from the running kernel.
+Only what member and enumerator lookup need is decoded; every other kind is skipped by its
+known size.
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ class BTF:
     types: list[BTFType | None]  # index = type id; [0] is void (None)
     by_name: dict[str, list[int]] = field(default_factory=dict)
     typedefs: dict[str, int] = field(default_factory=dict)
+    enumerators: dict[str, int] = field(default_factory=dict)  # first definition wins
 
     @classmethod
     def parse(cls, data: bytes) -> BTF:
@@ -140,6 +145,7 @@ class BTF:
         types: list[BTFType | None] = [None]
         by_name: dict[str, list[int]] = {}
         typedefs: dict[str, int] = {}
+        enumerators: dict[str, int] = {}
         pos = hdr_len + type_off
         end = pos + type_len
         unpack3 = struct.Struct(e + "III").unpack_from
@@ -173,6 +179,20 @@ class BTF:
                     else:
                         ms.append(Member(name_at(m_name), m_type, m_off))
                 members = tuple(ms)
+            if kind == KIND_ENUM:
+                signed = kind_flag
+                for i in range(vlen):
+                    e_name, e_val = unpack2(data, pos + 8 * i)
+                    if signed and e_val >= 1 << 31:
+                        e_val -= 1 << 32
+                    enumerators.setdefault(name_at(e_name), e_val)
+            elif kind == KIND_ENUM64:
+                for i in range(vlen):
+                    e_name, lo, hi = unpack3(data, pos + 12 * i)
+                    v = (hi << 32) | lo
+                    if kind_flag and v >= 1 << 63:
+                        v -= 1 << 64
+                    enumerators.setdefault(name_at(e_name), v)
             name = name_at(name_off)
             type_id = len(types)
             types.append(BTFType(type_id, kind, name, size_or_type, members))
@@ -181,7 +201,7 @@ class BTF:
             elif name and kind == KIND_TYPEDEF:
                 typedefs.setdefault(name, type_id)
             pos = tail_end
-        return cls(types, by_name, typedefs)
+        return cls(types, by_name, typedefs, enumerators)
 
     @classmethod
     def load(cls, path: str = VMLINUX_BTF) -> BTF:
@@ -245,6 +265,10 @@ class BTF:
         if m.bitfield_size or m.bit_offset % 8:
             raise BTFError(f"{struct_name}.{path} is a bitfield; it has no byte offset")
         return m.offset
+
+    def enum_value(self, name: str) -> int | None:
+        """The value of enumerator ``name`` (e.g. ``___GFP_ACCOUNT_BIT``), None if absent."""
+        return self.enumerators.get(name)
 
     def type_size(self, type_id: int) -> int:
         """Byte size of a sized type (int, struct, union, enum, pointer)."""
@@ -334,3 +358,45 @@ def kmem_cache_offsets() -> dict[str, int] | None:
         }
     except BTFError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeLayout:
+    """What a probe needs to tell a memcg-charged allocation, from the running kernel's BTF.
+
+    ``gfp_account`` is the ``__GFP_ACCOUNT`` mask (``1 << ___GFP_ACCOUNT_BIT``: the anonymous
+    enum of include/linux/gfp_types.h, v6.9+). ``slab_account`` is ``SLAB_ACCOUNT``
+    (``1 << _SLAB_ACCOUNT``, ``enum _slab_flag_bits`` of include/linux/slab.h, v6.10+) and
+    ``cache_flags_off`` the byte offset of ``kmem_cache.flags`` (``slab_flags_t``, 32 bits
+    wide since v6.10). A kmem_cache_alloc is charged when its gfp has ``__GFP_ACCOUNT`` or
+    its cache ``SLAB_ACCOUNT`` (mm/slub.c memcg_slab_post_alloc_hook); kmalloc and pages need
+    ``__GFP_ACCOUNT``. Any field is None when BTF does not say.
+    """
+
+    gfp_account: int | None
+    slab_account: int | None
+    cache_flags_off: int | None
+    cache_flags_size: int | None
+
+
+def charge_layout(btf: BTF | None = None) -> ChargeLayout:
+    """The running kernel's :class:`ChargeLayout` (all None without BTF)."""
+    b = btf if btf is not None else vmlinux()
+    if b is None:
+        return ChargeLayout(None, None, None, None)
+    gfp_bit = b.enum_value("___GFP_ACCOUNT_BIT")
+    slab_bit = b.enum_value("_SLAB_ACCOUNT")
+    off: int | None = None
+    size: int | None = None
+    try:
+        m = b.member("kmem_cache", "flags")
+        if not m.bitfield_size and m.bit_offset % 8 == 0:
+            off, size = m.offset, b.type_size(m.type_id)
+    except BTFError:
+        pass
+    return ChargeLayout(
+        None if gfp_bit is None or not 0 <= gfp_bit < 64 else 1 << gfp_bit,
+        None if slab_bit is None or not 0 <= slab_bit < 64 else 1 << slab_bit,
+        off,
+        size,
+    )

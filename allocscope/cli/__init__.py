@@ -25,6 +25,11 @@ VERBS: tuple[tuple[str, str, str], ...] = (
     ("snapshot", "snapshot", "save allocinfo plus host metadata as one Parquet file"),
     ("diff", "diff", "per-site change between two allocinfo reads or snapshots"),
     ("who-calls", "who_calls", "who calls an allocation site (live, sampled)"),
+    (
+        "context",
+        "context",
+        "every allocation tag: rates, memcg charge, callers (live, byte-sampled)",
+    ),
     ("overhead", "overhead", "CPU cost of the allocators (and of allocation profiling) here"),
     ("ab", "ab", "compare allocator CPU cost: pilot vs control hosts, or profiling on vs off"),
     ("collect", "collect", "agent: snapshot allocinfo + host metadata into a store"),

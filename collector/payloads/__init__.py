@@ -20,6 +20,13 @@ from allocscope.collector.payloads.ab import (
     TogglePayload,
     ToggleWindowResult,
 )
+from allocscope.collector.payloads.context import (
+    ContextCaller,
+    ContextPayload,
+    ContextTag,
+    ContextTotals,
+    RateEpoch,
+)
 from allocscope.collector.payloads.overhead import (
     ExactTiming,
     FunctionRow,
@@ -40,10 +47,20 @@ from allocscope.collector.payloads.who_calls import (
     WhoCallsPayload,
 )
 
-Payload = WhoCallsPayload | OverheadPayload | TopLivePayload | AbPayload | TogglePayload
+Payload = (
+    WhoCallsPayload | OverheadPayload | TopLivePayload | AbPayload | TogglePayload | ContextPayload
+)
 
 PAYLOADS: dict[str, type[Payload]] = {
-    t.KIND: t for t in (WhoCallsPayload, OverheadPayload, TopLivePayload, AbPayload, TogglePayload)
+    t.KIND: t
+    for t in (
+        WhoCallsPayload,
+        OverheadPayload,
+        TopLivePayload,
+        AbPayload,
+        TogglePayload,
+        ContextPayload,
+    )
 }
 
 
@@ -127,6 +144,10 @@ __all__ = [
     "AllocinfoJoin",
     "CallerRow",
     "Comparison",
+    "ContextCaller",
+    "ContextPayload",
+    "ContextTag",
+    "ContextTotals",
     "ExactTiming",
     "FunctionRow",
     "HistBucket",
@@ -135,6 +156,7 @@ __all__ = [
     "OverheadPayload",
     "Payload",
     "PooledRow",
+    "RateEpoch",
     "ProfilingMemory",
     "ResultEnvelope",
     "SampleCounts",
