@@ -10,6 +10,10 @@ The kernel paths they exercise, on Linux 6.x:
 * ``tmpfs-write``: writes into a file on a private tmpfs. Each new page goes through
   ``shmem_add_to_page_cache`` -> ``xas_store`` -> ``xas_create`` -> ``xas_alloc`` (xarray nodes)
   and ``shmem_alloc_folio`` -> page allocator.
+* ``leak-pipes``: a planted leak for ``allocscope leaks``: opens :data:`LEAK_PIPES` pipes and
+  writes one byte into each, then holds them while churning ``open-close``. Each held pipe
+  keeps one page from ``(anon_)pipe_write`` (plus its pipe_inode_info, pipe_buffer array,
+  inode, dentry and two files); the churned ``struct file``s live a few microseconds.
 """
 
 from __future__ import annotations
@@ -100,6 +104,45 @@ def tmpfs_write(mib: int, directory: str | None = None, chunk: int = 1 << 20) ->
     return written
 
 
+LEAK_PIPES = 2048  # leak-pipes: pipes held (two fds each)
+
+
+def hold_pipes(n: int) -> list[tuple[int, int]]:
+    """Open ``n`` pipes, one byte written into each (one page each), and return their fds.
+
+    Raises the soft RLIMIT_NOFILE to the hard limit when ``2 n`` fds need it.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * n + 64
+    if soft != resource.RLIM_INFINITY and soft < want:
+        top = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+    held = []
+    for _ in range(n):
+        r, w = os.pipe()
+        os.write(w, b"x")
+        held.append((r, w))
+    return held
+
+
+def leak_pipes(n: int, seconds: float, path: str = "/etc/hostname") -> int:
+    """Hold ``n`` pipes (one page each) and churn open/close of ``path`` for ``seconds``;
+    returns the churned ops. The pipes are closed when it returns."""
+    held = hold_pipes(n)
+    try:
+        end = time.monotonic() + seconds
+        ops = 0
+        while time.monotonic() < end:
+            ops += open_close(500, path)
+        return ops
+    finally:
+        for r, w in held:
+            os.close(r)
+            os.close(w)
+
+
 WORKLOADS: dict[str, Callable[[float], int]] = {}
 
 
@@ -133,8 +176,14 @@ def _tmpfs_write_for(seconds: float) -> int:
     return mib
 
 
+def _leak_pipes_for(seconds: float) -> int:
+    _ready()
+    return leak_pipes(LEAK_PIPES, seconds)
+
+
 WORKLOADS["open-close"] = _open_close_for
 WORKLOADS["tmpfs-write"] = _tmpfs_write_for
+WORKLOADS["leak-pipes"] = _leak_pipes_for
 
 
 _PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h

@@ -30,6 +30,8 @@ VERBS: tuple[tuple[str, str, str], ...] = (
         "context",
         "every allocation tag: rates, memcg charge, callers (live, byte-sampled)",
     ),
+    ("lifespan", "lifespan", "how long allocations live, per site and caller (live, sampled)"),
+    ("leaks", "leaks", "outstanding kernel allocations older than T (sampled memleak)"),
     ("overhead", "overhead", "CPU cost of the allocators (and of allocation profiling) here"),
     ("ab", "ab", "compare allocator CPU cost: pilot vs control hosts, or profiling on vs off"),
     ("collect", "collect", "agent: snapshot allocinfo + host metadata into a store"),

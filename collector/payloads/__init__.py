@@ -27,6 +27,13 @@ from allocscope.collector.payloads.context import (
     ContextTotals,
     RateEpoch,
 )
+from allocscope.collector.payloads.lifespan import (
+    Estimate,
+    HistSlot,
+    LifespanPayload,
+    LifespanRow,
+    LifespanStats,
+)
 from allocscope.collector.payloads.overhead import (
     ExactTiming,
     FunctionRow,
@@ -48,7 +55,13 @@ from allocscope.collector.payloads.who_calls import (
 )
 
 Payload = (
-    WhoCallsPayload | OverheadPayload | TopLivePayload | AbPayload | TogglePayload | ContextPayload
+    WhoCallsPayload
+    | OverheadPayload
+    | TopLivePayload
+    | AbPayload
+    | TogglePayload
+    | ContextPayload
+    | LifespanPayload
 )
 
 PAYLOADS: dict[str, type[Payload]] = {
@@ -60,6 +73,7 @@ PAYLOADS: dict[str, type[Payload]] = {
         AbPayload,
         TogglePayload,
         ContextPayload,
+        LifespanPayload,
     )
 }
 
@@ -138,6 +152,11 @@ def markdown() -> str:
 
 
 __all__ = [
+    "LifespanStats",
+    "LifespanRow",
+    "LifespanPayload",
+    "HistSlot",
+    "Estimate",
     "PAYLOADS",
     "AbPayload",
     "AllocCounts",

@@ -52,6 +52,7 @@ VERBS = {
     "who-calls": ["who-calls", "xas_alloc", "-d", "60", "--workload", "tmpfs-write"],
     "top --live": ["top", "--live", "60", "--workload", "tmpfs-write", "--no-frees"],
     "overhead": ["overhead", "-d", "60", "--workload", "tmpfs-write"],
+    "leaks": ["leaks", "-d", "60", "--workload", "leak-pipes"],
 }
 
 
@@ -131,6 +132,8 @@ def test_interrupt_exit_codes_and_no_child_traceback(sig: int, code: int) -> Non
         (["top", "--live", "0"], "must be positive"),
         (["who-calls", "xas_alloc", "-p", "999999999"], "no such process"),
         (["overhead", "-p", "999999999"], "no such process"),
+        (["leaks", "-d", "0"], "must be positive"),
+        (["lifespan", "-p", "999999999"], "no such process"),
         (["collect", "--store", "/tmp/x", "--count", "0"], "must be 1 or more"),
         (["collect", "--store", "/tmp/x", "--count", "-3"], "must be 0 or more"),
         (["collect", "--store", "/tmp/x", "--spool-max", "-1"], "must be 0 or more"),
@@ -144,7 +147,12 @@ def test_bad_windows_pids_and_counts_are_usage_errors(args: list[str], message: 
 
 # Result kind of each capture above; ab --toggle needs a writable vm.mem_profiling (absent on
 # this host), so tests/vm/test_ab_toggle_vm.py interrupts it inside the profiling guests.
-KIND_OF = {"who-calls": "who-calls", "top --live": "top-live", "overhead": "overhead"}
+KIND_OF = {
+    "who-calls": "who-calls",
+    "top --live": "top-live",
+    "overhead": "overhead",
+    "leaks": "lifespan",
+}
 VM_ONLY = {"ab-toggle": "tests/vm/test_ab_toggle_vm.py"}
 
 

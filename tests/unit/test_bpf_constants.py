@@ -35,6 +35,7 @@ CANDIDATES = {
     "oncpu": ("allocscope.probes.oncpu",),
     "alloc_latency": ("allocscope.probes.alloc_latency",),
     "who_calls": ("allocscope.probes.who_calls",),
+    "lifespan": ("allocscope.probes.lifespan",),
 }
 
 # C index name -> the Python name at that index.
@@ -68,6 +69,19 @@ ONCPU_COUNTERS = {
     "CNT_PAGE_ALLOC": "mm_page_alloc",
     "CNT_PAGES": "pages",
 }
+LIFESPAN_COUNTERS = {
+    "CNT_ALLOC": "alloc_events",
+    "CNT_ALLOC_KEPT": "alloc_kept",
+    "CNT_TRACKED": "tracked",
+    "CNT_FREE": "free_events",
+    "CNT_FREE_FILTERED": "free_filtered",
+    "CNT_FREE_MATCHED": "free_matched",
+    "CNT_MISSED_FREE": "missed_free",
+    "CNT_TRACK_FULL": "track_full",
+    "CNT_LIVES_FULL": "lives_full",
+    "CNT_STACK_FAIL": "stack_fail",
+    "CNT_ADDR_SUMS_FULL": "addr_sums_full",
+}
 LATENCY_STATS = {"STAT_CALLS": "calls", "STAT_NS": "total_ns"}
 
 # (program, C define, Python name): scalar settings whose C default must equal Python's.
@@ -83,6 +97,15 @@ SCALARS = (
     ("alloc_latency", "SUB_BITS", "SUB_BITS"),
     ("alloc_latency", "START_MAX", "DEFAULT_START_MAX"),
     ("who_calls", "MAX_SITES", "MAX_SITES"),
+    ("lifespan", "SRC_PAGE", "SRC_PAGE"),
+    ("lifespan", "SAMPLE_RATE", "DEFAULT_SAMPLE_RATE"),
+    ("lifespan", "ADDR_SHIFT", "DEFAULT_ADDR_SHIFT"),
+    ("lifespan", "TRACK_MAX", "DEFAULT_TRACK_MAX"),
+    ("lifespan", "LIVES_MAX", "DEFAULT_LIVES_MAX"),
+    ("lifespan", "ADDR_SUMS_MAX", "DEFAULT_ADDR_SUMS_MAX"),
+    ("lifespan", "STACK_ENTRIES", "DEFAULT_STACK_ENTRIES"),
+    ("lifespan", "NR_SLOTS", "NR_SLOTS"),
+    ("lifespan", "LIFE_SHIFT", "LIFE_SHIFT"),
 )
 
 # (program, C prefix, C count define, C->Python mapping, Python tuple name)
@@ -91,11 +114,13 @@ INDEXES = (
     ("kmem_sites", "CNT_", "NR_COUNTERS", KMEM_COUNTERS, "COUNTERS"),
     ("oncpu", "CNT_", "NR_COUNTERS", ONCPU_COUNTERS, "COUNTERS"),
     ("alloc_latency", "STAT_", "NR_STATS", LATENCY_STATS, "STATS"),
+    ("lifespan", "SRC_", "NR_SOURCES", KMEM_SOURCES, "SOURCES"),
+    ("lifespan", "CNT_", "NR_COUNTERS", LIFESPAN_COUNTERS, "COUNTERS"),
 )
 
 # Map helpers BCC forces to be copied into each program that uses them (see the header).
 HELPER_COPIES = {
-    "allocscope_count": ("kmem_sites", "oncpu"),
+    "allocscope_count": ("kmem_sites", "oncpu", "lifespan"),
     "allocscope_wanted": ("oncpu", "alloc_latency"),
 }
 

@@ -24,9 +24,14 @@ from allocscope.collector.payloads import (
     ContextPayload,
     ContextTag,
     ContextTotals,
+    Estimate,
     ExactTiming,
     FunctionRow,
     HistBucket,
+    HistSlot,
+    LifespanPayload,
+    LifespanRow,
+    LifespanStats,
     LiveSiteRow,
     OtherRow,
     OverheadPayload,
@@ -393,11 +398,63 @@ def _context() -> ContextPayload:
         tags_total=2,
         counters={"stack_err": 0, "hash_full": 0},
         notes=("exact allocinfo tags not read",),
+def _est(v: float, lo: float, hi: float) -> Estimate:
+    return Estimate(value=v, low=lo, high=hi)
+
+
+def _lifespan() -> LifespanPayload:
+    return LifespanPayload(
+        view="leaks",
+        backend="raw_tracepoint",
+        tag_mode="call-site",
+        sample_rate=4096,
+        addr_shift=5,
+        confidence=0.95,
+        older_than_ns=1_000_000_000,
+        window_ns=5_000_000_000,
+        sampled=3,
+        freed_sampled=1,
+        live_sampled=2,
+        missed_frees=0,
+        counters={"alloc_events": 100},
+        traced_frees=("kfree",),
+        untraced_frees=("kmem_cache_free_bulk",),
+        rows=(
+            LifespanRow(
+                site="alloc_empty_file",
+                source="kmem_cache_alloc",
+                caller="alloc_file_pseudo",
+                sampled=3,
+                freed_sampled=1,
+                live_sampled=2,
+                missed_frees=0,
+                allocated_calls=_est(96.0, 40.0, 200.0),
+                allocated_bytes=_est(24576.0, 10000.0, 50000.0),
+                freed_calls=_est(32.0, 5.0, 90.0),
+                live_calls=_est(64.0, 20.0, 150.0),
+                live_bytes=_est(16384.0, 5000.0, 40000.0),
+                old_calls=_est(64.0, 20.0, 150.0),
+                old_bytes=_est(16384.0, 5000.0, 40000.0),
+                lifespan=LifespanStats(
+                    n_eff=1.0,
+                    mean_ns=_est(1500.0, 1024.0, 2048.0),
+                    p50_ns=_est(1500.0, 1024.0, 2048.0),
+                    p90_ns=_est(1500.0, 1024.0, 2048.0),
+                    p99_ns=_est(1500.0, 1024.0, 2048.0),
+                ),
+                lifespan_hist=(HistSlot(low_ns=1024, high_ns=2048, sampled=1, calls=32.0),),
+                age_hist=(
+                    HistSlot(low_ns=1 << 31, high_ns=1 << 32, sampled=2, calls=64.0, bytes=1.0),
+                ),
+                stacks={"do_syscall_64;alloc_file_pseudo": 2},
+            ),
+        ),
     )
 
 
 TYPED = {
     "context": _context,
+    "lifespan": _lifespan,
     "who-calls": _who_calls,
     "overhead": _overhead,
     "top-live": lambda: TopLivePayload(

@@ -34,7 +34,12 @@ from allocscope.cli import VERBS
 # may succeed, but never with a traceback or a raw control character on the terminal.
 MAY_PARSE = {"non-utf8", "control-chars", "negative"}
 
-NO_INPUT = {"doctor": "reads only the running kernel", "overhead": "reads only the kernel"}
+NO_INPUT = {
+    "doctor": "reads only the running kernel",
+    "overhead": "reads only the kernel",
+    "lifespan": "reads only the kernel (kmem tracepoints)",
+    "leaks": "reads only the kernel (kmem tracepoints)",
+}
 
 GOOD_ALLOCINFO = (
     "allocinfo - version: 1.0\n"
