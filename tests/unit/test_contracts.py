@@ -398,6 +398,9 @@ def _context() -> ContextPayload:
         tags_total=2,
         counters={"stack_err": 0, "hash_full": 0},
         notes=("exact allocinfo tags not read",),
+    )
+
+
 def _est(v: float, lo: float, hi: float) -> Estimate:
     return Estimate(value=v, low=lo, high=hi)
 
