@@ -224,7 +224,7 @@ def _slot(ns: int) -> int:
 
 
 def _est(e: byte_sampling.Estimate) -> Estimate:
-    return Estimate(value=e.value, low=e.low, high=e.high)
+    return Estimate(value=e.value, low=e.low, high=e.high, var=e.var)
 
 
 def _iv(e: lifespan_stats.Interval) -> Estimate:
@@ -348,6 +348,7 @@ def build_payload(
                         high_ns=lifespan_stats.slot_bounds(i)[1],
                         sampled=n,
                         calls=r.hist_w[i] / _FRAC,
+                        calls_var=r.hist_w2[i] / _FRAC,
                     )
                     for i, n in enumerate(r.hist_n)
                     if n

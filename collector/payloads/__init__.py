@@ -26,6 +26,7 @@ from allocscope.collector.payloads.context import (
     ContextTag,
     ContextTotals,
     RateEpoch,
+    SampleSums,
 )
 from allocscope.collector.payloads.lifespan import (
     Estimate,
@@ -176,6 +177,7 @@ __all__ = [
     "Payload",
     "PooledRow",
     "RateEpoch",
+    "SampleSums",
     "ProfilingMemory",
     "ResultEnvelope",
     "SampleCounts",

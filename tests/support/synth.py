@@ -313,6 +313,14 @@ def results(spec: FleetSpec) -> list[Result]:
                 },
             )
         )
+    from support.synth_context import context_result, lifespan_result
+
+    for h in range(spec.hosts):  # two agent-like intervals of context and lifespan per host
+        host = host_metadata(h, int(reboots(h)), spec)
+        for k in range(2):
+            t = last + 1800 + 300 * k + h
+            out.append(context_result(h, host, t, 60.0))
+            out.append(lifespan_result(h, host, t + 60, 60.0))
     return out
 
 
