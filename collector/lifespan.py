@@ -454,9 +454,11 @@ def capture_raw(
     settings: Sequence[LifespanSettings],
     *,
     on_start: Callable[[], object] | None = None,
+    done: Callable[[], bool] | None = None,
 ) -> list[RawLifespan]:
     """One window inside an entered :class:`Capture`, one probe per settings (a census
-    beside the default sample sees the same events); the fleet agent calls this per interval."""
+    beside the default sample sees the same events); the fleet agent calls this per interval
+    (``done``: its stop request ends the window early)."""
     probes: list[tuple[Probe, LifespanSettings, str]] = []
     for s in settings:
         p = cap.hold(Probe(probe_lifespan.PROGRAM, s.defines()))
@@ -466,7 +468,7 @@ def capture_raw(
         attached.append((p, s, probe_lifespan.attach_all(p)))
     start_ns = probe_lifespan.now_ns()
     with cap.window(on_start=on_start) as w:
-        cap.wait(w)
+        cap.wait(w, done=done)
     for p, _s, _b in attached:
         p.detach()
     end_ns = probe_lifespan.now_ns()
