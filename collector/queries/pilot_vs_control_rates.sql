@@ -57,5 +57,6 @@ SELECT tag, n_a, n_b, rate_a, rate_b, se_a, se_b, ratio,
        (va + vb) * (va + vb)
          / NULLIF(va * va / NULLIF(n_a - 1, 0) + vb * vb / NULLIF(n_b - 1, 0), 0) AS df
 FROM joined
-ORDER BY ABS((rate_a - rate_b) / SQRT(NULLIF(va + vb, 0))) DESC NULLS LAST, tag
+-- rounded: ties (equal spreads) must not be broken by float noise differently per engine
+ORDER BY ROUND(ABS((rate_a - rate_b) / SQRT(NULLIF(va + vb, 0))), 6) DESC NULLS LAST, tag
 LIMIT ${limit}
