@@ -114,7 +114,9 @@ def lifespan_result(h: int, host: HostMetadata, start: float, duration: float) -
             life_sum += w.calls_w * ((3 << slot) // 2 >> 6)
         freed = points(n, 128)
         lives.append(
-            LifeEntry(key, freed, n, 0, 0, 0, life_sum, tuple(hist_n), tuple(hist_w), tuple(hist_w2))
+            LifeEntry(
+                key, freed, n, 0, 0, 0, life_sum, tuple(hist_n), tuple(hist_w), tuple(hist_w2)
+            )
         )
         leaked = 2 + h if k == 0 else 1  # caller_one keeps old objects
         for m in range(leaked):
