@@ -55,6 +55,7 @@ from allocscope.collector.rollup import GROUP_BY, Filters, classify, group_key
 from allocscope.collector.site import Site, canonical_function
 from allocscope.collector.subsystem import SubsystemMap
 from allocscope.errors import AllocscopeError
+from allocscope.probes.context import CHARGED_UNKNOWN, CHARGED_YES, SOURCES, SRC_PAGE
 
 # Cost of one sample point's slow path (stack walk ~1.5-2 us + hash update, measured on the
 # development VM, see docs/benchmarks.md); the budget is divided by it.
@@ -64,9 +65,6 @@ START_RATE = 256 * 1024  # R before the first measurement: ~1 point per 256 KiB
 ADJUST_SECONDS = 0.5
 FIRST_ADJUST_SECONDS = 0.1  # the first measurement replaces START_RATE quickly
 MEM_PROFILING = "/proc/sys/vm/mem_profiling"
-SOURCES = ("kmalloc", "kmem_cache_alloc", "page")  # probes/context.py SOURCES
-SRC_PAGE = 2
-CHARGED_YES, CHARGED_UNKNOWN = 1, 2
 
 # Frames that are the page allocator (or the probe): a page allocation's site is the first
 # frame past them. kmalloc's large path allocates pages too; those pages are already counted
@@ -474,12 +472,16 @@ def build_payload(
         c = calls_estimate(g.sums, rate, conf)
         b = bytes_estimate(g.sums, rate, conf)
         bs = share(g.sums, everything, "bytes", conf)
+        charged: tuple[float | None, float | None, float | None, float | None] = (
+            None,
+            None,
+            None,
+            None,
+        )
         if g.charge_known and g.sums.hits:
             ch = share(g.charged, g.sums, "bytes", conf)
             chc = share(g.charged, g.sums, "calls", conf)
             charged = (ch.share, ch.ci_low, ch.ci_high, chc.share)
-        else:
-            charged = (None, None, None, None)
         live = _live_join(g, *after_idx, *before_idx) if after is not None else (None,) * 4
         site = g.where.site
         subsystem = classify(site, opts.subsystems) if site.file else "unknown"

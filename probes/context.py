@@ -12,6 +12,7 @@ and reads the maps into dataclasses. Symbolising, attributing and estimating liv
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -184,7 +185,7 @@ def open_probe(
     headers = resolve_headers()
     read_tag = settings.read_tag and headers.matches
     if read_tag != settings.read_tag:
-        settings = ContextSettings(**{**_fields(settings), "read_tag": read_tag})
+        settings = dataclasses.replace(settings, read_tag=read_tag)
     defines, hooks, charge_source = settings.defines()
     probe = Probe(PROGRAM, defines, headers=headers)
     try:
@@ -203,10 +204,6 @@ def open_probe(
     backend = "+".join(dict.fromkeys(h.backend for h in hooks))
     log(f"context: hooks {', '.join(h.target for h in hooks)} ({backend})")
     return OpenProbe(probe, hooks, backend, read_tag, charge_source, settings)
-
-
-def _fields(s: ContextSettings) -> dict[str, object]:
-    return {k: getattr(s, k) for k in s.__slots__}  # type: ignore[attr-defined]
 
 
 def reset(probe: Probe) -> None:

@@ -174,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
     from allocscope.collector.subsystem import SubsystemMap
     from allocscope.reports import context as report
 
+    # first: a bad rules file is named before anything else is checked or compiled
+    subsystems = SubsystemMap.load(args.subsystems) if args.subsystems else None
     if not 0.0 < args.confidence < 1.0:
         raise AllocscopeError("context: --confidence must be in (0, 1)")
     if args.callers < 0:
@@ -197,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         by=args.by,
         limit=args.top if args.top is not None else (20 if table_mode else None),
         min_bytes=args.min_bytes,
-        subsystems=SubsystemMap.load(args.subsystems) if args.subsystems else None,
+        subsystems=subsystems,
         pages=args.pages,
         skip=args.skip,
     )

@@ -53,6 +53,7 @@ VERBS = {
     "top --live": ["top", "--live", "60", "--workload", "tmpfs-write", "--no-frees"],
     "overhead": ["overhead", "-d", "60", "--workload", "tmpfs-write"],
     "leaks": ["leaks", "-d", "60", "--workload", "leak-pipes"],
+    "context": ["context", "-d", "60", "--workload", "tmpfs-write"],
 }
 
 
@@ -152,6 +153,7 @@ KIND_OF = {
     "top --live": "top-live",
     "overhead": "overhead",
     "leaks": "lifespan",
+    "context": "context",
 }
 VM_ONLY = {"ab-toggle": "tests/vm/test_ab_toggle_vm.py"}
 

@@ -36,6 +36,7 @@ CANDIDATES = {
     "alloc_latency": ("allocscope.probes.alloc_latency",),
     "who_calls": ("allocscope.probes.who_calls",),
     "lifespan": ("allocscope.probes.lifespan",),
+    "context": ("allocscope.probes.context",),
 }
 
 # C index name -> the Python name at that index.
@@ -82,6 +83,7 @@ LIFESPAN_COUNTERS = {
     "CNT_STACK_FAIL": "stack_fail",
     "CNT_ADDR_SUMS_FULL": "addr_sums_full",
 }
+CONTEXT_SOURCES = {"SRC_KMALLOC": "kmalloc", "SRC_CACHE": "kmem_cache_alloc", "SRC_PAGE": "page"}
 LATENCY_STATS = {"STAT_CALLS": "calls", "STAT_NS": "total_ns"}
 
 # (program, C define, Python name): scalar settings whose C default must equal Python's.
@@ -106,6 +108,14 @@ SCALARS = (
     ("lifespan", "STACK_ENTRIES", "DEFAULT_STACK_ENTRIES"),
     ("lifespan", "NR_SLOTS", "NR_SLOTS"),
     ("lifespan", "LIFE_SHIFT", "LIFE_SHIFT"),
+    ("context", "SRC_PAGE", "SRC_PAGE"),
+    ("context", "CHARGED_NO", "CHARGED_NO"),
+    ("context", "CHARGED_YES", "CHARGED_YES"),
+    ("context", "CHARGED_UNKNOWN", "CHARGED_UNKNOWN"),
+    ("context", "STACK_ENTRIES", "DEFAULT_STACK_ENTRIES"),
+    ("context", "STACK_DEPTH", "DEFAULT_STACK_DEPTH"),
+    ("context", "SAMPLE_ENTRIES", "DEFAULT_SAMPLE_ENTRIES"),
+    ("context", "TAGS_MAX", "DEFAULT_TAGS_MAX"),
 )
 
 # (program, C prefix, C count define, C->Python mapping, Python tuple name)
@@ -116,6 +126,7 @@ INDEXES = (
     ("alloc_latency", "STAT_", "NR_STATS", LATENCY_STATS, "STATS"),
     ("lifespan", "SRC_", "NR_SOURCES", KMEM_SOURCES, "SOURCES"),
     ("lifespan", "CNT_", "NR_COUNTERS", LIFESPAN_COUNTERS, "COUNTERS"),
+    ("context", "SRC_", "NR_SOURCES", CONTEXT_SOURCES, "SOURCES"),
 )
 
 # Map helpers BCC forces to be copied into each program that uses them (see the header).

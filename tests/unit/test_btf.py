@@ -266,3 +266,43 @@ def test_raw_tracepoint_args_vmlinux(vmlinux: BTF) -> None:
     assert args is not None and len(args) >= 2 and args[1].endswith("*")
     page = vmlinux.raw_tracepoint_args("mm_page_alloc")
     assert page is not None and page[0] == "struct page *"
+
+
+def test_enumerators_synthetic() -> None:
+    """ENUM (signed and unsigned) and ENUM64 values are kept by name, first one wins."""
+    b = BlobBuilder()
+    tail = struct.pack("<Ii", b.s("___GFP_ACCOUNT_BIT"), 22) + struct.pack("<Ii", b.s("NEG"), -3)
+    b.add(KIND_ENUM, "", 4, 2, True, tail)
+    b.add(KIND_ENUM, "_slab_flag_bits", 4, 1, False, struct.pack("<II", b.s("_SLAB_ACCOUNT"), 13))
+    b.add(KIND_ENUM, "", 4, 1, False, struct.pack("<II", b.s("_SLAB_ACCOUNT"), 99))
+    b.add(btfmod.KIND_ENUM64, "big", 8, 1, False, struct.pack("<III", b.s("BIG"), 1, 2))
+    t = BTF.parse(b.blob())
+    assert t.enum_value("___GFP_ACCOUNT_BIT") == 22
+    assert t.enum_value("NEG") == -3
+    assert t.enum_value("_SLAB_ACCOUNT") == 13  # the first definition
+    assert t.enum_value("BIG") == (2 << 32) | 1
+    assert t.enum_value("nope") is None
+    layout = btfmod.charge_layout(t)
+    assert layout.gfp_account == 1 << 22 and layout.slab_account == 1 << 13
+    assert layout.cache_flags_off is None  # no struct kmem_cache in this blob
+
+
+def test_gfp_account_matches_the_tracepoint_format(vmlinux: BTF) -> None:
+    """__GFP_ACCOUNT from BTF is the bit the kernel's own kmalloc format prints by that name."""
+    from allocscope.probes import tracefs
+
+    root = tracefs.mount_point()
+    if root is None:
+        pytest.skip("tracefs not mounted")
+    with open(f"{root}/events/kmem/kmalloc/format") as f:
+        fmt = f.read()
+    m = re.search(r"<< \((\d+)\)\)\), \"__GFP_ACCOUNT\"", fmt)
+    if m is None:
+        pytest.skip("this kernel's kmalloc format does not name __GFP_ACCOUNT")
+    layout = btfmod.charge_layout(vmlinux)
+    if layout.gfp_account is None:
+        pytest.skip("BTF has no ___GFP_ACCOUNT_BIT (kernel < 6.9)")
+    assert layout.gfp_account == 1 << int(m[1])
+    ks = vmlinux.struct("kmem_cache")
+    assert layout.cache_flags_off is not None and layout.cache_flags_size in (4, 8)
+    assert 0 <= layout.cache_flags_off < ks.size_or_type
