@@ -11,9 +11,10 @@ The kernel paths they exercise, on Linux 6.x:
   ``shmem_add_to_page_cache`` -> ``xas_store`` -> ``xas_create`` -> ``xas_alloc`` (xarray nodes)
   and ``shmem_alloc_folio`` -> page allocator.
 * ``leak-pipes``: a planted leak for ``allocscope leaks``: opens :data:`LEAK_PIPES` pipes and
-  writes one byte into each, then holds them while churning ``open-close``. Each held pipe
-  keeps one page from ``(anon_)pipe_write`` (plus its pipe_inode_info, pipe_buffer array,
-  inode, dentry and two files); the churned ``struct file``s live a few microseconds.
+  writes one byte into each, then holds them while churning opens and closes in batches of
+  64. Each held pipe keeps one page from ``(anon_)pipe_write`` (plus its pipe_inode_info,
+  pipe_buffer array, inode, dentry and two files); the churned ``struct file``s live a few
+  microseconds.
 """
 
 from __future__ import annotations
@@ -127,16 +128,28 @@ def hold_pipes(n: int) -> list[tuple[int, int]]:
     return held
 
 
+def churn_files(seconds: float, path: str = "/etc/hostname", batch: int = 64) -> int:
+    """Open ``batch`` files, close them, repeat for ``seconds``; returns opens done.
+
+    Batches keep ~``batch`` ``struct file``s alive at once, so the churn uses that many slab
+    addresses (one open/close pair reuses the same object over and over)."""
+    end = time.monotonic() + seconds
+    ops = 0
+    while time.monotonic() < end:
+        for _ in range(50):
+            fds = [os.open(path, os.O_RDONLY) for _ in range(batch)]
+            for fd in fds:
+                os.close(fd)
+        ops += 50 * batch
+    return ops
+
+
 def leak_pipes(n: int, seconds: float, path: str = "/etc/hostname") -> int:
     """Hold ``n`` pipes (one page each) and churn open/close of ``path`` for ``seconds``;
     returns the churned ops. The pipes are closed when it returns."""
     held = hold_pipes(n)
     try:
-        end = time.monotonic() + seconds
-        ops = 0
-        while time.monotonic() < end:
-            ops += open_close(500, path)
-        return ops
+        return churn_files(seconds, path)
     finally:
         for r, w in held:
             os.close(r)

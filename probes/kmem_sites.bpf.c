@@ -32,7 +32,13 @@
  *                      between CPUs; Python sums the CPUs. SITES_MAX entries; a new site
  *                      when full is counted in CNT_SITES_FULL.
  *   live         HASH  object/page pointer -> {call_site, bytes, source}   (TRACK_FREES only)
- *                      LIVE_MAX entries, filled on alloc, consumed on free. Full: the object
+ *                      LIVE_MAX entries, filled on alloc, consumed on free. With ADDR_SHIFT > 0
+ *                      only objects whose address passes sampler_addr_kept() (1 in
+ *                      2^ADDR_SHIFT, sampler.bpf.h) enter it, and a free whose address does
+ *                      not pass returns before any lookup: what is still in it at the end,
+ *                      times 2^ADDR_SHIFT, estimates each site's live bytes (user space;
+ *                      collector/top_live.py), and frees do not touch `sites`. ADDR_SHIFT 0
+ *                      is the exact mode: every object, frees matched into `sites`. Full: the object
  *                      is counted in CNT_LIVE_FULL (its free can then not be matched). An alloc
  *                      at a pointer still present means its free was missed (e.g. bulk frees
  *                      have no tracepoint): counted in CNT_STALE_PTR and overwritten.
@@ -56,6 +62,8 @@
  *   SITES_MAX          size of sites (16384)
  *   LIVE_MAX           size of live (262144)
  *   TRACK_FREES        1 = hook the frees and keep live (1)
+ *   ADDR_SHIFT         keep 1 in 2^ADDR_SHIFT addresses in live (5); 0 = every object (exact)
+ *   ADDR_SALT          XORed into addresses before the hash (0; user space draws one per run)
  *   TRACK_PAGES        1 = hook mm_page_alloc (and mm_page_free) (1)
  *   FILTER_TGID        0 = all processes, else only this one (allocscope.bpf.h)
  *   PAGE_SIZE_BYTES    bytes of an order-0 page (4096)
@@ -82,6 +90,12 @@
 #endif
 #ifndef TRACK_PAGES
 #define TRACK_PAGES 1
+#endif
+#ifndef ADDR_SHIFT
+#define ADDR_SHIFT 5
+#endif
+#ifndef ADDR_SALT
+#define ADDR_SALT 0
 #endif
 #ifndef PAGE_SIZE_BYTES
 #define PAGE_SIZE_BYTES 4096
@@ -146,6 +160,8 @@
 
 /* counters, allocscope_task_wanted(), EEXIST */
 #include "allocscope.bpf.h"
+/* sampler_addr_kept() */
+#include "sampler.bpf.h"
 
 struct site_key {
 	u64 call_site;
@@ -206,6 +222,10 @@ static __always_inline void account_alloc(u64 call_site, u64 ptr, u64 bytes, u32
 	v->calls++; /* this CPU's copy: no atomics needed */
 	v->bytes += bytes;
 #if TRACK_FREES
+#if ADDR_SHIFT > 0
+	if (!sampler_addr_kept(ptr ^ (u64)ADDR_SALT, ADDR_SHIFT))
+		return;
+#endif
 	struct live_val lv = {.call_site = call_site, .bytes = bytes, .source = source};
 	int err = live.insert(&ptr, &lv);
 	if (err == -EEXIST) {
@@ -229,11 +249,18 @@ static __always_inline void account_free(u64 ptr)
 	if (ptr < 4096)
 		return; /* kfree(NULL) and ZERO_SIZE_PTR are traced too */
 	allocscope_count(CNT_FREE, 1);
+#if ADDR_SHIFT > 0
+	if (!sampler_addr_kept(ptr ^ (u64)ADDR_SALT, ADDR_SHIFT))
+		return; /* cannot be in live: decided from the address alone */
+#endif
 	lv = live.lookup(&ptr);
 	if (!lv) {
 		allocscope_count(CNT_FREE_UNMATCHED, 1); /* allocated before the window, or filtered out */
 		return;
 	}
+#if ADDR_SHIFT > 0
+	live.delete(&ptr); /* live bytes are estimated from what stays in live */
+#else
 	k.call_site = lv->call_site;
 	k.source = lv->source;
 	bytes = lv->bytes;
@@ -246,6 +273,7 @@ static __always_inline void account_free(u64 ptr)
 	} else {
 		allocscope_count(CNT_SITES_FULL, 1);
 	}
+#endif /* ADDR_SHIFT */
 }
 #endif
 

@@ -39,6 +39,7 @@ NR_ORDERS = 16
 DEFAULT_SITES_MAX = 16384
 DEFAULT_LIVE_MAX = 262144
 DEFAULT_PAGE_STACK_SAMPLE = 64
+DEFAULT_ADDR_SHIFT = 5  # live: 1 in 32 addresses tracked (0 = every object, exact)
 PAGE_STACK_DEPTH = 10
 
 Defines = dict[str, int | str | bool]
@@ -53,6 +54,8 @@ class KmemSitesSettings:
     sites_max: int = DEFAULT_SITES_MAX
     live_max: int = DEFAULT_LIVE_MAX
     page_stack_sample: int = DEFAULT_PAGE_STACK_SAMPLE  # 1-in-N page events walk a stack
+    addr_shift: int = DEFAULT_ADDR_SHIFT  # live: 1 in 2^addr_shift addresses; 0 = exact
+    salt: int = 0  # XORed into addresses before the hash (capture draws one per run)
 
     def defines(self) -> Defines:
         """The ``-D`` settings on this kernel.
@@ -69,6 +72,8 @@ class KmemSitesSettings:
             "PAGE_SIZE_BYTES": resource.getpagesize(),
             "PAGE_STACK_SAMPLE": self.page_stack_sample,
             "PAGE_STACK_DEPTH": PAGE_STACK_DEPTH,
+            "ADDR_SHIFT": self.addr_shift,
+            "ADDR_SALT": f"0x{self.salt & 0xFFFFFFFFFFFFFFFF:x}ULL",
         }
         offs = btf.kmem_cache_offsets()
         if offs is not None and raw_args_match("kmem_cache_alloc", {2: "struct kmem_cache *"}):
@@ -223,6 +228,23 @@ def read_sites(probe: Probe) -> list[SiteEntry]:
     return [
         SiteEntry(int(k.call_site), int(k.source), maps.sum_struct(v, SiteVal))
         for k, v in maps.items(probe["sites"])
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveObject:
+    """One ``live`` entry left at the end of the window: an object still allocated."""
+
+    call_site: int
+    source: int
+    bytes: int
+
+
+def read_live(probe: Probe) -> list[LiveObject]:
+    """Every object still in ``live`` (TRACK_FREES builds)."""
+    return [
+        LiveObject(int(v.call_site), int(v.source), int(v.bytes))
+        for _k, v in maps.items(probe["live"])
     ]
 
 

@@ -43,7 +43,7 @@
  *             one address are one CLUSTER of the address sample: the variance of allocated
  *             and freed totals is computed over these sums, not over objects. Full:
  *             CNT_ADDR_SUMS_FULL (those intervals then assume independent objects).
- *   stacks    STACK_TRACE[STACK_ENTRIES]: kernel stacks of tracked allocations.
+ *   stacks    STACK_TRACE[STACK_ENTRIES] of STACK_DEPTH frames: stacks of tracked allocations.
  *   life_zero ARRAY[1] struct life_val, never written: the initial value of a lifespans
  *             entry (1.2 KB, past the 512-byte BPF stack).
  *   tags      HASH alloc_tag address -> struct tag_info (READ_ALLOC_TAG only; who_calls.bpf.c).
@@ -57,11 +57,15 @@
  *   TRACK_MAX        size of tracked (65536)
  *   LIVES_MAX        size of lifespans (8192)
  *   ADDR_SUMS_MAX    size of addr_sums (65536)
- *   STACK_ENTRIES    size of stacks (8192)
+ *   STACK_ENTRIES    size of stacks (32768): a stack whose hash bucket holds another stack
+ *                    is lost (CNT_STACK_FAIL), so the map is kept sparse
+ *   STACK_DEPTH      frames kept per stack (32; 256-byte entries instead of BCC's 127 frames)
  *   TRACK_PAGES      1 = hook mm_page_alloc/mm_page_free(_batched) (1)
  *   PAGE_FREE_BATCHED 1 = hook mm_page_free_batched (1)
  *   PAGE_SIZE_BYTES  bytes of an order-0 page (4096)
  *   READ_ALLOC_TAG   1 = read current->alloc_tag (needs ALLOCSCOPE_HEADERS_MATCH=1)
+ *   FLOOR            1 = every handler returns at once: the cost of the hooks alone, the
+ *                    floor scripts/bench-lifespan measures the tracker against
  *   FILTER_TGID, FILTER_COMM0/1   allocscope.bpf.h (allocations only: frees are never
  *                    filtered, whoever frees an object ends its life)
  *   KMEM_CACHE_SIZE_OFF, TP_CACHE_*_OFF, TP_KMALLOC_*_OFF   as in kmem_sites.bpf.c
@@ -88,7 +92,10 @@
 #define ADDR_SUMS_MAX 65536
 #endif
 #ifndef STACK_ENTRIES
-#define STACK_ENTRIES 8192
+#define STACK_ENTRIES 32768
+#endif
+#ifndef STACK_DEPTH
+#define STACK_DEPTH 32
 #endif
 #ifndef ADDR_SALT
 #define ADDR_SALT 0
@@ -104,6 +111,9 @@
 #endif
 #ifndef READ_ALLOC_TAG
 #define READ_ALLOC_TAG 0
+#endif
+#ifndef FLOOR
+#define FLOOR 0
 #endif
 #ifndef KMEM_CACHE_SIZE_OFF
 #define KMEM_CACHE_SIZE_OFF (-1)
@@ -145,7 +155,7 @@
 #define CNT_ALLOC_KEPT 1 /* of them, address kept by the hash */
 #define CNT_TRACKED 2 /* of them, with a byte sample point: tracked */
 #define CNT_FREE 3 /* free events */
-#define CNT_FREE_FILTERED 4 /* of them, address not kept: the cheap path */
+#define CNT_FREE_KEPT 4 /* of them, address kept (the rest returned at once) */
 #define CNT_FREE_MATCHED 5 /* of them, a tracked object: lifespan recorded */
 #define CNT_MISSED_FREE 6 /* tracked objects allocated again while tracked */
 #define CNT_TRACK_FULL 7 /* tracked objects dropped: tracked map full */
@@ -206,7 +216,10 @@ BPF_PERCPU_ARRAY(sampler_state, struct byte_sampler, 1);
 BPF_HASH(tracked, u64, struct obj, TRACK_MAX);
 BPF_HASH(lifespans, struct life_key, struct life_val, LIVES_MAX);
 BPF_HASH(addr_sums, struct addr_key, struct sample_weight, ADDR_SUMS_MAX);
-BPF_STACK_TRACE(stacks, STACK_ENTRIES);
+struct lifespan_stack {
+	u64 ip[STACK_DEPTH];
+};
+BPF_TABLE("stacktrace", int, struct lifespan_stack, stacks, STACK_ENTRIES);
 BPF_ARRAY(life_zero, struct life_val, 1); /* a zeroed value: too big for the 512-byte stack */
 #if READ_TAG
 BPF_HASH(tags, u64, struct tag_info, 1024);
@@ -266,19 +279,29 @@ static __always_inline void missed_free(struct obj *o)
 	__sync_fetch_and_add(&v->missed_bytes_w, o->w.bytes_w);
 }
 
+/*
+ * The hot path of every allocation: can this object be tracked? Decided from the pointer
+ * (and the task filter) before anything else is read: a kmem_cache_alloc's size is read only
+ * for the 1 in 2^ADDR_SHIFT objects that pass.
+ */
+static __always_inline int alloc_kept(u64 ptr)
+{
+	if (FLOOR || !ptr || !allocscope_task_wanted())
+		return 0;
+	allocscope_count(CNT_ALLOC, 1);
+	if (!sampler_addr_kept(ptr ^ (u64)ADDR_SALT, ADDR_SHIFT))
+		return 0;
+	allocscope_count(CNT_ALLOC_KEPT, 1);
+	return 1;
+}
+
+/* An allocation whose address passed alloc_kept(). */
 static __always_inline void on_alloc(void *ctx, u64 site, u64 ptr, u64 bytes, u32 source)
 {
 	struct sample_weight w = {};
 	struct byte_sampler *st;
 	struct obj *old;
 	u32 zero = 0;
-
-	if (!ptr || !allocscope_task_wanted())
-		return;
-	allocscope_count(CNT_ALLOC, 1);
-	if (!sampler_addr_kept(ptr ^ (u64)ADDR_SALT, ADDR_SHIFT))
-		return;
-	allocscope_count(CNT_ALLOC_KEPT, 1);
 	/* a kept address still tracked: the object it held was freed where no hook saw it */
 	old = tracked.lookup(&ptr);
 	if (old) {
@@ -352,13 +375,14 @@ static __always_inline void on_free(u64 ptr)
 	u64 life, cw;
 	u32 slot, idx = 0;
 
+	if (FLOOR)
+		return;
 	if (ptr < 4096)
 		return; /* kfree(NULL) and ZERO_SIZE_PTR are traced too */
 	allocscope_count(CNT_FREE, 1);
-	if (!sampler_addr_kept(ptr ^ (u64)ADDR_SALT, ADDR_SHIFT)) {
-		allocscope_count(CNT_FREE_FILTERED, 1);
-		return;
-	}
+	if (!sampler_addr_kept(ptr ^ (u64)ADDR_SALT, ADDR_SHIFT))
+		return; /* the cheap path: free_filtered = free_events - free_kept */
+	allocscope_count(CNT_FREE_KEPT, 1);
 	o = tracked.lookup(&ptr);
 	if (!o)
 		return; /* kept address, untracked object: no byte point, or allocated before */
@@ -391,7 +415,8 @@ static __always_inline void on_free(u64 ptr)
 #if TP_KMALLOC_BYTES_OFF < 0
 int on_kmalloc(struct bpf_raw_tracepoint_args *ctx)
 {
-	on_alloc(ctx, ctx->args[0], ctx->args[1], ctx->args[3], SRC_KMALLOC);
+	if (alloc_kept(ctx->args[1]))
+		on_alloc(ctx, ctx->args[0], ctx->args[1], ctx->args[3], SRC_KMALLOC);
 	return 0;
 }
 #else
@@ -399,7 +424,11 @@ int on_kmalloc_tp(void *ctx)
 {
 	u64 call_site = 0, ptr = 0, bytes = 0;
 
+	if (FLOOR)
+		return 0;
 	bpf_probe_read_kernel(&ptr, sizeof(ptr), (char *)ctx + TP_KMALLOC_PTR_OFF);
+	if (!alloc_kept(ptr))
+		return 0;
 	bpf_probe_read_kernel(&call_site, sizeof(call_site), (char *)ctx + TP_KMALLOC_CALL_SITE_OFF);
 	bpf_probe_read_kernel(&bytes, sizeof(bytes), (char *)ctx + TP_KMALLOC_BYTES_OFF);
 	on_alloc(ctx, call_site, ptr, bytes, SRC_KMALLOC);
@@ -413,7 +442,7 @@ int on_cache_alloc(struct bpf_raw_tracepoint_args *ctx)
 	u64 ptr = ctx->args[1];
 	u32 size = 0;
 
-	if (!ptr)
+	if (!alloc_kept(ptr))
 		return 0;
 	bpf_probe_read_kernel(&size, sizeof(size), (char *)ctx->args[2] + KMEM_CACHE_SIZE_OFF);
 	on_alloc(ctx, ctx->args[0], ptr, size, SRC_CACHE);
@@ -424,7 +453,11 @@ int on_cache_alloc_tp(void *ctx)
 {
 	u64 call_site = 0, ptr = 0, bytes = 0;
 
+	if (FLOOR)
+		return 0;
 	bpf_probe_read_kernel(&ptr, sizeof(ptr), (char *)ctx + TP_CACHE_PTR_OFF);
+	if (!alloc_kept(ptr))
+		return 0;
 	bpf_probe_read_kernel(&call_site, sizeof(call_site), (char *)ctx + TP_CACHE_CALL_SITE_OFF);
 	bpf_probe_read_kernel(&bytes, sizeof(bytes), (char *)ctx + TP_CACHE_BYTES_OFF);
 	on_alloc(ctx, call_site, ptr, bytes, SRC_CACHE);
@@ -447,7 +480,8 @@ int on_cache_free(struct bpf_raw_tracepoint_args *ctx)
 #if TRACK_PAGES
 int on_page_alloc(struct bpf_raw_tracepoint_args *ctx)
 {
-	on_alloc(ctx, 0, ctx->args[0], (u64)PAGE_SIZE_BYTES << (ctx->args[1] & 31), SRC_PAGE);
+	if (alloc_kept(ctx->args[0]))
+		on_alloc(ctx, 0, ctx->args[0], (u64)PAGE_SIZE_BYTES << (ctx->args[1] & 31), SRC_PAGE);
 	return 0;
 }
 

@@ -30,7 +30,7 @@ COUNTERS = (  # index = CNT_*
     "alloc_kept",
     "tracked",
     "free_events",
-    "free_filtered",
+    "free_kept",
     "free_matched",
     "missed_free",
     "track_full",
@@ -45,7 +45,8 @@ DEFAULT_ADDR_SHIFT = 5
 DEFAULT_TRACK_MAX = 65536
 DEFAULT_LIVES_MAX = 8192
 DEFAULT_ADDR_SUMS_MAX = 65536
-DEFAULT_STACK_ENTRIES = 8192
+DEFAULT_STACK_ENTRIES = 32768
+STACK_DEPTH = 32
 
 # Free paths of Linux 6.x that release slab objects or pages without the kmem free
 # tracepoints (mm/slub.c, mm/page_alloc.c, mm/slab_common.c as of 6.18). Objects freed there
@@ -102,6 +103,7 @@ class LifespanSettings:
             "TRACK_MAX": self.track_max,
             "LIVES_MAX": self.lives_max,
             "STACK_ENTRIES": self.stack_entries,
+            "STACK_DEPTH": STACK_DEPTH,
             "FILTER_TGID": self.pid or 0,
             "PAGE_SIZE_BYTES": resource.getpagesize(),
         }
@@ -310,7 +312,11 @@ def read_addr_sums(probe: Probe) -> list[AddrSum]:
 
 
 def read_counters(probe: Probe) -> dict[str, int]:
-    return dict(zip(COUNTERS, maps.percpu_sums(probe["counters"], len(COUNTERS)), strict=True))
+    """The counters by name, plus ``free_filtered``: frees dismissed by the address alone
+    (not counted in kernel, to keep that path at one counter)."""
+    c = dict(zip(COUNTERS, maps.percpu_sums(probe["counters"], len(COUNTERS)), strict=True))
+    c["free_filtered"] = max(0, c["free_events"] - c["free_kept"])
+    return c
 
 
 def read_stacks(probe: Probe, stackids: set[int]) -> dict[int, tuple[int, ...]]:

@@ -31,8 +31,9 @@ def header(p: LifespanPayload) -> str:
         f"tracking 1 in 2^{p.addr_shift} addresses x byte points every {p.sample_rate} B "
         f"(~1 point per {bytes_short(p.sample_rate << p.addr_shift)})",
         f"  objects tracked: {p.sampled}  freed: {p.freed_sampled}  live at end: "
-        f"{p.live_sampled}  missed frees: {p.missed_frees}  of {count_short(c.get('alloc_events', 0))}"
-        f" allocations, {count_short(c.get('free_events', 0))} frees "
+        f"{p.live_sampled}  missed frees: {p.missed_frees}  of "
+        f"{count_short(c.get('alloc_events', 0))} allocations, "
+        f"{count_short(c.get('free_events', 0))} frees "
         f"({count_short(c.get('free_filtered', 0))} decided by address alone)",
         f"  frees traced: {', '.join(p.traced_frees)}",
         f"  not traced (missed frees come from these): {'; '.join(p.untraced_frees)}",

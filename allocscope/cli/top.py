@@ -36,6 +36,7 @@ EXAMPLES = """\
   allocscope top --file allocinfo.txt.gz --json   # a saved copy (text, gzip, or snapshot)
   cat /proc/allocinfo | allocscope top --file - --csv
   allocscope top --live 5 --workload open-close -n 15   # no allocinfo? trace kmem for 5 s
+  allocscope top --live 5 --exact-frees     # live bytes exact (every object tracked)
   allocscope top -i 2 -s rate               # refresh every 2 s, fastest-growing first
   allocscope top -i 1 --iterations 10 --by subsystem --json > growth.ndjson
 """
@@ -209,6 +210,12 @@ def register(sub: Any) -> None:
         action="store_false",
         help="with --live: ignore frees (bytes allocated, not live bytes)",
     )
+    p.add_argument(
+        "--exact-frees",
+        action="store_true",
+        help="with --live: track every object to its free (exact live bytes, ~6x the cost; "
+        "default: estimated from 1 in 32 addresses)",
+    )
     add_common_filters(p)
     add_output_format(p, csv=True)
 
@@ -223,9 +230,15 @@ def _live(args: argparse.Namespace) -> tuple[AllocinfoSnapshot, str, dict[str, A
     except ImportError as e:
         raise AllocscopeError(f"--live is not available in this build ({e})") from None
     cap = top_live.capture_top_live(
-        args.live, frees=args.frees, pid=args.pid, workload=args.workload
+        args.live,
+        frees=args.frees,
+        exact_frees=args.exact_frees,
+        pid=args.pid,
+        workload=args.workload,
     )
     what = "live bytes" if cap.bytes_kind == "live" else f"{cap.bytes_kind} bytes"
+    if cap.bytes_kind == "live" and not args.exact_frees:
+        what += " (estimated from 1 in 32 addresses; --exact-frees for exact)"
     title = (
         f"live capture, {what} per function: backend {cap.backend}, window "
         f"{cap.duration:.1f}s, {cap.events} events, {cap.lost} lost"
@@ -275,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
             raise AllocscopeError(f"--{flag} needs --live SECONDS")
     if not args.frees and args.live is None:
         raise AllocscopeError("--no-frees needs --live SECONDS")
+    if args.exact_frees and (args.live is None or not args.frees):
+        raise AllocscopeError("--exact-frees needs --live SECONDS (and frees)")
     if args.iterations is not None and args.interval is None:
         raise AllocscopeError("--iterations needs --interval SECONDS")
     if args.interval is None and args.sort not in SORT_KEYS:

@@ -166,3 +166,42 @@ def test_classic_tracepoint_fallback(live: None, monkeypatch: pytest.MonkeyPatch
     if size is not None and "sources" not in r.extras:
         assert int(r.extras["alloc_bytes"]) == r.calls * size
     assert all(rec.site.function != PAGE_SITE for rec in cap.snapshot.records)
+
+
+def _hold_pipes_in_window(n: int, held: list[tuple[int, int]]) -> Callable[[], None]:
+    def start() -> None:
+        from allocscope.collector.workloads import hold_pipes
+
+        held.extend(hold_pipes(n))
+
+    return start
+
+
+def test_live_bytes_sampled_by_address_and_exact(live: None) -> None:
+    """Default: live bytes from 1 in 32 addresses; the held pipes' slab objects (pipe_inode_info
+    and the pipe_buffer array, from alloc_pipe_info) are all live, so the sampled count is a
+    binomial(calls, 1/32) draw (checked at 5 sigma: one run is one draw). With
+    exact_frees every object is tracked and the live bytes equal the allocated bytes."""
+    n = 2048
+    for exact in (False, True):
+        held: list[tuple[int, int]] = []
+        try:
+            cap = capture_top_live(
+                2.0, pid=os.getpid(), exact_frees=exact, on_start=_hold_pipes_in_window(n, held)
+            )
+        finally:
+            for r, w in held:
+                os.close(r)
+                os.close(w)
+        rec = record_for(cap, "alloc_pipe_info")
+        alloc = int(rec.extras["alloc_bytes"])
+        assert rec.calls >= 2 * n
+        if exact:
+            assert rec.bytes == alloc and rec.extras["freed_calls"] == "0"
+            assert cap.settings["live_bytes"] == "exact"
+        else:
+            k = int(rec.extras["live_sampled"])
+            mean = rec.calls / 32
+            assert abs(k - mean) <= 5 * mean**0.5, (k, mean)
+            low, high = (float(x) for x in rec.extras["live_bytes_ci"].split("-"))
+            assert low <= rec.bytes <= high <= alloc, (low, rec.bytes, high, alloc)
