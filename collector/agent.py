@@ -162,10 +162,8 @@ class Spool:
             dropped = victim
         path = os.path.join(self.dir, f"snap-{int(round(taken_at * 1e9)):020d}.parquet")
         for dataset, t in extra:
-            write_atomic(
-                _extra_path(path, dataset), lambda f, t=t: pq.write_table(t, f, compression="zstd")
-            )
-        write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
+            _write_parquet(_extra_path(path, dataset), t)
+        _write_parquet(path, table)
         return dropped
 
     def flush(self, store: Store, log: Callable[[str], None]) -> int:
@@ -199,6 +197,10 @@ class Spool:
             _unlink_spooled(path)
             done += 1
         return done
+
+
+def _write_parquet(path: str, table: pa.Table) -> None:
+    write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
 
 
 _SPOOLED = re.compile(r"snap-\d+\.parquet")

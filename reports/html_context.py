@@ -13,7 +13,7 @@ Presentation only: every number was computed in collector/.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from allocscope.collector.payloads import ContextPayload, LifespanPayload, LifespanRow
@@ -29,7 +29,10 @@ TOP_TAGS = 5  # tags with their own callers table and flame graph
 HIST_MIN_SLOT = 6  # lifespans under 64 ns are below the probe's clock resolution anyway
 
 
-def _iv(v: float | None, lo: float | None, hi: float | None, fmt: Any) -> str:
+Fmt = Callable[[float], str]
+
+
+def _iv(v: float | None, lo: float | None, hi: float | None, fmt: Fmt) -> str:
     if v is None:
         return DASH
     if lo is None or hi is None or lo == hi:
@@ -37,7 +40,7 @@ def _iv(v: float | None, lo: float | None, hi: float | None, fmt: Any) -> str:
     return f"{fmt(v)} ({fmt(lo)}\u2013{fmt(hi)})"
 
 
-def _per_s(fmt: Any) -> Any:
+def _per_s(fmt: Fmt) -> Fmt:
     return lambda v: f"{fmt(v)}/s"
 
 
@@ -203,7 +206,7 @@ def lifespan_result(p: LifespanPayload, idx: int) -> str:
     return "".join(parts)
 
 
-def _fmt_row(row: Mapping[str, Any], fmts: Mapping[str, Any]) -> dict[str, Any]:
+def _fmt_row(row: Mapping[str, Any], fmts: Mapping[str, Fmt]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in row.items():
         if k.endswith(("_low", "_high")) and k.rsplit("_", 1)[0] in fmts:
@@ -222,12 +225,12 @@ def fleet_context_section(fc: FleetContext) -> str:
         "callers' calls, bytes and shares combine the sampler's summed weights and variances "
         "(the named queries tag-rates, tag-callers, charged-by-subsystem).</p>"
     ]
-    rate_fmt = {
+    rate_fmt: dict[str, Fmt] = {
         "bytes_per_s": _per_s(bytes_short),
         "calls_per_s": _per_s(count_short),
     }
     parts.append(rows_table([_fmt_row(t.rate, rate_fmt) for t in fc.tags], caption="tags"))
-    caller_fmt = {
+    caller_fmt: dict[str, Fmt] = {
         "calls": count_short,
         "bytes": bytes_short,
         "call_share": pct,
@@ -246,7 +249,7 @@ def fleet_context_section(fc: FleetContext) -> str:
                 )
             )
     if fc.charged:
-        fmts = {
+        fmts: dict[str, Fmt] = {
             "bytes": bytes_short,
             "charged_bytes": bytes_short,
             "uncharged_bytes": bytes_short,

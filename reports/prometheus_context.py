@@ -11,9 +11,10 @@ checked by :func:`allocscope.reports.prometheus.check_extra_labels`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from allocscope.errors import AllocscopeError
 from allocscope.reports.prometheus import check_extra_labels, escape_label
 
 OTHER = "other"
@@ -55,8 +56,6 @@ def render_context(
     check_extra_labels(extra_labels)
     for k in extra_labels:
         if k in CONTEXT_LABELS:
-            from allocscope.errors import AllocscopeError
-
             raise AllocscopeError(f"--label {k!r}: every context series already has this label")
     ranked = sorted(rows, key=lambda r: (-r.bytes_per_s, r.tag))
     kept = ranked[: max(0, top)]
@@ -69,7 +68,7 @@ def render_context(
         return f'tag="{escape_label(r.tag)}",subsystem="{escape_label(r.subsystem)}"{extra}'
 
     out: list[str] = []
-    for name, help_, value in (
+    metrics: tuple[tuple[str, str, Callable[[TagRate], float]], ...] = (
         (
             "allocscope_context_calls_per_second",
             "Allocation calls per second through this tag (byte-sampled estimate).",
@@ -80,7 +79,8 @@ def render_context(
             "Bytes allocated per second through this tag (byte-sampled estimate).",
             lambda r: r.bytes_per_s,
         ),
-    ):
+    )
+    for name, help_, value in metrics:
         out.append(f"# HELP {name} {help_}")
         out.append(f"# TYPE {name} gauge")
         out.extend(f"{name}{{{labels(r)}}} {_num(value(r))}" for r in kept)

@@ -16,8 +16,10 @@ from allocscope.collector.host import HostMetadata
 from allocscope.collector.kallsyms import Kallsyms, Symbol
 from allocscope.collector.result import Result
 from allocscope.collector.site import Site
+from allocscope.probes.context import CHARGED_YES
 from allocscope.probes.lifespan import (
     NR_SLOTS,
+    AllocTag,
     LifeEntry,
     LifeKey,
     LifespanSettings,
@@ -64,7 +66,7 @@ def context_result(h: int, host: HostMetadata, start: float, duration: float) ->
             stack = (_ADDR[caller], _ADDR["entry_SYSCALL_64"])
             sums = points(n, 64 * (i + 1))
             charged = (
-                context.CHARGED_YES if h % 2 == 0 and j == 0 else 0
+                CHARGED_YES if h % 2 == 0 and j == 0 else 0
             )  # even hosts: the first caller's bytes charged
             samples.append(context.RawSample(addr, True, stack, i % 2, charged, sums))
     events = [sum(s.sums.hits for s in samples) * 50, 0, 0]
@@ -94,7 +96,9 @@ def context_result(h: int, host: HostMetadata, start: float, duration: float) ->
 def lifespan_result(h: int, host: HostMetadata, start: float, duration: float) -> Result:
     settings = LifespanSettings(sample_rate=RATE, addr_shift=0)
     stack_ids = {caller: k for k, caller in enumerate(CALLERS)}
-    stacks = {k: (_ADDR[c], _ADDR["entry_SYSCALL_64"]) for c, k in stack_ids.items()}
+    stacks: dict[int, tuple[int, ...]] = {
+        k: (_ADDR[c], _ADDR["entry_SYSCALL_64"]) for c, k in stack_ids.items()
+    }
     lives: list[LifeEntry] = []
     tracked: list[TrackedObject] = []
     end_ns = int(duration * 1e9)
@@ -133,7 +137,7 @@ def lifespan_result(h: int, host: HostMetadata, start: float, duration: float) -
         lifespans=lives,
         stacks=stacks,
         tags={
-            0x10 + k: lifespan.probe_lifespan.AllocTag(TAGS[k].file, TAGS[k].line, TAGS[k].function)
+            0x10 + k: AllocTag(TAGS[k].file, TAGS[k].line, TAGS[k].function)
             for k in range(len(CALLERS))
         },
         addr_sums=[],

@@ -3,6 +3,7 @@ top-N cut keeps the sums true through tag="other"; promtool accepts the file."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,6 @@ from conftest import need
 from support import synth
 from support.synth import FleetSpec, host_metadata
 from support.synth_context import context_result
-from test_export import parse
 
 from allocscope.collector.payloads import ContextPayload
 from allocscope.collector.store import Store
@@ -25,6 +25,22 @@ def result_file(tmp_path: Path) -> tuple[str, ContextPayload]:
     path = str(tmp_path / "context.json")
     res.write(path)
     return path, res.typed(ContextPayload, path)
+
+
+LINE = re.compile(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$")
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+
+
+def parse(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Sample lines as (name, labels, value); every non-comment line must be one."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = LINE.match(line)
+        assert m, f"not exposition format: {line!r}"
+        out.append((m[1], dict(LABEL.findall(m[2] or "")), float(m[3])))
+    return out
 
 
 def series(text: str, name: str) -> dict[str, float]:

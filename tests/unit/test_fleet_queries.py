@@ -83,7 +83,7 @@ def test_tag_callers_combines_sums(duck: DuckDBEngine, store: Store) -> None:
 def test_tag_rates_per_host_seconds(duck: DuckDBEngine, store: Store) -> None:
     ctx = [x for x in store.read("context").to_pylist() if x["row_kind"] == "tag"]
     secs: dict[str, float] = defaultdict(float)
-    for h, t, s in {(x["hostname"], x["taken_at"], x["interval_s"]) for x in ctx}:
+    for h, _t, s in {(x["hostname"], x["taken_at"], x["interval_s"]) for x in ctx}:
         secs[h] += s
     want: dict[str, float] = defaultdict(float)
     for x in ctx:
