@@ -35,7 +35,11 @@ VERBS: tuple[tuple[str, str, str], ...] = (
     ("overhead", "overhead", "CPU cost of the allocators (and of allocation profiling) here"),
     ("ab", "ab", "compare allocator CPU cost: pilot vs control hosts, or profiling on vs off"),
     ("collect", "collect", "agent: snapshot allocinfo + host metadata into a store"),
-    ("ingest", "ingest", "import snapshot, who-calls and overhead files into a store"),
+    (
+        "ingest",
+        "ingest",
+        "import snapshot, who-calls, overhead, context and lifespan files into a store",
+    ),
     ("query", "query", "named fleet queries or raw SQL over a store (DuckDB or Spark)"),
     ("report", "report", "one self-contained HTML report (charts, tables, flame graphs)"),
     ("export", "export", "export allocinfo as Prometheus node_exporter textfile metrics"),
