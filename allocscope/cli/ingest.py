@@ -24,8 +24,9 @@ def register(sub: Any) -> None:
         help="import snapshot, who-calls, overhead, context and lifespan files into a store",
         description="Validate and import files produced elsewhere: snapshot Parquet files "
         "(allocscope snapshot / collect spool), who-calls, overhead, context and lifespan "
-        "result JSON. A bad file is reported and skipped, never half-imported; a snapshot or result already in the "
-        "store is skipped as a duplicate. Exit status 1 when any file was skipped.",
+        "result JSON. A bad file is reported and skipped, never half-imported; a snapshot or "
+        "result already in the store is skipped as a duplicate. Exit status 1 when any file "
+        "was skipped.",
         examples=EXAMPLES,
         func=run,
     )
