@@ -306,3 +306,21 @@ def test_gfp_account_matches_the_tracepoint_format(vmlinux: BTF) -> None:
     ks = vmlinux.struct("kmem_cache")
     assert layout.cache_flags_off is not None and layout.cache_flags_size in (4, 8)
     assert 0 <= layout.cache_flags_off < ks.size_or_type
+
+
+def test_slab_account_matches_bpftool(vmlinux: BTF) -> None:
+    """SLAB_ACCOUNT's bit as bpftool reads it from the same BTF (an independent parser)."""
+    layout = btfmod.charge_layout(vmlinux)
+    if layout.slab_account is None:
+        pytest.skip("BTF has no _SLAB_ACCOUNT (kernel < 6.10)")
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool not installed (apt-get install bpftool)")
+    out = subprocess.run(
+        ["bpftool", "btf", "dump", "file", btfmod.VMLINUX_BTF, "format", "raw"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    m = re.search(r"^\s+'_SLAB_ACCOUNT' val=(\d+)$", out, re.M)
+    assert m, "bpftool shows no _SLAB_ACCOUNT"
+    assert layout.slab_account == 1 << int(m[1])

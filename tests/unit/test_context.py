@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 
+from test_byte_sampling import _simulate
+
 from allocscope.collector.byte_sampling import WeightSums
 from allocscope.collector.context import (
     Epoch,
@@ -26,7 +28,6 @@ from allocscope.collector.payloads import ContextPayload
 from allocscope.collector.rollup import Filters
 from allocscope.probes.context import CHARGED_NO, CHARGED_YES, SRC_CACHE, SRC_KMALLOC, SRC_PAGE
 from allocscope.reports import context as report
-from tests.unit.test_byte_sampling import _simulate
 
 FUNCS = [
     "bpf_trace_run4",
@@ -199,14 +200,14 @@ def test_payload_round_trips_and_the_report_renders() -> None:
 
 def test_rate_follows_the_budget() -> None:
     # 1 GB/s at 2 us per point within 0.2% of a CPU: 1000 points/s, R = 1 MB
-    assert rate_for(1e9, 0.002) == 1_000_000
+    assert rate_for(1e9, 0.002, 2e-6) == 1_000_000
     assert rate_for(0, 0.002) == 1
     assert next_rate(1000, 5000) == 5000  # up at once
     assert next_rate(1000, 10) == 500  # down by half at most
     assert next_rate(1000, 1100) == 1000  # small changes ignored
     written: list[int] = []
     vals = [(0, 0, 0)]
-    keeper = RateKeeper(lambda: vals[-1], written.append, Options(budget=0.002), lambda s: None)
+    keeper = RateKeeper(lambda: vals[-1], written.append, Options(budget=0.005), lambda s: None)
     vals.append((10, 100_000_000, 5))
     keeper.tick(0.1)  # 1 GB/s
     assert written == [1_000_000]
@@ -216,8 +217,12 @@ def test_rate_follows_the_budget() -> None:
 
 
 def test_fallback_is_stated() -> None:
-    mode, notes = tag_mode_notes(True, True, 0, True)
+    mode, notes = tag_mode_notes(True, True, 0, True, tags_seen=False)
     assert mode == "call-site" and "vm.mem_profiling is 0" in notes[0]
+    mode, notes = tag_mode_notes(True, True, 0, True, tags_seen=True)  # 6.12 sets it anyway
+    assert mode == "exact-tag" and "allocinfo does not count" in notes[0]
+    mode, notes = tag_mode_notes(True, True, 1, True, tags_seen=False)
+    assert mode == "call-site" and "no sample carried" in notes[0]
     assert tag_mode_notes(True, True, 1, True) == ("exact-tag", [])
     mode, notes = tag_mode_notes(False, False, None, False)
     assert mode == "call-site" and "no /proc/allocinfo" in notes[0]
