@@ -14,6 +14,7 @@ Method and its limits: docs/design/lifespan.md.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import time
@@ -42,6 +43,7 @@ from allocscope.probes.lifespan import (
     LifeKey,
     LifespanSettings,
     TrackedObject,
+    Weights,
 )
 from allocscope.probes.loader import Probe
 
@@ -94,6 +96,11 @@ class Options:
             pages=self.pages,
             read_tag=read_tag,
         )
+
+
+def ws(w: Weights) -> byte_sampling.WeightSums:
+    """The probe's weights as the estimators' sums."""
+    return byte_sampling.WeightSums(w.hits, w.bytes_w, w.bytes_w2, w.calls_w, w.calls_w2)
 
 
 def default_older_ns(window_ns: int) -> int:
@@ -269,7 +276,7 @@ def build_payload(
     for e in raw.lifespans:
         rk, folded = key_of(e.key)
         r = rows[rk]
-        r.freed.add(e.freed)
+        r.freed.add(ws(e.freed))
         r.freed_n += e.freed_n
         r.missed_n += e.missed_n
         r.missed_calls_w += e.missed_calls_w
@@ -285,22 +292,23 @@ def build_payload(
     for a in raw.addr_sums:
         rk, _ = key_of(a.key)
         got = rows[rk].clusters.setdefault(a.addr, byte_sampling.WeightSums())
-        got.add(a.weight)
+        got.add(ws(a.weight))
     for o in raw.tracked:
         rk, folded = key_of(o.key)
         r = rows[rk]
-        r.live_at.setdefault(o.addr, byte_sampling.WeightSums()).add(o.weight)
+        w = ws(o.weight)
+        r.live_at.setdefault(o.addr, byte_sampling.WeightSums()).add(w)
         age = max(0, raw.end_ns - o.t_alloc)
-        r.live.add(o.weight)
+        r.live.add(w)
         r.live_n += 1
         s = _slot(age)
         r.age_n[s] += 1
-        r.age_calls[s] += o.weight.calls
-        r.age_bytes[s] += o.weight.bytes
+        r.age_calls[s] += w.calls
+        r.age_bytes[s] += w.bytes
         if folded:
             r.stacks_all[folded] += 1
         if age >= older:
-            r.old.add(o.weight)
+            r.old.add(w)
             if folded:
                 r.stacks_old[folded] += 1
 
@@ -403,7 +411,7 @@ def build_payload(
         confidence=confidence,
         older_than_ns=older,
         window_ns=window_ns,
-        sampled=sum(r.sampled for r in out) if view != "leaks" else c.get("tracked", 0),
+        sampled=c.get("tracked", 0),
         freed_sampled=sum(e.freed_n for e in raw.lifespans),
         live_sampled=len(raw.tracked),
         missed_frees=sum(e.missed_n for e in raw.lifespans),
@@ -497,6 +505,8 @@ def capture(opts: Options, *, on_start: Callable[[], object] | None = None) -> R
     payload = build_payload(
         raw, ksyms, view=opts.view, older_ns=opts.older_ns, confidence=opts.confidence
     )
+    w = cap.last_window
+    payload = dataclasses.replace(payload, interrupted=bool(w and w.interrupted))
     return cap.result(
         {
             "duration": opts.duration,

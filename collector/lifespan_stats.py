@@ -69,7 +69,7 @@ def quantile_value(w: Sequence[float], q: float) -> float:
     lo, hi = slot_bounds(i)
     if i == 0:
         return frac * hi
-    return lo * (hi / lo) ** frac
+    return float(lo * math.pow(hi / lo, frac))
 
 
 def wilson(q: float, n: float, confidence: float) -> tuple[float, float]:

@@ -234,7 +234,6 @@ def build_records(
             continue
         if live is not None:
             # outstanding <= allocated in the window: the estimate is clamped to it
-            est = byte_sampling.total(a.live_bytes, a.live_var, 0.0)
             live_bytes = min(a.bytes, round(a.live_bytes))
             live_calls = min(a.calls, round(a.live_n * (1 << live.addr_shift)))
             a.freed_bytes = a.bytes - live_bytes
@@ -250,6 +249,7 @@ def build_records(
             extras["freed_bytes"] = str(a.freed_bytes)
             extras["freed_calls"] = str(a.freed_calls)
         if live is not None:
+            est = byte_sampling.total(a.live_bytes, a.live_var, 0.0)
             extras["live_sampled"] = str(a.live_n)
             extras["live_bytes_ci"] = f"{est.low:.0f}-{min(float(a.bytes), est.high):.0f}"
         if function == PAGE_SITE:

@@ -14,7 +14,6 @@ import os
 import resource
 from dataclasses import dataclass
 
-from allocscope.collector.byte_sampling import SAMPLER_RATE_MAX, WeightSums
 from allocscope.errors import AllocscopeError, CapabilityError
 from allocscope.probes import btf, maps, tracefs
 from allocscope.probes.kmem_sites import Hook, classic_offsets, raw_args_match
@@ -25,7 +24,7 @@ PROGRAM = "lifespan"
 # Mirrored from lifespan.bpf.c (tests/unit/test_bpf_constants.py fails on drift).
 SOURCES = ("kmalloc", "kmem_cache_alloc", "mm_page_alloc")  # index = SRC_*
 SRC_PAGE = 2
-COUNTERS = (  # index = CNT_*
+COUNTERS: tuple[str, ...] = (  # index = CNT_*
     "alloc_events",
     "alloc_kept",
     "tracked",
@@ -51,13 +50,14 @@ STACK_DEPTH = 32
 # Free paths of Linux 6.x that release slab objects or pages without the kmem free
 # tracepoints (mm/slub.c, mm/page_alloc.c, mm/slab_common.c as of 6.18). Objects freed there
 # stay tracked until their address is allocated again (counted as missed frees).
-UNTRACED_FREES = (
+UNTRACED_FREES: tuple[str, ...] = (
     "kmem_cache_free_bulk / kfree_bulk (slab bulk frees: no per-object kfree/kmem_cache_free)",
     "kvfree_rcu / kfree_rcu batches freed through kmem_cache_free_bulk",
     "free_pages_exact / split pages freed past the traced head (pages of a split block)",
 )
 
 Defines = dict[str, int | str | bool]
+SAMPLER_RATE_MAX = 1 << 24  # sampler.bpf.h (collector/byte_sampling.py mirrors it too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +173,7 @@ def traced_frees(defines: Defines) -> tuple[str, ...]:
 
 def untraced_frees(defines: Defines) -> tuple[str, ...]:
     """Free paths this build cannot see (documented kernel paths plus disabled hooks)."""
-    out = list(UNTRACED_FREES)
+    out: list[str] = list(UNTRACED_FREES)
     if not defines.get("TRACK_PAGES", True):
         out.append("mm_page_free (page tracking off on this kernel)")
     elif not defines.get("PAGE_FREE_BATCHED"):
@@ -209,6 +209,17 @@ def attach_all(probe: Probe) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Weights:
+    """``struct sample_weight`` as read (collector/byte_sampling.Weights estimates from it)."""
+
+    hits: int = 0
+    bytes_w: int = 0
+    bytes_w2: int = 0
+    calls_w: int = 0
+    calls_w2: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class LifeKey:
     """What an object is grouped by: call site (0 for pages), alloc tag, stack, source."""
 
@@ -230,7 +241,7 @@ class TrackedObject:
     key: LifeKey
     t_alloc: int  # bpf_ktime_get_ns() at allocation
     bytes: int
-    weight: WeightSums
+    weight: Weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +249,7 @@ class LifeEntry:
     """One ``lifespans`` entry: the freed (and missed) objects of one key."""
 
     key: LifeKey
-    freed: WeightSums
+    freed: Weights
     freed_n: int
     missed_n: int
     missed_calls_w: int
@@ -260,8 +271,8 @@ def _key(k: object) -> LifeKey:
     return LifeKey(int(k.site), int(k.tag), int(k.stackid), int(k.source))  # type: ignore[attr-defined]
 
 
-def _weights(w: object) -> WeightSums:
-    return WeightSums(
+def _weights(w: object) -> Weights:
+    return Weights(
         int(w.hits),  # type: ignore[attr-defined]
         int(w.bytes_w),  # type: ignore[attr-defined]
         int(w.bytes_w2),  # type: ignore[attr-defined]
@@ -302,7 +313,7 @@ class AddrSum:
 
     key: LifeKey
     addr: int
-    weight: WeightSums
+    weight: Weights
 
 
 def read_addr_sums(probe: Probe) -> list[AddrSum]:
@@ -314,7 +325,9 @@ def read_addr_sums(probe: Probe) -> list[AddrSum]:
 def read_counters(probe: Probe) -> dict[str, int]:
     """The counters by name, plus ``free_filtered``: frees dismissed by the address alone
     (not counted in kernel, to keep that path at one counter)."""
-    c = dict(zip(COUNTERS, maps.percpu_sums(probe["counters"], len(COUNTERS)), strict=True))
+    c: dict[str, int] = dict(
+        zip(COUNTERS, maps.percpu_sums(probe["counters"], len(COUNTERS)), strict=True)
+    )
     c["free_filtered"] = max(0, c["free_events"] - c["free_kept"])
     return c
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from allocscope.collector.payloads import Estimate, LifespanPayload, LifespanRow
 from allocscope.reports.format import bytes_short, count_short
 from allocscope.reports.table import render
+from allocscope.reports.terminal import printable
 
 
 def ns(v: float) -> str:
@@ -41,7 +42,7 @@ def header(p: LifespanPayload) -> str:
     if p.view == "leaks":
         lines.append(f"  leaks: outstanding allocations older than {ns(p.older_than_ns)}")
     lines += [f"  note: {n}" for n in p.notes]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def _who(r: LifespanRow) -> str:
@@ -129,8 +130,9 @@ def leaks_table(p: LifespanPayload, top: int | None = 10, stacks: int = 1) -> st
         for i, r in enumerate(rows[:5], 1):
             for folded, n in list(r.stacks.items())[:stacks]:
                 frames = folded.split(";")
-                out.append(f"\n#{i} {_who(r)} <- {r.caller}: {n} sampled old objects, stack:")
-                out += [f"    {f}" for f in reversed(frames[-12:])]
+                head = f"#{i} {_who(r)} <- {r.caller}: {n} sampled old objects, stack:"
+                out.append("\n" + printable(head))
+                out += [f"    {printable(f)}" for f in reversed(frames[-12:])]
     more = len(p.rows) - len(rows)
     if more > 0:
         out.append(f"({more} more rows; see -n)")

@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
         EXAMPLES,
         run,
     )
-    add_capture_options(p)
+    add_capture_options(p, rows=10)
     p.add_argument(
         "--older",
         type=duration_arg,

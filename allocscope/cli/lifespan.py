@@ -43,8 +43,8 @@ EXAMPLES = """\
 """
 
 
-def add_capture_options(p: argparse.ArgumentParser) -> None:
-    """The options ``lifespan`` and ``leaks`` share."""
+def add_capture_options(p: argparse.ArgumentParser, rows: int = 30) -> None:
+    """The options ``lifespan`` and ``leaks`` share (``rows``: the table's default -n)."""
     p.add_argument(
         "-d",
         "--duration",
@@ -92,7 +92,7 @@ def add_capture_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="also write the result file (JSON, kind lifespan)",
     )
-    add_row_limit(p)
+    add_row_limit(p, help=f"show the first N rows (default: {rows} in a table, all with --json)")
     add_output_format(p)
 
 

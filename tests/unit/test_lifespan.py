@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 from allocscope.collector import lifespan, lifespan_stats
 from allocscope.collector.byte_sampling import WeightSums
 from allocscope.collector.kallsyms import Kallsyms, Symbol
 from allocscope.collector.lifespan import RawLifespan, _Row, build_payload, cluster_estimates
+from allocscope.collector.payloads import LifespanPayload, LifespanRow
 from allocscope.probes.lifespan import (
     LIFE_SHIFT,
     NR_SLOTS,
@@ -18,6 +20,7 @@ from allocscope.probes.lifespan import (
     LifeKey,
     LifespanSettings,
     TrackedObject,
+    Weights,
 )
 
 FRAC = 256
@@ -147,8 +150,8 @@ STACKS = {
     2: (0x1510, 0x1010, 0x1210, 0x1610),
     3: (0x1410, 0x1310, 0x1610),
 }
-ONE = WeightSums(1, 256, 0, FRAC, 0)  # census weights of a 256-byte object
-PAGE_W = WeightSums(4096, 4096, 0, FRAC, 0)
+ONE = Weights(1, 256, 0, FRAC, 0)  # census weights of a 256-byte object
+PAGE_W = Weights(4096, 4096, 0, FRAC, 0)
 
 
 def _entry(key: LifeKey, lifespans_ns: list[int], missed: int = 0) -> LifeEntry:
@@ -158,9 +161,8 @@ def _entry(key: LifeKey, lifespans_ns: list[int], missed: int = 0) -> LifeEntry:
         i = min(life.bit_length() - 1, NR_SLOTS - 1)
         n[i] += 1
         w[i] += FRAC
-    freed = WeightSums()
-    for _ in lifespans_ns:
-        freed.add(ONE)
+    k = len(lifespans_ns)
+    freed = Weights(k, 256 * k, 0, FRAC * k, 0)
     return LifeEntry(
         key,
         freed,
@@ -197,8 +199,8 @@ def census_raw() -> RawLifespan:
     )
 
 
-def _row(p: object, site: str, caller: str) -> object:
-    for r in p.rows:  # type: ignore[attr-defined]
+def _row(p: LifespanPayload, site: str, caller: str) -> LifespanRow:
+    for r in p.rows:
         if r.site == site and r.caller == caller:
             return r
     raise AssertionError((site, caller))
@@ -249,3 +251,28 @@ def test_settings_refuse_weights_that_would_overflow() -> None:
     with pytest.raises(AllocscopeError, match="overflow"):
         LifespanSettings(sample_rate=1 << 20, addr_shift=8).check()
     LifespanSettings(sample_rate=4096, addr_shift=5).check()
+
+
+def test_tables_show_both_views_and_neutralise_hostile_names() -> None:
+    from allocscope.reports import lifespan as report
+
+    raw = census_raw()
+    raw.notes.append("site \x1b[31mred\x1b[0m")
+    life = report.text(build_payload(raw, KS, view="lifespan"), 10)
+    assert "alloc_empty_file" in life and "path_openat" in life and "p50 life" in life
+    assert "not traced" in life and "\x1b" not in life
+    leaks = report.text(build_payload(raw, KS, view="leaks", older_ns=2_500_000_000), 10)
+    assert "older than 2.5s" in leaks and "old bytes" in leaks
+    assert "#1 alloc_empty_file <- alloc_file_pseudo: 5 sampled old objects" in leaks
+    assert leaks.index("alloc_file_pseudo") < leaks.index("anon_pipe_write")
+
+
+def test_cli_usage_errors_before_any_probe(cli: Any) -> None:
+    rc, _out, err = cli("lifespan", "--census", "--rate", "8")
+    assert rc != 0 and "--census is --rate 1 --addr-shift 0" in err
+    rc, _out, err = cli("leaks", "--confidence", "1.5")
+    assert rc != 0 and "--confidence must be in (0, 1)" in err
+    rc, _out, err = cli("lifespan", "--rate", "1048576", "--addr-shift", "8")
+    assert rc != 0 and "overflow" in err
+    rc, _out, err = cli("top", "--exact-frees")
+    assert rc != 0 and "--exact-frees needs --live" in err

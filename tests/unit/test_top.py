@@ -265,9 +265,16 @@ def test_live_path_is_wired(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
     def capture(
-        duration: float, *, frees: bool = True, pid: int | None = None, workload: str | None = None
+        duration: float,
+        *,
+        frees: bool = True,
+        exact_frees: bool = False,
+        pid: int | None = None,
+        workload: str | None = None,
     ) -> Any:
-        seen.update(duration=duration, frees=frees, pid=pid, workload=workload)
+        seen.update(
+            duration=duration, frees=frees, exact_frees=exact_frees, pid=pid, workload=workload
+        )
         recs = [
             AllocRecord(Site("", 0, "alloc_empty_file"), 4096, 16),
             AllocRecord(Site("", 0, "getname_flags", ""), 8192, 2),
@@ -291,7 +298,13 @@ def test_live_path_is_wired(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pkg, "top_live", fake, raising=False)
     rc, out, err = cli("top", "--live", "2", "--workload", "open-close", "-n", "5", "--no-frees")
     assert rc == 0, err
-    assert seen == {"duration": 2.0, "frees": False, "pid": None, "workload": "open-close"}
+    assert seen == {
+        "duration": 2.0,
+        "frees": False,
+        "exact_frees": False,
+        "pid": None,
+        "workload": "open-close",
+    }
     assert "backend raw_tracepoint" in out and "18 events" in out and "0 lost" in out
     assert "getname_flags" in out and "alloc_empty_file" in out
     assert out.index("getname_flags") < out.index("alloc_empty_file")
