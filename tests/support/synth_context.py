@@ -24,6 +24,7 @@ from allocscope.probes.lifespan import (
     LifeKey,
     LifespanSettings,
     TrackedObject,
+    Weights,
 )
 
 TAGS = (
@@ -52,6 +53,10 @@ def points(n: int, size: int, rate: int = RATE) -> WeightSums:
         calls_w=n * rate * frac // size,
         calls_w2=n * (rate * rate * frac) // (size * size),
     )
+
+
+def _weights(w: WeightSums) -> Weights:
+    return Weights(w.hits, w.bytes_w, w.bytes_w2, w.calls_w, w.calls_w2)
 
 
 def context_result(h: int, host: HostMetadata, start: float, duration: float) -> Result:
@@ -116,7 +121,7 @@ def lifespan_result(h: int, host: HostMetadata, start: float, duration: float) -
             hist_w[slot] += w.calls_w
             hist_w2[slot] += w.calls_w2
             life_sum += w.calls_w * ((3 << slot) // 2 >> 6)
-        freed = points(n, 128)
+        freed = _weights(points(n, 128))
         lives.append(
             LifeEntry(
                 key, freed, n, 0, 0, 0, life_sum, tuple(hist_n), tuple(hist_w), tuple(hist_w2)
@@ -126,7 +131,9 @@ def lifespan_result(h: int, host: HostMetadata, start: float, duration: float) -
         for m in range(leaked):
             age = int(5e9) if k == 0 else int(1e6)
             tracked.append(
-                TrackedObject(0x5000 + 64 * (100 * k + m), key, end_ns - age, 128, points(1, 128))
+                TrackedObject(
+                    0x5000 + 64 * (100 * k + m), key, end_ns - age, 128, _weights(points(1, 128))
+                )
             )
     raw = lifespan.RawLifespan(
         settings=settings,
