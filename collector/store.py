@@ -6,6 +6,8 @@ Layout (``STORE_SCHEMA_VERSION`` 1, documented in docs/design/store.md)::
     <store>/hosts/dt=YYYY-MM-DD/part-...      one row per snapshot: metadata, labels, totals
     <store>/callers/dt=YYYY-MM-DD/part-...    one row per caller of a who-calls result
     <store>/overhead/dt=YYYY-MM-DD/part-...   one row per function of an overhead result
+    <store>/context/dt=YYYY-MM-DD/part-...    per tag and caller of a context interval/result
+    <store>/lifespan/dt=YYYY-MM-DD/part-...   per site/tag and caller of a lifespan interval/result
 
 Why files and not a database: files are the one thing every engine (DuckDB here, Spark or
 Trino on a cluster) reads without an import, many agents can append to a shared path without a
