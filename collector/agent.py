@@ -24,27 +24,34 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import re
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from allocscope.collector.allocinfo import read_allocinfo
+from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.atomic import write_atomic
 from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.snapshot import snapshot_table
 from allocscope.collector.snapshot_check import read_snapshot_file
-from allocscope.collector.store import AgentStats, Store, StoreUnavailable, safe_name
+from allocscope.collector.store import (
+    INTERVAL_DATASETS,
+    AgentStats,
+    Store,
+    StoreUnavailable,
+    safe_name,
+)
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.collector.units import human_bytes
 from allocscope.errors import AllocscopeError, InputError
@@ -62,6 +69,9 @@ class AgentConfig:
     once: bool = False
     count: int | None = None  # stop after this many snapshots (tests, measurements)
     lenient: bool = False
+    context: bool = False  # collect --context: a continuous context capture beside snapshots
+    lifespan: bool = False  # collect --lifespan: a lifespan capture per interval
+    budget: float | None = None  # --context's CPU budget (None: the verb's default)
 
 
 @dataclass(slots=True)
@@ -100,12 +110,9 @@ class Spool:
             names = os.listdir(self.dir)
         except FileNotFoundError:
             return []
-        # snap-<ns>.parquet: name order is time order.
-        return sorted(
-            os.path.join(self.dir, n)
-            for n in names
-            if n.startswith("snap-") and n.endswith(".parquet")
-        )
+        # snap-<ns>.parquet: name order is time order. An interval's context/lifespan rows
+        # sit beside it as snap-<ns>.<dataset>.parquet, written before it (it commits them).
+        return sorted(os.path.join(self.dir, n) for n in names if _SPOOLED.fullmatch(n))
 
     def dropped(self) -> int:
         try:
@@ -135,24 +142,28 @@ class Spool:
         finally:
             os.close(fd)
 
-    def add(self, table: pa.Table, taken_at: float) -> str | None:
-        """Spool one snapshot table; returns the path of a snapshot dropped to make room."""
+    def add(
+        self, table: pa.Table, taken_at: float, extra: Sequence[tuple[str, pa.Table]] = ()
+    ) -> str | None:
+        """Spool one snapshot table (and its interval's rows); returns the path of a snapshot
+        dropped to make room."""
         with self._locked():
-            return self._add(table, taken_at)
+            return self._add(table, taken_at, extra)
 
-    def _add(self, table: pa.Table, taken_at: float) -> str | None:
+    def _add(
+        self, table: pa.Table, taken_at: float, extra: Sequence[tuple[str, pa.Table]]
+    ) -> str | None:
         dropped = None
         pending = self.pending()
         while len(pending) >= self.max:
             victim = pending.pop()  # the newest: the oldest are dropped last
-            try:
-                os.unlink(victim)
-            except FileNotFoundError:
-                pass
+            _unlink_spooled(victim)
             self._count_drop()
             dropped = victim
         path = os.path.join(self.dir, f"snap-{int(round(taken_at * 1e9)):020d}.parquet")
-        write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
+        for dataset, t in extra:
+            _write_parquet(_extra_path(path, dataset), t)
+        _write_parquet(path, table)
         return dropped
 
     def flush(self, store: Store, log: Callable[[str], None]) -> int:
@@ -167,19 +178,45 @@ class Spool:
                 snap = read_snapshot_file(path)
             except InputError as e:
                 log(f"spool: dropping unreadable {path}: {e}")
-                os.unlink(path)
+                _unlink_spooled(path)
                 self._count_drop()
                 continue
+            extra = [
+                (d, pq.read_table(_extra_path(path, d)))
+                for d in INTERVAL_DATASETS
+                if os.path.exists(_extra_path(path, d))
+            ]
             store.commit_snapshot(
                 snap.table,
                 snap.host,
                 snap.taken_at,
                 allocinfo_version=snap.version,
                 source=snap.source,
+                extra=extra,
             )
-            os.unlink(path)
+            _unlink_spooled(path)
             done += 1
         return done
+
+
+def _write_parquet(path: str, table: pa.Table) -> None:
+    write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
+
+
+_SPOOLED = re.compile(r"snap-\d+\.parquet")
+
+
+def _extra_path(snap_path: str, dataset: str) -> str:
+    return snap_path[: -len(".parquet")] + f".{dataset}.parquet"
+
+
+def _unlink_spooled(path: str) -> None:
+    """A spooled snapshot goes first (it commits), then its interval's rows."""
+    for p in [path, *(_extra_path(path, d) for d in INTERVAL_DATASETS)]:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
 
 
 class Agent:
@@ -198,6 +235,8 @@ class Agent:
         self.proc = psutil.Process()
         self.stop = threading.Event()
         self.snapshots = 0
+        self.streams: list[Any] = []  # ContextStream / LifespanStream (collector/agent_capture.py)
+        self._said_no_allocinfo = False
 
     def log(self, msg: str) -> None:
         self.out.write(msg + "\n")
@@ -207,14 +246,33 @@ class Agent:
         # CLOCK_PROCESS_CPUTIME_ID: ns resolution (psutil's cpu_times ticks at 10 ms).
         return time.process_time()
 
+    def _read_snapshot(self) -> AllocinfoSnapshot:
+        """allocinfo now; with --context/--lifespan on a kernel without it, an empty snapshot
+        (its hosts row still commits the interval's rows: sites 0, source 'none')."""
+        if self.streams and self.cfg.file is None and not os.path.exists(PROC_ALLOCINFO):
+            if not self._said_no_allocinfo:
+                self.log(
+                    f"{PROC_ALLOCINFO} not present (no CONFIG_MEM_ALLOC_PROFILING): storing "
+                    "the interval captures with empty snapshots"
+                )
+                self._said_no_allocinfo = True
+            return AllocinfoSnapshot(None, [], "none", taken_at=time.time())
+        return read_allocinfo(self.cfg.file, lenient=self.cfg.lenient)
+
     def take(self) -> None:
         """One snapshot: read, build rows, flush the spool if any, store (or spool) it."""
         wall0 = time.perf_counter()
         cpu0 = self._cpu()
-        snap = read_allocinfo(self.cfg.file, lenient=self.cfg.lenient)
+        snap = self._read_snapshot()
         host: HostMetadata = collect_host_metadata(self.cfg.labels)
         snap.host = host
         table = snapshot_table(snap, host, self.sub)
+        allocinfo = snap if snap.records else None
+        extra: list[tuple[str, pa.Table]] = []
+        for stream in self.streams:
+            t = stream.collect(host, snap.taken_at, allocinfo)
+            if t is not None and t.num_rows:
+                extra.append((stream.dataset, t))
         rss = int(self.proc.memory_info().rss)
 
         def stats() -> AgentStats:
@@ -235,10 +293,11 @@ class Agent:
                 allocinfo_version=snap.version,
                 source=snap.source,
                 agent=stats,
+                extra=extra,
             )
             stored = True
         except StoreUnavailable as e:
-            dropped = self.spool.add(table, snap.taken_at)
+            dropped = self.spool.add(table, snap.taken_at, extra)
             self.log(
                 f"spooled {host.hostname} taken_at={snap.taken_at!r} ({e}); "
                 f"{len(self.spool.pending())} in spool, {self.spool.dropped()} dropped so far"
@@ -254,8 +313,9 @@ class Agent:
         self.stats.peak_rss_bytes = max(self.stats.peak_rss_bytes, rss)
         self.snapshots += 1
         if stored:
+            more = "".join(f" {d}={t.num_rows}" for d, t in extra)
             self.log(
-                f"stored {host.hostname} taken_at={snap.taken_at!r} rows={table.num_rows} "
+                f"stored {host.hostname} taken_at={snap.taken_at!r} rows={table.num_rows}{more} "
                 f"cpu={cpu:.4f}s rss={human_bytes(rss)}"
             )
 
@@ -279,28 +339,61 @@ class Agent:
                     )
             if self.cfg.jitter > 0 and self.stop.wait(random.uniform(0, self.cfg.jitter)):
                 return 0
-            start = time.monotonic()
-            tick = 0
-            while not self.stop.is_set():
-                try:
-                    self.take()
-                except AllocscopeError:
-                    if self.cfg.once or self.snapshots == 0:
-                        raise  # a bad allocinfo or config: say so now, not every interval
-                    self.log(f"snapshot failed: {sys.exc_info()[1]}")
-                if self.cfg.once or (self.cfg.count and self.snapshots >= self.cfg.count):
-                    break
-                tick += 1
-                now = time.monotonic() - start
-                if self.cfg.interval > 0:
-                    tick = max(tick, int(now // self.cfg.interval) + 1)  # skip missed ticks
-                wait = start + tick * self.cfg.interval - time.monotonic()
-                if wait > 0 and self.stop.wait(wait):
-                    break
+            with ExitStack() as streams:
+                self._open_streams(streams)
+                self._loop()
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
         return 0
+
+    def _open_streams(self, stack: ExitStack) -> None:
+        from allocscope.collector import agent_capture, context
+
+        if self.cfg.context:
+            budget = self.cfg.budget if self.cfg.budget is not None else context.DEFAULT_BUDGET
+            self.streams.append(stack.enter_context(agent_capture.ContextStream(budget, self.log)))
+        if self.cfg.lifespan:
+            self.streams.append(stack.enter_context(agent_capture.LifespanStream(self.log)))
+
+    def _wait(self, seconds: float) -> bool:
+        """The time between snapshots; with --lifespan it is that interval's capture window.
+        True when the agent was asked to stop."""
+        life = [s for s in self.streams if s.dataset == "lifespan"]
+        if life and seconds > 0 and not self.stop.is_set():
+            if life[0].run(seconds, self.stop):
+                self.stop.set()  # SIGTERM inside the window: stop after storing it
+            return self.stop.is_set()
+        return seconds > 0 and self.stop.wait(seconds)
+
+    def _loop(self) -> None:
+        start = time.monotonic()
+        tick = 0
+        # With interval captures the first snapshot ends the first interval, and a stop
+        # request still stores the interval cut short (its rows are a partial result).
+        captures = bool(self.streams)
+        if captures:
+            tick = 1
+            self._wait(start + self.cfg.interval - time.monotonic())
+        while True:
+            stopped = self.stop.is_set()
+            if stopped and not captures:
+                break
+            try:
+                self.take()
+            except AllocscopeError:
+                if self.cfg.once or self.snapshots == 0:
+                    raise  # a bad allocinfo or config: say so now, not every interval
+                self.log(f"snapshot failed: {sys.exc_info()[1]}")
+            if stopped or self.cfg.once or (self.cfg.count and self.snapshots >= self.cfg.count):
+                break
+            tick += 1
+            now = time.monotonic() - start
+            if self.cfg.interval > 0:
+                tick = max(tick, int(now // self.cfg.interval) + 1)  # skip missed ticks
+            wait = start + tick * self.cfg.interval - time.monotonic()
+            if self._wait(wait) and not captures:
+                break
 
 
 def spool_default() -> str:

@@ -97,6 +97,7 @@ class Estimate:
     value: float
     low: float
     high: float
+    var: float = 0.0  # the total's variance: additive, so fleet sums combine exactly
 
 
 def _chi2_quantile(p: float, dof: float) -> float:
@@ -122,13 +123,13 @@ def total(value: float, var: float, one_point: float, confidence: float = 0.95) 
     sample point would carry (R for bytes), used for the upper bound when nothing was seen."""
     if value <= 0:
         _, high = poisson_interval(0, confidence)
-        return Estimate(0.0, 0.0, high * max(one_point, 0.0))
+        return Estimate(0.0, 0.0, high * max(one_point, 0.0), max(var, 0.0))
     if var <= 0:  # a census: exact
-        return Estimate(value, value, value)
+        return Estimate(value, value, value, 0.0)
     n_eff = value * value / var
     scale = value / n_eff
     low, high = poisson_interval(n_eff, confidence)
-    return Estimate(value, min(low * scale, value), max(high * scale, value))
+    return Estimate(value, min(low * scale, value), max(high * scale, value), var)
 
 
 def bytes_estimate(s: WeightSums, rate: float, confidence: float = 0.95) -> Estimate:

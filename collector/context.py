@@ -48,6 +48,7 @@ from allocscope.collector.payloads import (
     ContextTag,
     ContextTotals,
     RateEpoch,
+    SampleSums,
 )
 from allocscope.collector.result import Result
 from allocscope.collector.rollup import GROUP_BY, Filters, classify, group_key
@@ -102,6 +103,13 @@ class Options:
     # Tests and benchmarks: run this in a thread once the probe is attached; without a
     # duration the capture ends when it returns.
     during: Callable[[], object] | None = None
+
+
+def raw_sums(s: WeightSums) -> SampleSums:
+    """The additive sums a fleet store combines (estimates and variances, not intervals)."""
+    return SampleSums(
+        hits=s.hits, calls=s.calls, calls_var=s.calls_var, bytes=s.bytes, bytes_var=s.bytes_var
+    )
 
 
 # --- the rate keeper -------------------------------------------------------------------------
@@ -431,6 +439,7 @@ def _callers(g: _Group, rate: int, opts: Options) -> tuple[ContextCaller, ...]:
                 if g.charge_known and sums.bytes > 0
                 else None,
                 callers=n,
+                sums=raw_sums(sums),
             )
         )
     return tuple(out)
@@ -511,6 +520,8 @@ def build_payload(
                 charged_call_share=charged[3],
                 callers=_callers(g, rate, opts),
                 folded=dict(g.folded) if opts.folded else {},
+                sums=raw_sums(g.sums),
+                charged_sums=raw_sums(g.charged) if g.charge_known else None,
             )
         )
     rows.sort(key=lambda r: (-r.bytes, r.tag))
@@ -566,6 +577,7 @@ def build_payload(
             bytes_est_high=be.high,
             by_source=dict(zip(SOURCES, raw.events, strict=True)),
             bytes_by_source=dict(zip(SOURCES, raw.bytes, strict=True)),
+            sums=raw_sums(everything),
         ),
         tags=tuple(rows),
         tags_total=total_rows,

@@ -119,7 +119,7 @@ def ingest(
     store.clean_stale_temps()
     store.clean_orphans()
     seen = store.known_snapshots()
-    seen_results = {d: store.known_results(d) for d in ("callers", "overhead")}
+    seen_results = {d: store.known_results(d) for d, _ in RESULT_DATASETS.values()}
 
     def skip(path: str, e: InputError) -> None:
         report.skipped.append((path, str(e)))
@@ -176,7 +176,7 @@ def ingest(
                         path,
                         None,
                         f"{res.kind!r} results are not stored (the store "
-                        f"takes snapshots, who-calls and overhead results)",
+                        f"takes snapshots, who-calls, overhead, context and lifespan results)",
                     )
                 dataset, convert = RESULT_DATASETS[res.kind]
                 table = convert(res, path)

@@ -231,7 +231,7 @@ def _slot(ns: int) -> int:
 
 
 def _est(e: byte_sampling.Estimate) -> Estimate:
-    return Estimate(value=e.value, low=e.low, high=e.high)
+    return Estimate(value=e.value, low=e.low, high=e.high, var=e.var)
 
 
 def _iv(e: lifespan_stats.Interval) -> Estimate:
@@ -356,6 +356,7 @@ def build_payload(
                         high_ns=lifespan_stats.slot_bounds(i)[1],
                         sampled=n,
                         calls=r.hist_w[i] / _FRAC,
+                        calls_var=r.hist_w2[i] / _FRAC,
                     )
                     for i, n in enumerate(r.hist_n)
                     if n
@@ -461,9 +462,11 @@ def capture_raw(
     settings: Sequence[LifespanSettings],
     *,
     on_start: Callable[[], object] | None = None,
+    done: Callable[[], bool] | None = None,
 ) -> list[RawLifespan]:
     """One window inside an entered :class:`Capture`, one probe per settings (a census
-    beside the default sample sees the same events); the fleet agent calls this per interval."""
+    beside the default sample sees the same events); the fleet agent calls this per interval
+    (``done``: its stop request ends the window early)."""
     probes: list[tuple[Probe, LifespanSettings, str]] = []
     for s in settings:
         p = cap.hold(Probe(probe_lifespan.PROGRAM, s.defines()))
@@ -473,7 +476,7 @@ def capture_raw(
         attached.append((p, s, probe_lifespan.attach_all(p)))
     start_ns = probe_lifespan.now_ns()
     with cap.window(on_start=on_start) as w:
-        cap.wait(w)
+        cap.wait(w, done=done)
     for p, _s, _b in attached:
         p.detach()
     end_ns = probe_lifespan.now_ns()

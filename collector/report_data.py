@@ -21,6 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from allocscope.collector.flame_diff import StackDiff, compare_results
+from allocscope.collector.report_fleet import (
+    FleetContext,
+    FleetLifespan,
+    fleet_context,
+    fleet_lifespan,
+)
 from allocscope.collector.report_inputs import COLUMNS, load_files
 from allocscope.collector.result import Result, read_result
 from allocscope.collector.store import Store
@@ -176,6 +182,8 @@ class ReportData:
     diffs: list[StackDiff] = field(default_factory=list)  # report --diff A B
     fleet_callers: list[FleetCallers] = field(default_factory=list)
     fleet_overhead: FleetOverhead | None = None
+    fleet_context: FleetContext | None = None
+    fleet_lifespan: FleetLifespan | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -264,6 +272,8 @@ def _store_results(con: Any, data: ReportData, store: Store, top_n: int) -> None
         _fleet_callers(con, data, store, top_n)
     if store.files("overhead"):
         _fleet_overhead(con, data, store)
+    data.fleet_context = fleet_context(store, top_n)
+    data.fleet_lifespan = fleet_lifespan(store, top_n)
 
 
 def _fleet_callers(con: Any, data: ReportData, store: Store, top_n: int) -> None:
@@ -457,7 +467,8 @@ def gather(
         with reading(st, "reading results from store"):
             _store_results(con, data, st, top_n)
         store_rows = bool(st.files("allocinfo"))
-        if not store_rows and not (data.fleet_callers or data.fleet_overhead):
+        fleet = data.fleet_context or data.fleet_lifespan
+        if not store_rows and not (data.fleet_callers or data.fleet_overhead or fleet):
             raise InputError(st.root, None, NO_SNAPSHOTS)
         if not store_rows:
             data.sources.append(f"store {store} (results only)")

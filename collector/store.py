@@ -6,6 +6,8 @@ Layout (``STORE_SCHEMA_VERSION`` 1, documented in docs/design/store.md)::
     <store>/hosts/dt=YYYY-MM-DD/part-...      one row per snapshot: metadata, labels, totals
     <store>/callers/dt=YYYY-MM-DD/part-...    one row per caller of a who-calls result
     <store>/overhead/dt=YYYY-MM-DD/part-...   one row per function of an overhead result
+    <store>/context/dt=YYYY-MM-DD/part-...    per tag and caller of a context interval/result
+    <store>/lifespan/dt=YYYY-MM-DD/part-...   per site/tag and caller of a lifespan interval/result
 
 Why files and not a database: files are the one thing every engine (DuckDB here, Spark or
 Trino on a cluster) reads without an import, many agents can append to a shared path without a
@@ -57,10 +59,13 @@ from allocscope.collector.atomic import clean_stale_temps as atomic_clean_stale_
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.mounts import unmounted_home
 from allocscope.collector.snapshot import SNAPSHOT_SCHEMA
+from allocscope.collector.store_fleet_schemas import CONTEXT_SCHEMA, LIFESPAN_SCHEMA
 from allocscope.errors import AllocscopeError
 
 STORE_SCHEMA_VERSION = 1
-DATASETS = ("allocinfo", "hosts", "callers", "overhead")
+DATASETS = ("allocinfo", "hosts", "callers", "overhead", "context", "lifespan")
+# Datasets an agent interval writes beside its snapshot, before the commit record.
+INTERVAL_DATASETS = ("context", "lifespan")
 ROW_GROUP_ROWS = 128 * 1024  # small enough that a one-host query skips most of a batch file
 
 TS = pa.timestamp("us", tz="UTC")
@@ -147,6 +152,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "hosts": HOSTS_SCHEMA,
     "callers": CALLERS_SCHEMA,
     "overhead": OVERHEAD_SCHEMA,
+    "context": CONTEXT_SCHEMA,
+    "lifespan": LIFESPAN_SCHEMA,
 }
 
 
@@ -166,6 +173,8 @@ SORT_KEYS: dict[str, list[str]] = {
     "hosts": ["hostname", "taken_at"],
     "callers": ["hostname", "taken_at", "site", "caller"],
     "overhead": ["hostname", "taken_at", "function"],
+    "context": ["hostname", "taken_at", "tag", "row_kind", "caller"],
+    "lifespan": ["hostname", "taken_at", "site", "caller", "row_kind", "slot"],
 }
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -308,8 +317,10 @@ class Store:
         allocinfo_version: str | None = None,
         source: str = "",
         agent: AgentStats | Callable[[], AgentStats] | None = None,
+        extra: Iterable[tuple[str, pa.Table]] = (),
     ) -> tuple[str, str]:
-        """Store one snapshot: allocinfo rows first, then its ``hosts`` row (the commit).
+        """Store one snapshot: allocinfo rows first, then the interval's ``extra`` parts
+        (``context``/``lifespan`` rows of the agent), then its ``hosts`` row (the commit).
 
         ``agent`` may be a callable so the agent's own cost includes the allocinfo write.
         """
@@ -324,6 +335,16 @@ class Store:
             held=held,
         )
         try:  # the part stays locked (not an orphan to anyone) until its commit is published
+            for dataset, table in extra:
+                if dataset not in INTERVAL_DATASETS:
+                    raise ValueError(f"not an interval dataset: {dataset!r}")
+                self._write_part(
+                    dataset,
+                    table,
+                    self.part_path(dataset, day, host.hostname, ts_ns),
+                    presorted=False,
+                    held=held,
+                )
             if callable(agent):
                 agent = agent()
             hrow = hosts_rows([(host, taken_at, allocinfo_version, source, rows, agent)])
@@ -333,9 +354,13 @@ class Store:
         return a, h
 
     def commit_result(self, dataset: str, table: pa.Table, hostname: str, taken_at: float) -> str:
+        """One ingested result file as one part (the part is its own commit). In the interval
+        datasets it is named like a batch, so it is never taken for an agent interval part
+        waiting for its ``hosts`` record (:meth:`clean_orphans`)."""
         ts_ns = int(round(taken_at * 1e9))
+        batch = dataset in INTERVAL_DATASETS
         return self.write_part(
-            dataset, table, self.part_path(dataset, dt_of(taken_at), hostname, ts_ns)
+            dataset, table, self.part_path(dataset, dt_of(taken_at), hostname, ts_ns, batch=batch)
         )
 
     # -- reading -------------------------------------------------------------------------
@@ -381,9 +406,12 @@ class Store:
         me = safe_name(socket.gethostname())
         agent_prefix = f"part-{safe_name(hostname)}-" if hostname else None
         removed = 0
-        for path in self.files("allocinfo"):
+        candidates = [(path, False) for path in self.files("allocinfo")]
+        # an agent interval's context/lifespan parts share the snapshot's name and commit
+        candidates += [(path, True) for d in INTERVAL_DATASETS for path in self.files(d)]
+        for path, interval in candidates:
             name = os.path.basename(path)
-            batch = _BATCH_PART.search(name)
+            batch = None if interval else _BATCH_PART.search(name)
             if batch:
                 if batch["writer"] != me or pid_alive(int(batch["pid"])):
                     continue

@@ -18,6 +18,7 @@ from allocscope.collector.payloads import FunctionRow, OverheadPayload, WhoCalls
 from allocscope.collector.result import Result
 from allocscope.collector.site import SiteQuery, canonical_function
 from allocscope.collector.store import CALLERS_SCHEMA, OVERHEAD_SCHEMA, dumps, result_common
+from allocscope.collector.store_fleet import context_table, lifespan_table
 
 
 def _site_fields(site: Any) -> tuple[str, str | None, str | None]:
@@ -129,4 +130,6 @@ def overhead_table(res: Result, path: str) -> pa.Table:
 RESULT_DATASETS: dict[str, tuple[str, Callable[[Result, str], pa.Table]]] = {
     "who-calls": ("callers", callers_table),
     "overhead": ("overhead", overhead_table),
+    "context": ("context", context_table),
+    "lifespan": ("lifespan", lifespan_table),
 }

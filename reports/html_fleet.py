@@ -10,7 +10,7 @@ a ``group`` label). The numbers come from the store queries in
 from __future__ import annotations
 
 from allocscope.collector.report_data import CONTROL, PILOT, ReportData
-from allocscope.reports import svg
+from allocscope.reports import html_context, svg
 from allocscope.reports.flamegraph import render_flamegraph
 from allocscope.reports.format import count_exact, decimal, pct
 from allocscope.reports.html_parts import DASH, Block, figure, kv, rows_table, section
@@ -25,6 +25,24 @@ def sections(data: ReportData) -> list[Block]:
     overhead = _fleet_overhead_section(data)
     if overhead:
         blocks.append(("fleet-overhead", "Overhead (fleet)", overhead))
+    if data.fleet_context is not None:
+        body = html_context.fleet_context_section(data.fleet_context)
+        blocks.append(
+            (
+                "fleet-context",
+                "allocinfo with callers (fleet)",
+                section("fleet-context", "allocinfo with callers across the fleet", body),
+            )
+        )
+    if data.fleet_lifespan is not None:
+        body = html_context.fleet_lifespan_section(data.fleet_lifespan)
+        blocks.append(
+            (
+                "fleet-lifespan",
+                "Lifespans (fleet)",
+                section("fleet-lifespan", "Lifespans and leaks across the fleet", body),
+            )
+        )
     return blocks
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from allocscope.collector.payloads import ContextPayload, LifespanPayload
 from allocscope.collector.report_data import ReportData, ResultEntry
-from allocscope.reports import svg
+from allocscope.reports import html_context, svg
 from allocscope.reports.flamegraph import parse_folded, render_flamegraph
 from allocscope.reports.format import count_exact, duration, pct, utc_datetime
 from allocscope.reports.html_parts import (
@@ -241,6 +242,10 @@ def _result_section(entry: ResultEntry, idx: int) -> str:
         body += _who_calls(entry, idx)
     elif r.kind == "overhead":
         body += _overhead(entry, idx)
+    elif r.kind == "context":
+        body += html_context.context_result(r.typed(ContextPayload, entry.path), idx)
+    elif r.kind == "lifespan":
+        body += html_context.lifespan_result(r.typed(LifespanPayload, entry.path), idx)
     else:
         body += generic(r.payload)
     title = f"{r.kind}: {r.host.hostname}, {utc_datetime(r.start, DASH)}"

@@ -17,6 +17,8 @@ EXAMPLES = """\
   allocscope collect --store /mnt/fleet/store --once        # from cron, one snapshot
   allocscope collect --store ./store --file saved-allocinfo.txt --once --label host=db7
   allocscope collect --store ./store --interval 1s --count 60 --jitter 0 --self-stats
+  allocscope collect --store /mnt/fleet/store --interval 5m --context   # + per-tag callers/rates
+  allocscope collect --store ./store --interval 30s --count 4 --jitter 0 --context --lifespan
   systemctl enable --now allocscope-collect   # scripts/allocscope-collect.service
 """
 
@@ -85,6 +87,24 @@ def register(sub: Any) -> None:
         "--lenient", action="store_true", help="skip malformed allocinfo lines instead of failing"
     )
     p.add_argument("--json", action="store_true", help="print --self-stats as JSON")
+    p.add_argument(
+        "--context",
+        action="store_true",
+        help="keep a context capture running (byte-sampled, inside --budget) and store each "
+        "interval's per-tag rates, charged share and callers beside its snapshot",
+    )
+    p.add_argument(
+        "--lifespan",
+        action="store_true",
+        help="run a lifespan capture over each interval and store its rows (lifespans, "
+        "outstanding and old allocations per site and caller) beside the snapshot",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        metavar="FRACTION",
+        help="--context: CPU budget of the sampled part, fraction of one CPU (default 0.002)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
         raise AllocscopeError(str(e)) from None
     if args.interval <= 0 and not args.once and not args.count:
         raise AllocscopeError("--interval must be > 0 (or use --once / --count)")
+    if (args.context or args.lifespan) and args.interval <= 0:
+        raise AllocscopeError("--context/--lifespan need --interval > 0 (the capture window)")
+    if args.budget is not None and not args.context:
+        raise AllocscopeError("--budget applies to --context")
     jitter = args.jitter if args.jitter is not None else (0.0 if args.once else args.interval)
     # Imported here: the agent needs pyarrow, which the rest of the CLI must not load.
     from allocscope.collector.agent import Agent, AgentConfig, spool_default
@@ -109,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         once=args.once,
         count=args.count,
         lenient=args.lenient,
+        context=args.context,
+        lifespan=args.lifespan,
+        budget=args.budget,
     )
     sub: SubsystemMap = SubsystemMap.load(args.subsystems) if args.subsystems else default_map()
     agent = Agent(cfg, subsystems=sub)

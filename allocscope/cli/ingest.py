@@ -21,11 +21,12 @@ def register(sub: Any) -> None:
     p = add_verb(
         sub,
         "ingest",
-        help="import snapshot, who-calls and overhead files into a store",
+        help="import snapshot, who-calls, overhead, context and lifespan files into a store",
         description="Validate and import files produced elsewhere: snapshot Parquet files "
-        "(allocscope snapshot / collect spool), who-calls and overhead result JSON. A bad file "
-        "is reported and skipped, never half-imported; a snapshot or result already in the "
-        "store is skipped as a duplicate. Exit status 1 when any file was skipped.",
+        "(allocscope snapshot / collect spool), who-calls, overhead, context and lifespan "
+        "result JSON. A bad file is reported and skipped, never half-imported; a snapshot or "
+        "result already in the store is skipped as a duplicate. Exit status 1 when any file "
+        "was skipped.",
         examples=EXAMPLES,
         func=run,
     )

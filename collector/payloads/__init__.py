@@ -27,6 +27,7 @@ from allocscope.collector.payloads.context import (
     ContextTag,
     ContextTotals,
     RateEpoch,
+    SampleSums,
 )
 from allocscope.collector.payloads.lifespan import (
     Estimate,
@@ -178,6 +179,7 @@ __all__ = [
     "Payload",
     "PooledRow",
     "RateEpoch",
+    "SampleSums",
     "ProfilingMemory",
     "ResultEnvelope",
     "SampleCounts",

@@ -17,6 +17,19 @@ from allocscope.collector.contracts import Contract, opt, req
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SampleSums(Contract):
+    """The byte sampler's raw sums for one key (collector/byte_sampling.py WeightSums, in
+    bytes and calls): additive across keys, hosts and windows, so fleet estimates and their
+    intervals are combined from them, never from intervals (docs/design/store.md)."""
+
+    hits: int = req("sample points", nonneg=True)
+    calls: float = req("sum of calls weights (the calls estimate)", nonneg=True)
+    calls_var: float = req("sum of squared calls weights (its variance)", nonneg=True)
+    bytes: float = req("sum of bytes weights (the bytes estimate)", nonneg=True)
+    bytes_var: float = req("sum of squared bytes weights (its variance)", nonneg=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ContextCaller(Contract):
     """One caller of a tag: its estimated calls and bytes, and its shares of the tag's."""
 
@@ -36,6 +49,7 @@ class ContextCaller(Contract):
     byte_share_high: float = req("byte share interval, high end", nonneg=True)
     charged_share: float | None = opt("share of this caller's bytes charged to a memcg")
     callers: int | None = opt("for the 'other' row: how many callers it sums", nonneg=True)
+    sums: SampleSums | None = opt("raw sampler sums of this caller (fleet combination)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +87,8 @@ class ContextTag(Contract):
     charged_call_share: float | None = opt("share of its calls charged to a memcg")
     callers: tuple[ContextCaller, ...] = req("top callers by estimated calls, then 'other'")
     folded: dict[str, int] = opt("folded stack -> sample points", default={}, nonneg=True)
+    sums: SampleSums | None = opt("raw sampler sums of the tag (fleet combination)")
+    charged_sums: SampleSums | None = opt("raw sampler sums of its memcg-charged points")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +117,7 @@ class ContextTotals(Contract):
     bytes_est_high: float = req("interval, high end", nonneg=True)
     by_source: dict[str, int] = opt("events counted per hook", default={}, nonneg=True)
     bytes_by_source: dict[str, int] = opt("bytes counted per hook", default={}, nonneg=True)
+    sums: SampleSums | None = opt("raw sampler sums over every sample point")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

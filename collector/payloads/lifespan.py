@@ -25,6 +25,10 @@ class Estimate(Contract):
     value: float = req("the estimate", nonneg=True)
     low: float = req("interval, low end", nonneg=True)
     high: float = req("interval, high end", nonneg=True)
+    var: float | None = opt(
+        "variance of a total (additive across rows, hosts and windows: fleet combination)",
+        nonneg=True,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +50,7 @@ class HistSlot(Contract):
     high_ns: int = req("bucket end, ns", nonneg=True)
     sampled: int = req("sampled objects in the bucket", nonneg=True)
     calls: float = req("estimated calls in the bucket", nonneg=True)
+    calls_var: float | None = opt("sum of squared calls weights in the bucket", nonneg=True)
     bytes: float | None = opt("estimated bytes in the bucket (age histograms)", nonneg=True)
 
 

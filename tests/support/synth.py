@@ -313,6 +313,16 @@ def results(spec: FleetSpec) -> list[Result]:
                 },
             )
         )
+    from support.synth_context import context_result, lifespan_result
+
+    # two agent-like intervals of context and lifespan per host (at most 16 hosts: the
+    # fleet benchmark generates 1,000)
+    for h in range(min(spec.hosts, 16)):
+        host = host_metadata(h, int(reboots(h)), spec)
+        for k in range(2):
+            t = last + 1800 + 300 * k + h
+            out.append(context_result(h, host, t, 60.0))
+            out.append(lifespan_result(h, host, t + 60, 60.0))
     return out
 
 

@@ -112,7 +112,7 @@ def test_ingest_good_and_bad(tmp_path: Path, good: list[str]) -> None:
     assert "intruder" not in set(ai["hostname"].to_pylist())
     assert store.read("hosts").num_rows == n_snaps
     callers = store.read("callers")
-    n_res = len(results(SPEC)) // 2
+    n_res = sum(r.kind == "who-calls" for r in results(SPEC))
     assert callers.num_rows == n_res * 3  # one row per caller
     ov = store.read("overhead")
     assert ov.num_rows == n_res * 2  # one row per function
@@ -152,7 +152,8 @@ def test_cli_exit_status_and_messages(tmp_path: Path, good: list[str], cli: Cli)
     rc, out, err = cli("ingest", "--store", str(tmp_path / "s"), *good, str(bad))
     assert rc == 1
     assert f"skipped {bad}: not a result file" in err
-    assert "imported 3 overhead, 6 snapshot, 3 who-calls (" in out and "1 skipped" in out
+    assert "imported 6 context, 6 lifespan, 3 overhead, 6 snapshot, 3 who-calls (" in out
+    assert "1 skipped" in out
 
 
 def test_real_snapshot_file_roundtrip(tmp_path: Path, fixtures_dir: Path) -> None:

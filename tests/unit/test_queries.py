@@ -33,6 +33,7 @@ from allocscope.collector.store import Store
 SPEC = FleetSpec(hosts=12, sites=60, snapshots=6)
 PARAMS: dict[str, dict[str, str]] = {
     "site-change": {"from": "2026-11-29T01:00:00", "to": "2026-11-29T05:00:00"},
+    "tag-callers": {"tag": "kmem_alloc_a"},
 }
 
 
@@ -87,6 +88,12 @@ def test_every_named_query_is_covered() -> None:
         "post-boot-growth",
         "callers-join",
         "overhead-join",
+        "tag-callers",
+        "tag-rates",
+        "charged-by-subsystem",
+        "pilot-vs-control-rates",
+        "leaks-fleet",
+        "lifespan-by-tag",
     }
 
 
