@@ -4,7 +4,8 @@ share changes with intervals.
 The comparison works on two generic shapes, not on one result kind: folded stacks (``"root;
 caller;...;site" -> weight``) and caller rows (``caller -> share with its interval``). A result
 kind becomes comparable by registering a reader in :data:`SIDE_READERS` that turns its payload
-into a :class:`DiffSide` (who-calls here; ``context`` adds its own).
+into a :class:`DiffSide` (who-calls: one site; context: one side per tag, compared tag by
+tag, with the tags only one result holds listed as new or gone).
 
 Weights are normalised per capture (each side's stacks sum to 1): two captures never have the
 same length, rate or sampling, so only shares compare. A frame's share is inclusive (the
@@ -56,6 +57,19 @@ class DiffSide:
     samples: float | None  # stacks behind the shares (for a caller absent on this side)
     confidence: float = 0.95
     label: str = ""  # how tables and legends name this side (default: A / B)
+    # a result of many keys (context: tags): one side per key, compared key by key
+    keys: dict[str, KeyedSide] = field(default_factory=dict)
+    truncated: int = 0  # keys the result left out (its -n / -m): "only in" may mean "cut"
+
+
+@dataclass(slots=True)
+class KeyedSide:
+    """One key's side inside a many-keyed result, with what selects and ranks it."""
+
+    side: DiffSide
+    function: str  # a second name --tag matches
+    bytes: float  # estimated bytes in the window (ranking)
+    byte_share: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +117,25 @@ class StackDiff:
     changes: list[ShareChange] = field(default_factory=list)
     confidence: float = 0.95
     notes: list[str] = field(default_factory=list)
+    # A result of many keys (context: one per tag) compares key by key: ``parts`` holds one
+    # diff per key in both results; ``only_a`` / ``only_b`` the keys one result lacks. The
+    # top-level diff then has no frames or changes of its own.
+    parts: list[StackDiff] = field(default_factory=list)
+    only_a: list[KeyOnly] = field(default_factory=list)
+    only_b: list[KeyOnly] = field(default_factory=list)
+    part_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> bytes A, B
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOnly:
+    """A key (tag) only one result has: its size there and its callers (which appeared, or
+    which went away)."""
+
+    key: str
+    bytes: float
+    byte_share: float
+    samples: float
+    callers: tuple[ShareRow, ...]
 
 
 def frame_shares(folded: Mapping[str, float]) -> dict[tuple[str, ...], float]:
@@ -204,8 +237,55 @@ def who_calls_side(source: str, result: Result) -> DiffSide:
     )
 
 
-# kind -> reader; context (a per-tag capture with folded stacks) registers its own
-SIDE_READERS: dict[str, Callable[[str, Result], DiffSide]] = {"who-calls": who_calls_side}
+def context_sides(source: str, result: Result) -> DiffSide:
+    """A context result: one side per tag (in :attr:`DiffSide.keys`), each with the tag's
+    folded stacks and its callers' call shares with their intervals; the whole result's
+    "site" is its roll-up (two results rolled up differently do not compare)."""
+    p = result.payload
+    conf = _num(p.get("confidence")) or 0.95
+    conf = conf if 0 < conf < 1 else 0.95
+    by = str(p.get("by") or "site")
+    whole = DiffSide(source, result.kind, f"every tag (by {by})", {}, {}, None, conf)
+    for t in p.get("tags") or []:
+        if not isinstance(t, Mapping) or not isinstance(t.get("tag"), str):
+            continue
+        rows: dict[str, ShareRow] = {}
+        for c in t.get("callers") or []:
+            if not isinstance(c, Mapping) or not isinstance(c.get("caller"), str):
+                continue
+            share = _num(c.get("call_share"))
+            if share is None:
+                continue
+            low, high = _num(c.get("call_share_low")), _num(c.get("call_share_high"))
+            rows[c["caller"]] = ShareRow(
+                c["caller"], share, share if low is None else low, share if high is None else high
+            )
+        side = DiffSide(
+            source,
+            result.kind,
+            t["tag"],
+            folded_from(t.get("folded")),
+            rows,
+            _num(t.get("samples")),
+            conf,
+        )
+        whole.keys[t["tag"]] = KeyedSide(
+            side,
+            str(t.get("function") or ""),
+            _num(t.get("bytes")) or 0.0,
+            _num(t.get("byte_share")) or 0.0,
+        )
+    n, total = len(whole.keys), _num(p.get("tags_total"))
+    if total is not None and total > n:
+        whole.truncated = int(total) - n
+    return whole
+
+
+# kind -> reader
+SIDE_READERS: dict[str, Callable[[str, Result], DiffSide]] = {
+    "who-calls": who_calls_side,
+    "context": context_sides,
+}
 
 
 def side_of(source: str, result: Result) -> DiffSide:
@@ -218,8 +298,11 @@ def side_of(source: str, result: Result) -> DiffSide:
     return reader(source, result)
 
 
-def compare_sides(a: DiffSide, b: DiffSide) -> StackDiff:
-    """The comparison; two different sites (or kinds) are refused in one line."""
+def compare_sides(
+    a: DiffSide, b: DiffSide, *, top_n: int = 20, key: str | None = None
+) -> StackDiff:
+    """The comparison; two different sites (or kinds) are refused in one line. Many-keyed
+    sides (context) compare key by key (:func:`compare_keyed`)."""
     if a.kind != b.kind:
         raise AllocscopeError(
             f"--diff: {a.source} is a {a.kind} result, {b.source} a {b.kind} result: "
@@ -230,6 +313,10 @@ def compare_sides(a: DiffSide, b: DiffSide) -> StackDiff:
             f"--diff: {a.source} captured {a.site!r}, {b.source} captured {b.site!r}: "
             "a differential flame graph needs two captures of the same site"
         )
+    if a.keys or b.keys:
+        return compare_keyed(a, b, top_n=top_n, key=key)
+    if key is not None:
+        raise AllocscopeError(f"--diff: --tag is for context results, not {a.kind} results")
     d = StackDiff(a, b, diff_frames(a.folded, b.folded), share_changes(a, b))
     d.confidence = min(a.confidence, b.confidence)
     for side, name in ((a, "A"), (b, "B")):
@@ -243,6 +330,63 @@ def compare_sides(a: DiffSide, b: DiffSide) -> StackDiff:
     return d
 
 
-def compare_results(a: tuple[str, Result], b: tuple[str, Result]) -> StackDiff:
+def _only(k: KeyedSide) -> KeyOnly:
+    rows = sorted(k.side.rows.values(), key=lambda r: (-r.share, r.key))
+    return KeyOnly(k.side.site, k.bytes, k.byte_share, k.side.samples or 0.0, tuple(rows))
+
+
+def _only_in(this: dict[str, KeyedSide], other: dict[str, KeyedSide]) -> list[KeyOnly]:
+    """The keys of ``this`` that ``other`` lacks, biggest first."""
+    keep = [v for k, v in this.items() if k not in other]
+    return [_only(v) for v in sorted(keep, key=lambda v: (-v.bytes, v.side.site))]
+
+
+def compare_keyed(
+    a: DiffSide, b: DiffSide, *, top_n: int = 20, key: str | None = None
+) -> StackDiff:
+    """Two many-keyed results (context: tags) compared key by key: the ``top_n`` keys both
+    hold, ranked by bytes (A's plus B's window estimate), each a full :class:`StackDiff`; or,
+    with ``key``, the keys named so (the tag itself, or its function). Keys only one result
+    holds are listed as gone (only in A) or new (only in B), biggest first, ``top_n`` each."""
+
+    def chosen(side: DiffSide) -> dict[str, KeyedSide]:
+        if key is None:
+            return side.keys
+        return {k: v for k, v in side.keys.items() if key in (k, v.function)}
+
+    ka, kb = chosen(a), chosen(b)
+    if key is not None and not ka and not kb:
+        raise AllocscopeError(
+            f"--diff: no tag {key!r} in {a.source} or {b.source} "
+            "(give a tag as the context result names it, or its function)"
+        )
+    both = sorted(ka.keys() & kb.keys(), key=lambda k: (-(ka[k].bytes + kb[k].bytes), k))
+    d = StackDiff(a, b, confidence=min(a.confidence, b.confidence))
+    for k in both[:top_n]:
+        part = compare_sides(ka[k].side, kb[k].side)
+        part.a.label, part.b.label = a.label, b.label
+        d.parts.append(part)
+        d.part_stats[k] = (ka[k].bytes, kb[k].bytes)
+    if len(both) > top_n:
+        d.notes.append(f"{len(both) - top_n} more tag(s) in both results not compared (-n {top_n})")
+    d.only_a = _only_in(ka, kb)
+    d.only_b = _only_in(kb, ka)
+    for name, lst in (("gone", d.only_a), ("new", d.only_b)):
+        if len(lst) > top_n:
+            d.notes.append(f"{len(lst) - top_n} more {name} tag(s) not listed (-n {top_n})")
+            del lst[top_n:]
+    for side, name in ((a, "A"), (b, "B")):
+        if side.truncated:
+            d.notes.append(
+                f"{name} ({side.source}) left out {side.truncated} smaller tag(s) (its -n/-m): "
+                f"a tag listed as {'new' if name == 'A' else 'gone'} may only have been cut "
+                "from it"
+            )
+    return d
+
+
+def compare_results(
+    a: tuple[str, Result], b: tuple[str, Result], *, top_n: int = 20, key: str | None = None
+) -> StackDiff:
     """Two result files (path, result) -> their comparison (see :func:`compare_sides`)."""
-    return compare_sides(side_of(*a), side_of(*b))
+    return compare_sides(side_of(*a), side_of(*b), top_n=top_n, key=key)

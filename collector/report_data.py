@@ -432,6 +432,7 @@ def gather(
     store: str | None = None,
     results: list[str] | None = None,
     diff: Sequence[str] | None = None,
+    diff_tag: str | None = None,
     top_n: int = 20,
     max_bars: int = 40,
     max_subsystems: int = 9,
@@ -448,7 +449,7 @@ def gather(
         if len(diff) != 2:
             raise AllocscopeError(f"--diff takes two result files, got {len(diff)}")
         (pa_, ra), (pb_, rb) = ((p, read_result(p)) for p in diff)
-        data.diffs.append(compare_results((pa_, ra), (pb_, rb)))
+        data.diffs.append(compare_results((pa_, ra), (pb_, rb), top_n=top_n, key=diff_tag))
         for path, res in ((pa_, ra), (pb_, rb)):
             if path not in (results or []):
                 data.results.append(ResultEntry(path, res))

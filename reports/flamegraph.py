@@ -233,7 +233,8 @@ def layout_diff(frames: Iterable[tuple[tuple[str, ...], float, float]]) -> list[
 def diff_legend(scale: float, labels: tuple[str, str]) -> str:
     """The colour key: five swatches from 'shrank' to 'grew', in percentage points."""
     a, b = labels
-    steps = [-1.0, -0.5, 0.0, 0.5, 1.0]
+    # identical shapes (scale 0 after rounding): one swatch, not "grew 0 pp or more"
+    steps = [-1.0, -0.5, 0.0, 0.5, 1.0] if scale >= 0.00005 else [0.0]
     items = []
     for s in steps:
         delta = s * scale

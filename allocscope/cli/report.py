@@ -17,6 +17,8 @@ EXAMPLES = """\
   allocscope report --result xas.json -o xas.html                  # who-calls as a flame graph
   allocscope report --result p1.json p2.json c1.json -o cost.html  # overhead results
   allocscope report --diff before.json after.json -o change.html   # who-calls of one site, twice
+  allocscope report --diff ctx-a.json ctx-b.json -n 5 -o ctx.html  # two context results, top 5 tags
+  allocscope report --diff ctx-a.json ctx-b.json --tag getname_flags -o getname.html
   allocscope report --store DIR --result xas.json -n 50 --title "pilot week 3" -o r.html
 """
 
@@ -59,8 +61,17 @@ def register(sub: Any) -> None:
         "--diff",
         nargs=2,
         metavar=("A.json", "B.json"),
-        help="two who-calls results of the same site: a differential flame graph (B vs A, "
-        "growth red, shrinkage blue) and caller share changes with intervals",
+        help="two who-calls results of the same site, or two context results: a differential "
+        "flame graph (B vs A, growth red, shrinkage blue) and caller share changes with "
+        "intervals (context: per tag, the -n biggest tags both hold; tags only in B listed as "
+        "new, only in A as gone)",
+    )
+    p.add_argument(
+        "--tag",
+        metavar="TAG_OR_FUNCTION",
+        help="with --diff of two context results: compare only this tag (as the result names "
+        "it, e.g. 'mm/slub.c:3347 func:alloc_slab_page' or a call site), or every tag of "
+        "this function",
     )
     p.add_argument(
         "-o",
@@ -107,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
             "nothing to report: give --store DIR, --file ALLOCINFO, --result RESULT.json "
             "and/or --diff A.json B.json"
         )
+    if args.tag is not None and not args.diff:
+        raise AllocscopeError("--tag selects a tag of a --diff of two context results")
     if args.top < 1 or args.max_bars < 1:
         raise AllocscopeError("-n/--top and --max-bars must be at least 1")
     subsystems = SubsystemMap.load(args.subsystems) if args.subsystems else None
@@ -116,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         store=args.store,
         results=args.result,
         diff=args.diff,
+        diff_tag=args.tag,
         top_n=args.top,
         max_bars=args.max_bars,
         subsystems=subsystems,
