@@ -13,7 +13,7 @@ from allocscope.collector.flame_diff import KeyOnly, ShareChange, StackDiff
 from allocscope.collector.report_data import ReportData
 from allocscope.reports.flamegraph import render_diff_flamegraph
 from allocscope.reports.format import bytes_compact, pct
-from allocscope.reports.html_parts import Block, kv, section, table, td
+from allocscope.reports.html_parts import DASH, Block, kv, section, table, td
 from allocscope.reports.svg import esc
 
 
@@ -123,19 +123,20 @@ def _summary_table(d: StackDiff, idx: int) -> str:
     body = []
     for j, p in enumerate(d.parts):
         ba, bb = d.part_stats.get(p.a.site, (0.0, 0.0))
-        top = p.changes[0] if p.changes else None
-        cls = ("grew" if top.delta > 0 else "shrank") if top and top.significant else ""
+        top = max(p.changes, key=lambda c: c.delta, default=None)
+        top = top if top is not None and top.delta > 0 else None
+        cls = "grew" if top and top.significant else ""
         body.append(
             [
                 f'<td class="mono"><a href="#diff-{idx}-{j}">{esc(p.a.site)}</a></td>',
                 td(bytes_compact(ba), ba),
                 td(bytes_compact(bb), bb),
-                td(top.key if top else "", cls="mono"),
-                td(pp(top.delta) if top else "", top.delta if top else 0.0, cls),
+                td(top.key + ("" if top.in_a else " (new)") if top else DASH, cls="mono"),
+                td(pp(top.delta) if top else DASH, top.delta if top else 0.0, cls),
             ]
         )
     return table(
-        ["tag", f"bytes {a}", f"bytes {b}", "biggest caller change", "change"],
+        ["tag", f"bytes {a}", f"bytes {b}", "caller that grew most", "its change"],
         body,
         cls="diff-tags",
         caption=f"tags in both results, by bytes ({b} minus {a} in each tag's caller shares)",
