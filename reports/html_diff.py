@@ -152,11 +152,11 @@ def _keyed_body(d: StackDiff, idx: int) -> str:
         out.append(_summary_table(d, idx))
     else:
         out.append("<p class='empty'>No tag is in both results: nothing to draw.</p>")
-    out.append("".join(f"<p class='note'>{esc(n)}</p>" for n in d.notes))
     if d.only_b:
         out.append(only_table(d.only_b, "new", b))
     if d.only_a:
         out.append(only_table(d.only_a, "gone", a))
+    out.append("".join(f"<p class='note'>{esc(n)}</p>" for n in d.notes))
     for j, p in enumerate(d.parts):
         ba, bb = d.part_stats.get(p.a.site, (0.0, 0.0))
         out.append(

@@ -25,7 +25,6 @@ from allocscope.reports.format import bytes_compact
 
 GONE = Site("mm/vmalloc.c", 400, "vmap_gone")
 ALL_TAGS = (*TAGS, GONE)
-_ADDR[GONE.function] = 0xFFFF_FFFF_8300_8000
 
 
 def tag_name(s: Site) -> str:
