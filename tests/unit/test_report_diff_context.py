@@ -225,6 +225,12 @@ def test_tag_without_diff_is_refused(cli: Any, pair: tuple[Path, Path], tmp_path
         "report", "--result", str(pair[0]), "--tag", "d_alloc", "-o", str(tmp_path / "r.html")
     )
     assert rc != 0 and len(err.strip().splitlines()) == 1 and "--tag" in err
+    # nor with two who-calls results (one site each: nothing to choose)
+    w1, w2 = (who_calls_result(tmp_path / f"w{i}.json") for i in (1, 2))
+    rc, _o, err = report(cli, str(w1), str(w2), "--tag", "x", "-o", str(tmp_path / "w.html"))
+    assert rc != 0 and err.strip().splitlines() == [
+        "allocscope: error: --diff: --tag is for context results, not who-calls results"
+    ]
 
 
 def test_a_result_cut_by_its_own_limit_is_flagged(pair: tuple[Path, Path], tmp_path: Path) -> None:
