@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from allocscope.collector import attribution
+from allocscope.collector import attribution, boot_cache
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.result import Result
@@ -304,18 +304,31 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
     targets = resolve_sites(opts.sites, ksyms, resolution_info)
     rules = attribution.build_skip_rules([t.function for t in targets], opts.skip)
 
-    epochs = [Epoch(0 if opts.sample is None else opts.sample)]
+    first_n = 0 if opts.sample is None else opts.sample
+    epochs = [Epoch(first_n)]
+    boot = boot_cache.load()
+    functions = [t.function for t in targets]
     with cap:
-        opened = who_calls.open_probe(
-            targets,
-            backend=opts.backend,
-            sample=0 if opts.sample is None else opts.sample,
-            pid=opts.pid,
-            comm=opts.comm,
-            per_process=opts.per_process,
-            allocinfo=os.path.exists(PROC_ALLOCINFO),
-            log=log,
-        )
+        try:
+            opened = who_calls.open_probe(
+                targets,
+                backend=opts.backend,
+                sample=first_n,
+                pid=opts.pid,
+                comm=opts.comm,
+                per_process=opts.per_process,
+                allocinfo=os.path.exists(PROC_ALLOCINFO),
+                facts=(
+                    who_calls.gather_facts(targets, boot.verdicts)
+                    if opts.backend == "auto"
+                    else None
+                ),
+                btf_info=boot.btf_facts(),
+                log=log,
+                on_attempt=lambda b, r: boot_cache.record_attempt(boot, b, functions, r),
+            )
+        finally:
+            boot.save()
         probe, backend, read_tag, notes = (
             opened.probe,
             opened.backend,

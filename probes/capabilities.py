@@ -425,3 +425,96 @@ def allocinfo_state(path: str = "/proc/allocinfo") -> AllocinfoState:
 
 def kernel_release() -> str:
     return platform.release()
+
+
+def boot_id(path: str = "/proc/sys/kernel/random/boot_id") -> str | None:
+    """This boot's random id (new at every boot): what a per-boot cache is keyed by, with
+    the release (a kexec into another kernel gets a new id too)."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return text if re.fullmatch(r"[0-9a-f-]{8,64}", text) else None
+
+
+# --- BTF facts the probes compile with, in one small record (cacheable per boot) -----------
+
+# The raw tracepoints whose argument layouts the probes check (kmem_sites.py, who_calls.py).
+RAW_TP_LAYOUTS = (
+    "kmem_cache_alloc",
+    "kmalloc",
+    "mm_page_alloc",
+    "mm_page_free",
+    "kfree",
+    "kmem_cache_free",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BTFFacts:
+    """What the probes take from the kernel's BTF, and nothing else: ``struct kmem_cache``'s
+    size offsets and the argument types of :data:`RAW_TP_LAYOUTS`.
+
+    Parsing ``/sys/kernel/btf/vmlinux`` (5 MB, 126k types) costs about 1 s of Python on the
+    development VM, which every live verb used to pay before attaching; these few numbers
+    do not change within a boot, so the collector caches them per boot id
+    (:mod:`allocscope.collector.boot_cache`) and passes them to the probes' settings.
+    """
+
+    present: bool  # the kernel has BTF and it parsed
+    kmem_cache: dict[str, int] | None  # {"size": n, "object_size": m}, None = unknown
+    raw_tp_args: dict[str, list[str] | None]  # tracepoint -> ctx->args[] types, None = unknown
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "present": self.present,
+            "kmem_cache": self.kmem_cache,
+            "raw_tp_args": self.raw_tp_args,
+        }
+
+    @classmethod
+    def from_dict(cls, d: object) -> BTFFacts | None:
+        """Back from :meth:`to_dict`; None for anything malformed (a cache is then absent)."""
+        if not isinstance(d, dict) or not isinstance(d.get("present"), bool):
+            return None
+        kc = d.get("kmem_cache")
+        if kc is not None and not (
+            isinstance(kc, dict)
+            and set(kc) == {"size", "object_size"}
+            and all(type(v) is int and 0 <= v < 1 << 16 for v in kc.values())
+        ):
+            return None
+        args = d.get("raw_tp_args")
+        if not isinstance(args, dict) or set(args) != set(RAW_TP_LAYOUTS):
+            return None
+        for v in args.values():
+            if v is not None and not (
+                isinstance(v, list) and len(v) < 32 and all(isinstance(t, str) for t in v)
+            ):
+                return None
+        return cls(d["present"], kc, args)
+
+    def raw_args_match(self, tracepoint: str, expect: dict[int, str]) -> bool:
+        """Do the raw tracepoint's ``ctx->args[i]`` have these types? Without BTF the 6.10+
+        layouts the probes document are assumed (as :func:`kmem_sites.raw_args_match`)."""
+        if not self.present:
+            return True
+        args = self.raw_tp_args.get(tracepoint)
+        if args is None:
+            return False
+        return all(i < len(args) and args[i] == t for i, t in expect.items())
+
+
+def btf_facts() -> BTFFacts:
+    """Parse the running kernel's BTF (about 1 s) and keep only :class:`BTFFacts`."""
+    from allocscope.probes import btf
+
+    vm = btf.vmlinux()
+    if vm is None:
+        return BTFFacts(False, None, dict.fromkeys(RAW_TP_LAYOUTS))
+    return BTFFacts(
+        True,
+        btf.kmem_cache_offsets(),
+        {tp: vm.raw_tracepoint_args(tp) for tp in RAW_TP_LAYOUTS},
+    )

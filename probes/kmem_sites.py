@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from allocscope.errors import CapabilityError
 from allocscope.probes import btf, maps, tracefs
+from allocscope.probes.capabilities import BTFFacts, btf_facts
 from allocscope.probes.loader import Probe
 
 PROGRAM = "kmem_sites"
@@ -53,6 +54,8 @@ class KmemSitesSettings:
     sites_max: int = DEFAULT_SITES_MAX
     live_max: int = DEFAULT_LIVE_MAX
     page_stack_sample: int = DEFAULT_PAGE_STACK_SAMPLE  # 1-in-N page events walk a stack
+    # The kernel's BTF facts (cached per boot by the collector); None = parse BTF now (~1 s)
+    btf: BTFFacts | None = None
 
     def defines(self) -> Defines:
         """The ``-D`` settings on this kernel.
@@ -70,7 +73,9 @@ class KmemSitesSettings:
             "PAGE_STACK_SAMPLE": self.page_stack_sample,
             "PAGE_STACK_DEPTH": PAGE_STACK_DEPTH,
         }
-        offs = btf.kmem_cache_offsets()
+        facts = self.btf if self.btf is not None else btf_facts()
+        raw_args_match = facts.raw_args_match
+        offs = facts.kmem_cache
         if offs is not None and raw_args_match("kmem_cache_alloc", {2: "struct kmem_cache *"}):
             defines["KMEM_CACHE_SIZE_OFF"] = offs["size"]
         else:
