@@ -223,7 +223,11 @@ def _live(args: argparse.Namespace) -> tuple[AllocinfoSnapshot, str, dict[str, A
     except ImportError as e:
         raise AllocscopeError(f"--live is not available in this build ({e})") from None
     cap = top_live.capture_top_live(
-        args.live, frees=args.frees, pid=args.pid, workload=args.workload
+        args.live,
+        frees=args.frees,
+        pid=args.pid,
+        workload=args.workload,
+        log=lambda m: print(m, file=sys.stderr),
     )
     what = "live bytes" if cap.bytes_kind == "live" else f"{cap.bytes_kind} bytes"
     title = (
