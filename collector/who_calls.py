@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from allocscope.collector import attribution, boot_cache
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
-from allocscope.collector.kallsyms import Kallsyms
+from allocscope.collector.kallsyms import EarlySymbols, SymbolTable
 from allocscope.collector.result import Result
 from allocscope.collector.site import Site, SiteQuery, canonical_function
 from allocscope.errors import AllocscopeError
@@ -100,7 +100,7 @@ def _allocinfo_for_resolution(
 
 
 def resolve_sites(
-    texts: Sequence[str], ksyms: Kallsyms, allocinfo: AllocinfoSnapshot | None
+    texts: Sequence[str], ksyms: SymbolTable, allocinfo: AllocinfoSnapshot | None
 ) -> list[SiteTarget]:
     """Turn ``xas_alloc`` / ``lib/xarray.c:376`` / ``a,b`` into code ranges.
 
@@ -309,9 +309,9 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
     if duration is None and opts.workload:
         duration = 10.0  # a built-in workload without -d runs for 10 s
     cap = Capture("who-calls", duration=duration, workload=opts.workload, pid=opts.pid)
-    ksyms = Kallsyms.load()
+    symbols = EarlySymbols.load()
     resolution_info = _allocinfo_for_resolution(opts, log)
-    targets = resolve_sites(opts.sites, ksyms, resolution_info)
+    targets = resolve_sites(opts.sites, symbols, resolution_info)
     rules = attribution.build_skip_rules([t.function for t in targets], opts.skip)
 
     first_n = 0 if opts.sample is None else opts.sample
@@ -378,7 +378,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
     payload = build_payload(
         raw,
         targets,
-        ksyms,
+        symbols.full(),
         rules,
         opts,
         backend=backend,
