@@ -225,14 +225,16 @@ _PER_FUNCTION = {"function not traceable"}
 
 
 def verdict_keys(backend: str, function: str, result: CheckResult) -> list[str]:
-    """The cache keys an attempt's outcome is stored under ([] = not worth remembering)."""
-    if result.ok:
+    """The cache keys an attempt's outcome is stored under ([] = not worth remembering).
+    The kmem tracepoints do not depend on the site, so their verdicts are kernel-wide."""
+    cause = "" if result.ok else error_line(result.detail, short=True)
+    stable = result.ok or cause in _KERNEL_WIDE or cause in _PER_FUNCTION
+    if backend in TRACEPOINT_FAMILY:
+        return [backend] if stable else []
+    if result.ok or cause in _PER_FUNCTION:
         return [f"{backend}:{function}"]
-    cause = error_line(result.detail, short=True)
-    if cause in _KERNEL_WIDE or (backend in TRACEPOINT_FAMILY and cause in _PER_FUNCTION):
+    if cause in _KERNEL_WIDE:
         return [backend, f"{backend}:{function}"]
-    if cause in _PER_FUNCTION:
-        return [f"{backend}:{function}"]
     return []
 
 

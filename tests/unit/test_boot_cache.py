@@ -111,6 +111,10 @@ def test_only_stable_causes_become_verdicts() -> None:
     assert verdict_keys("kprobe", "f", no_events) == ["kprobe", "kprobe:f"]
     transient = CheckResult(False, "Cannot allocate memory")
     assert verdict_keys("raw_tracepoint", "f", transient) == []
+    assert verdict_keys("kprobe", "f", transient) == []
+    ok = CheckResult(True, "loaded and attached")
+    assert verdict_keys("raw_tracepoint", "f", ok) == ["raw_tracepoint"]  # site-independent
+    assert verdict_keys("tracepoint", "f", EPERM) == ["tracepoint"]
     assert verdict_keys("fentry", "f", CheckResult(True, "loaded and attached")) == ["fentry:f"]
 
 
@@ -316,3 +320,35 @@ def test_early_symbols_resolve_like_the_table() -> None:
     assert early.full().resolve(0xFFFFFFFFC0000010) is not None
     with pytest.raises(CapabilityError, match="zero addresses"):
         EarlySymbols("0000000000000000 T _stext\n0000000000000000 t xas_alloc\n")
+
+
+@needs_root
+def test_doctor_seeds_and_refreshes_the_cache(
+    cache_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from allocscope.collector.doctor import update_boot_cache
+
+    monkeypatch.setenv(boot_cache.ENV, str(cache_file))
+    monkeypatch.setattr(boot_cache, "btf_facts", lambda: BTF_FACTS)
+    saved(cache_file)
+    c = boot_cache.load()
+    c.record("kprobe:getname_flags", NOTRACE)
+    assert c.save() is None
+    attach = {
+        "fentry": EPERM,
+        "kprobe": CheckResult(False, "not tried: not root"),
+        "raw_tracepoint": CheckResult(True, "loaded and attached"),
+    }
+    state = update_boot_cache(attach)
+    assert state.status == "loaded" and state.save_error is None
+    # doctor's kernel-wide findings join what who-calls learnt; "not tried" is no verdict
+    assert set(state.verdicts) == {
+        "fentry",
+        "fentry:alloc_empty_file",
+        "fentry:vfs_read",
+        "kprobe:getname_flags",
+        "raw_tracepoint",
+    }
+    refreshed = update_boot_cache(None, refresh=True)
+    assert refreshed.status == "refreshed" and refreshed.verdicts == {}
+    assert refreshed.btf_cached and boot_cache.load().verdicts == {}
