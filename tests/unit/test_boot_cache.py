@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def facts(
     btf: bool = True,
     kprobes: bool = True,
     traceable: bool | None = True,
-    verdicts: dict[str, CheckResult] | None = None,
+    verdicts: Mapping[str, CheckResult] | None = None,
     sites: list[SiteRanges] = ONE,
 ) -> BackendFacts:
     return BackendFacts(btf, kprobes, {t.function: traceable for t in sites}, verdicts or {})
