@@ -70,7 +70,10 @@ class BootCache:
     dirty: bool = False
 
     def record(self, key: str, result: CheckResult) -> None:
-        if self.verdicts.get(key) != result:
+        """Remember ``result`` under ``key``; the same verdict again (its timing aside) does
+        not make the cache dirty, so a warm run writes nothing."""
+        old = self.verdicts.get(key)
+        if old is None or (old.ok, old.detail) != (result.ok, result.detail):
             self.verdicts[key] = result
             self.dirty = True
 

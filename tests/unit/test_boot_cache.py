@@ -153,6 +153,8 @@ def test_round_trip_and_modes(cache_file: Path) -> None:
     assert c.status == "loaded" and c.btf == BTF_FACTS
     assert set(c.verdicts) == {"fentry", "fentry:alloc_empty_file"}
     assert c.verdicts["fentry"].detail == EPERM.detail and not c.dirty
+    boot_cache.record_attempt(c, "fentry", ["alloc_empty_file"], CheckResult(False, EPERM.detail, 2.0))
+    assert not c.dirty  # the same verdict again: a warm run writes nothing
 
 
 @needs_root
