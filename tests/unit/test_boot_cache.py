@@ -153,7 +153,9 @@ def test_round_trip_and_modes(cache_file: Path) -> None:
     assert c.status == "loaded" and c.btf == BTF_FACTS
     assert set(c.verdicts) == {"fentry", "fentry:alloc_empty_file"}
     assert c.verdicts["fentry"].detail == EPERM.detail and not c.dirty
-    boot_cache.record_attempt(c, "fentry", ["alloc_empty_file"], CheckResult(False, EPERM.detail, 2.0))
+    boot_cache.record_attempt(
+        c, "fentry", ["alloc_empty_file"], CheckResult(False, EPERM.detail, 2.0)
+    )
     assert not c.dirty  # the same verdict again: a warm run writes nothing
 
 
@@ -355,3 +357,21 @@ def test_doctor_seeds_and_refreshes_the_cache(
     refreshed = update_boot_cache(None, refresh=True)
     assert refreshed.status == "refreshed" and refreshed.verdicts == {}
     assert refreshed.btf_cached and boot_cache.load().verdicts == {}
+
+
+@needs_root
+def test_overhead_exact_fails_before_compiling_when_fentry_was_refused(
+    cache_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from allocscope.collector.sampler import Sampler, SamplerSettings
+    from allocscope.probes import loader
+
+    monkeypatch.setenv(boot_cache.ENV, str(cache_file))
+    saved(cache_file)  # holds a kernel-wide fentry refusal
+
+    def no_compile(self: loader.Probe) -> None:
+        raise AssertionError("compiled a program although fentry was refused this boot")
+
+    monkeypatch.setattr(loader.Probe, "__post_init__", no_compile)
+    with pytest.raises(CapabilityError, match="refused earlier this boot"):
+        Sampler(SamplerSettings(exact_function="__alloc_pages_noprof")).open()
