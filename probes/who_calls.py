@@ -301,14 +301,18 @@ def open_probe(
     notes: list[str] = []
     failures: list[str] = []
     attempts: list[tuple[str, CheckResult]] = []
-    cached = [f"{b}: {why}" for b, why in skipped if why.startswith("failed earlier")]
+    prefix = "failed earlier this boot: "
+    cached = [(b, why.removeprefix(prefix)) for b, why in skipped if why.startswith(prefix)]
     if cached:
         log(
             "who-calls: skipping "
-            + "; ".join(f"{b} ({why[:100]})" for b, why in skipped if why.startswith("failed"))
-            + " (`allocscope doctor --refresh` tries again)"
+            + ", ".join(f"{b} ({error_line(why, short=True)})" for b, why in cached)
+            + ": failed earlier this boot (`allocscope doctor --refresh` tries again)"
         )
-        notes.append("backends skipped (failed earlier this boot): " + "; ".join(cached))
+        notes.append(
+            "backends skipped (failed earlier this boot): "
+            + "; ".join(f"{b}: {why[:160]}" for b, why in cached)
+        )
     for candidate, _why in candidates:
         settings = WhoCallsSettings(candidate, sites, pid, comm, per_process, read_tag, btf_info)
         probe = None
