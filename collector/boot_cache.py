@@ -36,9 +36,16 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from allocscope.collector.atomic import write_atomic
-from allocscope.probes.capabilities import BTFFacts, CheckResult, boot_id, btf_facts
+from allocscope.probes.capabilities import (
+    BTFFacts,
+    CheckResult,
+    boot_id,
+    btf_facts,
+    fentry_load_check,
+)
 
 DEFAULT_PATH = "/run/allocscope/boot-facts.json"
+FENTRY_LOAD = "fentry-load"  # kernel-wide: does a minimal fentry program load at all
 ENV = "ALLOCSCOPE_BOOT_CACHE"
 FORMAT = 1
 MAX_BYTES = 64 * 1024
@@ -268,3 +275,21 @@ def seed_from_attach_types(cache: BootCache, attach: Mapping[str, CheckResult]) 
         if r is None or r.detail.startswith("not tried"):
             continue
         record_attempt(cache, backend, [DEFAULT_FUNCTION], r)
+
+
+def settle_fentry(cache: BootCache, function: str) -> None:
+    """Before fentry would be compiled as a candidate: ask the kernel with bpf(2) whether
+    it loads fentry programs at all (:func:`fentry_load_check`, milliseconds, no compile).
+    A refusal becomes the kernel-wide ``fentry`` verdict, so even the first run of a boot
+    compiles only the backend that will work; the answer itself is kept as ``fentry-load``,
+    so later runs do not ask again."""
+    from allocscope.probes.who_calls import refused
+
+    if FENTRY_LOAD in cache.verdicts or refused(cache.verdicts, "fentry", function):
+        return
+    result = fentry_load_check(function)
+    if result is None:
+        return
+    cache.record(FENTRY_LOAD, result)
+    if not result.ok:
+        record_attempt(cache, "fentry", [function], result)

@@ -15,6 +15,7 @@ The result is a :class:`~allocscope.collector.result.Result` of kind ``who-calls
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -293,6 +294,21 @@ class _RateKeeper:
         self.epochs[-1].seconds = end - self.epoch_start
 
 
+def _backend_facts(
+    opts: Options, targets: Sequence[SiteTarget], boot: boot_cache.BootCache
+) -> who_calls.BackendFacts | None:
+    """The facts the backend choice rests on; when fentry would be compiled first and this
+    boot has no word on it yet, the kernel is asked with bpf(2) first (no compile)."""
+    if opts.backend != "auto":
+        return None
+    facts = who_calls.gather_facts(targets, boot.verdicts)
+    first = who_calls.choose_backends(targets, "auto", facts)[0][0][0]
+    if first == "fentry":
+        boot_cache.settle_fentry(boot, targets[0].function)
+        facts = dataclasses.replace(facts, verdicts=dict(boot.verdicts))
+    return facts
+
+
 def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Result:
     """Run a who-calls capture; returns the Result (also on Ctrl-C/SIGTERM, marked)."""
     from allocscope.collector.capture import Capture
@@ -328,11 +344,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
                 comm=opts.comm,
                 per_process=opts.per_process,
                 allocinfo=os.path.exists(PROC_ALLOCINFO),
-                facts=(
-                    who_calls.gather_facts(targets, boot.verdicts)
-                    if opts.backend == "auto"
-                    else None
-                ),
+                facts=_backend_facts(opts, targets, boot),
                 btf_info=boot.btf_facts(),
                 log=log,
                 on_attempt=lambda b, r: boot_cache.record_attempt(boot, b, functions, r),

@@ -123,6 +123,7 @@ class BTF:
         offsets: list[int],
         named: dict[int, list[int]],
         typedef_named: dict[int, list[int]],
+        func_named: dict[int, list[int]] | None = None,
     ) -> None:
         self._data = data
         self._unpack3 = struct.Struct(endian + "III").unpack_from
@@ -131,6 +132,7 @@ class BTF:
         self._offsets = offsets  # index = type id; [0] (void) unused
         self._named = named  # name string offset -> struct/union ids
         self._typedef_named = typedef_named  # name string offset -> typedef ids
+        self._func_named = func_named or {}  # name string offset -> FUNC ids
         self._decoded: dict[int, BTFType] = {}
         self.types = _Types(self)
 
@@ -154,6 +156,7 @@ class BTF:
         offsets = [0]
         named: dict[int, list[int]] = {}
         typedef_named: dict[int, list[int]] = {}
+        func_named: dict[int, list[int]] = {}
         pos = hdr_len + type_off
         end = pos + type_len
         unpack2 = struct.Struct(e + "II").unpack_from
@@ -174,9 +177,11 @@ class BTF:
                     named.setdefault(name_off, []).append(len(offsets))
                 elif kind == KIND_TYPEDEF:
                     typedef_named.setdefault(name_off, []).append(len(offsets))
+                elif kind == KIND_FUNC:
+                    func_named.setdefault(name_off, []).append(len(offsets))
             offsets.append(pos)
             pos = tail_end
-        return cls(data, e, strings, offsets, named, typedef_named)
+        return cls(data, e, strings, offsets, named, typedef_named, func_named)
 
     @classmethod
     def load(cls, path: str = VMLINUX_BTF) -> BTF:
@@ -211,6 +216,11 @@ class BTF:
     def typedef_id(self, name: str) -> int | None:
         """The first typedef named ``name``, or None."""
         ids = self._ids_named(self._typedef_named, name)
+        return ids[0] if ids else None
+
+    def func_id(self, name: str) -> int | None:
+        """The BTF id of the function ``name`` (what an fentry program attaches to), or None."""
+        ids = self._ids_named(self._func_named, name)
         return ids[0] if ids else None
 
     def _decode(self, type_id: int) -> BTFType:

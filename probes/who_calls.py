@@ -199,7 +199,7 @@ def choose_backends(
         elif backend in ("fentry", "kprobe") and notrace:
             why_not = f"{', '.join(notrace)} not traceable (notrace)"
         elif (v := ruled_out(backend)) is not None:
-            why_not = f"failed earlier this boot: {v.detail}"
+            why_not = f"refused on this boot: {v.detail}"
         if why_not is not None:
             skipped.append((backend, why_not))
         elif backend in TRACEPOINT_FAMILY:
@@ -207,7 +207,7 @@ def choose_backends(
         else:
             out.append((backend, hook_why))
     if not out:
-        out.append(("tracepoint", "last resort: every backend failed earlier this boot"))
+        out.append(("tracepoint", "last resort: every backend refused on this boot"))
     return out, skipped
 
 
@@ -301,16 +301,16 @@ def open_probe(
     notes: list[str] = []
     failures: list[str] = []
     attempts: list[tuple[str, CheckResult]] = []
-    prefix = "failed earlier this boot: "
+    prefix = "refused on this boot: "
     cached = [(b, why.removeprefix(prefix)) for b, why in skipped if why.startswith(prefix)]
     if cached:
         log(
             "who-calls: skipping "
             + ", ".join(f"{b} ({error_line(why, short=True)})" for b, why in cached)
-            + ": failed earlier this boot (`allocscope doctor --refresh` tries again)"
+            + ": refused on this boot (`allocscope doctor --refresh` tries again)"
         )
         notes.append(
-            "backends skipped (failed earlier this boot): "
+            "backends skipped (refused on this boot): "
             + "; ".join(f"{b}: {why[:160]}" for b, why in cached)
         )
     for candidate, _why in candidates:

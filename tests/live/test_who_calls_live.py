@@ -325,3 +325,15 @@ def test_one_compile_with_this_boots_verdicts(
     assert second["backend"] == first["backend"]
     assert second["total_calls"] >= 3000  # one struct file per open, from path_openat
     assert second["callers"][0]["caller"] == "path_openat"
+
+
+def test_fentry_load_check_agrees_with_the_kernel(live: None) -> None:
+    """The bpf(2) answer (a two-instruction fentry program, no compile) is the compiled one:
+    doctor's capability program with fentry on the same function loads, or both are
+    refused."""
+    from allocscope.probes import capabilities
+
+    quick = capabilities.fentry_load_check(capabilities.DEFAULT_FUNCTION)
+    assert quick is not None, "no BTF or no vfs_read in it"
+    full = capabilities.attach_types()["fentry"]
+    assert quick.ok == full.ok, (quick, full)

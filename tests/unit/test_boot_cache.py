@@ -76,7 +76,7 @@ def test_unreadable_ftrace_list_is_unknown_not_no() -> None:
 def test_cached_kernel_wide_refusal_skips_fentry_for_every_site() -> None:
     f = facts(kprobes=False, verdicts={"fentry": EPERM})
     assert order(ONE, f) == ["raw_tracepoint", "tracepoint"]
-    assert skipped(ONE, f)["fentry"].startswith("failed earlier this boot: ")
+    assert skipped(ONE, f)["fentry"].startswith("refused on this boot: ")
 
 
 def test_per_function_verdict_only_rules_out_that_function() -> None:
@@ -93,7 +93,7 @@ def test_successes_do_not_rule_anything_out() -> None:
 def test_everything_refused_still_tries_the_tracepoint() -> None:
     bad = {b: EPERM for b in ("fentry", "kprobe", "raw_tracepoint", "tracepoint")}
     assert choose_backends(ONE, "auto", facts(verdicts=bad))[0] == [
-        ("tracepoint", "last resort: every backend failed earlier this boot")
+        ("tracepoint", "last resort: every backend refused on this boot")
     ]
 
 
@@ -375,3 +375,29 @@ def test_overhead_exact_fails_before_compiling_when_fentry_was_refused(
     monkeypatch.setattr(loader.Probe, "__post_init__", no_compile)
     with pytest.raises(CapabilityError, match="refused earlier this boot"):
         Sampler(SamplerSettings(exact_function="__alloc_pages_noprof")).open()
+
+
+@needs_root
+def test_fentry_is_settled_with_bpf2_not_a_compile(
+    cache_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """settle_fentry asks the kernel once (a refusal becomes the kernel-wide verdict), keeps
+    the answer, and does not ask again; an answer it cannot read leaves nothing behind."""
+    asked: list[str] = []
+
+    def check(fn: str) -> CheckResult | None:
+        asked.append(fn)
+        return CheckResult(False, "the kernel refused the program (EPERM): minimal fentry")
+
+    monkeypatch.setattr(boot_cache, "fentry_load_check", check)
+    c = boot_cache.load(str(cache_file))
+    boot_cache.settle_fentry(c, "alloc_empty_file")
+    assert asked == ["alloc_empty_file"]
+    assert {"fentry", boot_cache.FENTRY_LOAD} <= set(c.verdicts)
+    assert order(ONE, facts(verdicts=c.verdicts))[0] == "kprobe"
+    boot_cache.settle_fentry(c, "getname_flags")
+    assert asked == ["alloc_empty_file"]  # known for the kernel: not asked again
+    unsure = boot_cache.load(str(cache_file.parent / "other.json"))
+    monkeypatch.setattr(boot_cache, "fentry_load_check", lambda fn: None)
+    boot_cache.settle_fentry(unsure, "alloc_empty_file")
+    assert unsure.verdicts == {}  # unknown stays unknown: the compile will tell
