@@ -270,6 +270,13 @@ class _RateKeeper:
         self.last_calls = 0
         self.epoch_start = 0.0
 
+    def begin(self) -> None:
+        """At the window's start: the calibration counts from here. Events between the attach
+        and the window (a workload child's set-up takes seconds under one emulated vCPU) used
+        to be divided by the first 0.5 s, overstating the rate."""
+        if self.sampler is not None:
+            self.last_calls = sum(c.calls for c in read_counts(self.probe, self.targets).values())
+
     def tick(self, now: float) -> None:
         if self.sampler is None or now - self.last_t < self.period:
             return
@@ -368,6 +375,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         threads: list[threading.Thread] = []
 
         def start_during() -> None:
+            keeper.begin()
             if opts.during is not None:
                 th = threading.Thread(target=opts.during, name="who-calls-during", daemon=True)
                 th.start()
