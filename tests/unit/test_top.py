@@ -265,9 +265,15 @@ def test_live_path_is_wired(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
     def capture(
-        duration: float, *, frees: bool = True, pid: int | None = None, workload: str | None = None
+        duration: float,
+        *,
+        frees: bool = True,
+        pid: int | None = None,
+        workload: str | None = None,
+        log: Any = None,
     ) -> Any:
         seen.update(duration=duration, frees=frees, pid=pid, workload=workload)
+        assert callable(log)  # the "tracing" line goes to stderr once attached
         recs = [
             AllocRecord(Site("", 0, "alloc_empty_file"), 4096, 16),
             AllocRecord(Site("", 0, "getname_flags", ""), 8192, 2),
