@@ -29,6 +29,50 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 BPF_ATTACH_TYPES = ("tracepoint", "raw_tracepoint", "kprobe", "fentry")
 
 
+@dataclass(frozen=True, slots=True)
+class BootCacheState:
+    """The per-boot cache of verdicts and BTF facts (collector/boot_cache.py) as doctor
+    found and left it."""
+
+    path: str | None
+    status: str  # "loaded" | "absent" | "refreshed" | why it was ignored
+    verdicts: dict[str, CheckResult]
+    btf_cached: bool
+    save_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "status": self.status,
+            "verdicts": {k: v.to_dict() for k, v in sorted(self.verdicts.items())},
+            "btf_cached": self.btf_cached,
+            "save_error": self.save_error,
+        }
+
+
+def update_boot_cache(
+    attach: dict[str, CheckResult] | None, *, refresh: bool = False
+) -> BootCacheState:
+    """Load this boot's cache, record doctor's attach attempts in it (a kernel-wide refusal
+    there spares every later who-calls a compile), make sure the BTF facts are in it, and
+    save. ``refresh`` forgets every earlier verdict first, so who-calls tries again what
+    doctor did not settle."""
+    from allocscope.collector import boot_cache
+
+    cache = boot_cache.load()
+    status = cache.status
+    if refresh:
+        cache.verdicts.clear()
+        cache.btf = None
+        cache.dirty = True
+        status = "refreshed" if status in ("loaded", "absent") else f"refreshed ({status})"
+    if attach is not None:
+        boot_cache.seed_from_attach_types(cache, attach)
+    cache.btf_facts()
+    error = cache.save() if cache.identity is not None and cache.path is not None else None
+    return BootCacheState(cache.path, status, dict(cache.verdicts), cache.btf is not None, error)
+
+
 @dataclass
 class Facts:
     """Everything doctor looked at, JSON-able through :meth:`to_dict`."""
@@ -51,6 +95,7 @@ class Facts:
     compile_seconds: float = 0.0
     parser: str = "python"  # allocinfo text parser: "compiled" or "python"
     tracefs_mount: str | None = None  # in the mount table, even when we cannot read it
+    boot_cache: BootCacheState | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +119,7 @@ class Facts:
             "bcc_error": self.bcc_error,
             "compile_seconds": round(self.compile_seconds, 3),
             "parser": self.parser,
+            "boot_cache": self.boot_cache.to_dict() if self.boot_cache else None,
         }
 
 
@@ -109,8 +155,9 @@ class DoctorReport:
         }
 
 
-def gather_facts(*, try_bpf: bool = True) -> Facts:
-    """Read and try everything (about one BCC compile plus a few milliseconds)."""
+def gather_facts(*, try_bpf: bool = True, refresh: bool = False) -> Facts:
+    """Read and try everything (about one BCC compile plus a few milliseconds); record what
+    was found in this boot's cache (``refresh``: after forgetting what it held)."""
     from allocscope.collector.allocinfo import scanner
     from allocscope.collector.host import mem_profiling_state
     from allocscope.probes.headers import resolve_headers
@@ -130,6 +177,7 @@ def gather_facts(*, try_bpf: bool = True) -> Facts:
         attach = {k: CheckResult(False, "not tried (--no-bpf)") for k in caps.ATTACH_TYPES}
     compile_s = attach.get("_compile", CheckResult(False, "")).seconds
     attach = {k: v for k, v in attach.items() if not k.startswith("_")}
+    cache_state = update_boot_cache(attach if try_bpf else None, refresh=refresh)
     headers: HeaderTree | None = None
     headers_error: str | None = None
     try:
@@ -156,6 +204,7 @@ def gather_facts(*, try_bpf: bool = True) -> Facts:
         bcc_error=bcc_error,
         compile_seconds=compile_s,
         parser=scanner(),
+        boot_cache=cache_state,
     )
 
 
@@ -465,6 +514,36 @@ def _parser_line(f: Facts) -> DoctorLine:
     )
 
 
+def _boot_cache_line(f: Facts) -> list[DoctorLine]:
+    """What the live verbs will skip at start-up on this boot, from the cache."""
+    c = f.boot_cache
+    if c is None or c.path is None:
+        return []
+    refused = sorted(k for k, v in c.verdicts.items() if not v.ok and ":" not in k)
+    what = f"{len(c.verdicts)} verdicts" + (f" (refused: {', '.join(refused)})" if refused else "")
+    what += "; BTF facts" if c.btf_cached else ""
+    if c.save_error:
+        return [
+            DoctorLine(
+                "boot cache",
+                WARN,
+                f"not written: {c.save_error}"[:120],
+                "every live verb re-learns this boot's verdicts (slower start)",
+                f"remove {c.path} (root's own, mode 0600, in a 0700 directory)",
+            )
+        ]
+    if c.status.startswith("ignored") or "(ignored" in c.status:
+        return [
+            DoctorLine(
+                "boot cache",
+                WARN,
+                c.status[:120],
+                "replaced with what doctor found",
+            )
+        ]
+    return [DoctorLine("boot cache", OK, f"{c.path}: {what} ({c.status})")]
+
+
 def diagnose(f: Facts) -> DoctorReport:
     """Facts -> one line per check, and whether anything useful can run at all."""
     lines = [
@@ -480,6 +559,7 @@ def diagnose(f: Facts) -> DoctorReport:
         _privileges_line(f),
         _tracefs_line(f),
         _kallsyms_line(f),
+        *_boot_cache_line(f),
     ]
     any_bpf = any(f.attach.get(k, CheckResult(False, "")).ok for k in BPF_ATTACH_TYPES)
     allocinfo_ok = f.allocinfo.present and f.allocinfo.readable
@@ -513,5 +593,5 @@ def diagnose(f: Facts) -> DoctorReport:
     return DoctorReport(lines, f, usable, summary)
 
 
-def run_doctor(*, try_bpf: bool = True) -> DoctorReport:
-    return diagnose(gather_facts(try_bpf=try_bpf))
+def run_doctor(*, try_bpf: bool = True, refresh: bool = False) -> DoctorReport:
+    return diagnose(gather_facts(try_bpf=try_bpf, refresh=refresh))

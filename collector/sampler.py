@@ -15,10 +15,12 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from allocscope.collector import boot_cache
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.site import canonical_function
-from allocscope.errors import AllocscopeError
+from allocscope.errors import AllocscopeError, CapabilityError
 from allocscope.probes.alloc_latency import LatencyProbe, LatencySettings, LatencyTotals
+from allocscope.probes.capabilities import CheckResult
 from allocscope.probes.filters import EventFilter
 from allocscope.probes.oncpu import (
     DEFAULT_FREQUENCY,
@@ -85,10 +87,28 @@ class Sampler:
         s = self.settings
         if s.pid is not None and not os.path.exists(f"/proc/{s.pid}"):
             raise AllocscopeError(f"-p {s.pid}: no such process")
+        boot = boot_cache.load() if s.exact_function else None
+        if boot is not None and s.exact_function:
+            # A kernel that refused fentry earlier this boot refuses it again: say so before
+            # compiling two programs (seconds; ~20 s under emulation) to hear it.
+            refused = boot.verdicts.get("fentry")
+            if refused is not None and not refused.ok:
+                raise CapabilityError(
+                    f"--exact needs fentry/fexit on {s.exact_function}, which this kernel "
+                    f"refused earlier this boot ({refused.detail}); run without --exact to use "
+                    "sampling only (`allocscope doctor --refresh` tries fentry again)"
+                )
         self._oncpu = OncpuProbe(OncpuSettings(s.filter, s.stack_storage))
         self._oncpu.attach_counters()
         if s.exact_function:
-            self._exact = LatencyProbe(LatencySettings(s.exact_function, s.filter))
+            try:
+                self._exact = LatencyProbe(LatencySettings(s.exact_function, s.filter))
+            except CapabilityError as e:
+                if boot is not None:
+                    failed = CheckResult(False, str(e))
+                    boot_cache.record_attempt(boot, "fentry", [s.exact_function], failed)
+                    boot.save()
+                raise
         if s.frequency > 0:  # 0: tracepoint counters only (bench-overhead's split of costs)
             ev = self._oncpu.attach_sampling(s.frequency)
             self.event, self.event_type, self.event_config = ev.name, ev.type, ev.config

@@ -15,15 +15,16 @@ The result is a :class:`~allocscope.collector.result.Result` of kind ``who-calls
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from allocscope.collector import attribution
+from allocscope.collector import attribution, boot_cache
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
-from allocscope.collector.kallsyms import Kallsyms
+from allocscope.collector.kallsyms import EarlySymbols, SymbolTable
 from allocscope.collector.result import Result
 from allocscope.collector.site import Site, SiteQuery, canonical_function
 from allocscope.errors import AllocscopeError
@@ -100,7 +101,7 @@ def _allocinfo_for_resolution(
 
 
 def resolve_sites(
-    texts: Sequence[str], ksyms: Kallsyms, allocinfo: AllocinfoSnapshot | None
+    texts: Sequence[str], ksyms: SymbolTable, allocinfo: AllocinfoSnapshot | None
 ) -> list[SiteTarget]:
     """Turn ``xas_alloc`` / ``lib/xarray.c:376`` / ``a,b`` into code ranges.
 
@@ -202,16 +203,25 @@ class AutoSampler:
     derives N. N rises at once (a burst must not blow the budget for long) but falls at most
     by half per period (an idle second must not leave N=1 when the burst resumes). A change
     of less than 25% is ignored so epochs stay few. Each change starts a new *epoch*; samples
-    carry it, and shares weight each sample by its epoch's N (see shares.py).
+    carry it, and shares weight each sample by its epoch's N (see shares.py), so a run of
+    epochs with different N stays an unbiased estimate.
+
+    The first sampled epoch (after the count-only calibration) is drawn for a quarter of the
+    budget (:data:`START_BUDGET_SHARE`), and halving brings N to the budget's in two periods.
+    A fresh probe's samples cost more than settled ones -- every stack and every sample key
+    is new, so each walk also inserts into the stack map and the hash -- and the rate seen in
+    half a second of calibration is a rough one; the first second must stay within the
+    budget, not overshoot it (issue 13 measured 1.7 us/op in the first second of an
+    open/close loop against 0.5 us/op settled when the first epoch used the whole budget).
     """
 
     def __init__(self, budget: float) -> None:
         self.budget = budget
 
     def next_rate(self, current: int, events: int, seconds: float) -> int:
-        want = auto_sample_rate(events, seconds, self.budget)
         if current == 0:
-            return want
+            return auto_sample_rate(events, seconds, self.budget * START_BUDGET_SHARE)
+        want = auto_sample_rate(events, seconds, self.budget)
         if want < current:
             want = max(want, current // 2)
         if abs(want - current) <= 0.25 * current:
@@ -219,6 +229,7 @@ class AutoSampler:
         return want
 
 
+START_BUDGET_SHARE = 0.25
 ADJUST_SECONDS = 1.0
 FIRST_CALIBRATION_SECONDS = 0.5
 
@@ -259,6 +270,13 @@ class _RateKeeper:
         self.last_calls = 0
         self.epoch_start = 0.0
 
+    def begin(self) -> None:
+        """At the window's start: the calibration counts from here. Events between the attach
+        and the window (a workload child's set-up takes seconds under one emulated vCPU) used
+        to be divided by the first 0.5 s, overstating the rate."""
+        if self.sampler is not None:
+            self.last_calls = sum(c.calls for c in read_counts(self.probe, self.targets).values())
+
     def tick(self, now: float) -> None:
         if self.sampler is None or now - self.last_t < self.period:
             return
@@ -283,6 +301,21 @@ class _RateKeeper:
         self.epochs[-1].seconds = end - self.epoch_start
 
 
+def _backend_facts(
+    opts: Options, targets: Sequence[SiteTarget], boot: boot_cache.BootCache
+) -> who_calls.BackendFacts | None:
+    """The facts the backend choice rests on; when fentry would be compiled first and this
+    boot has no word on it yet, the kernel is asked with bpf(2) first (no compile)."""
+    if opts.backend != "auto":
+        return None
+    facts = who_calls.gather_facts(targets, boot.verdicts)
+    first = who_calls.choose_backends(targets, "auto", facts)[0][0][0]
+    if first == "fentry":
+        boot_cache.settle_fentry(boot, targets[0].function)
+        facts = dataclasses.replace(facts, verdicts=dict(boot.verdicts))
+    return facts
+
+
 def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Result:
     """Run a who-calls capture; returns the Result (also on Ctrl-C/SIGTERM, marked)."""
     from allocscope.collector.capture import Capture
@@ -299,23 +332,32 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
     if duration is None and opts.workload:
         duration = 10.0  # a built-in workload without -d runs for 10 s
     cap = Capture("who-calls", duration=duration, workload=opts.workload, pid=opts.pid)
-    ksyms = Kallsyms.load()
+    symbols = EarlySymbols.load()
     resolution_info = _allocinfo_for_resolution(opts, log)
-    targets = resolve_sites(opts.sites, ksyms, resolution_info)
+    targets = resolve_sites(opts.sites, symbols, resolution_info)
     rules = attribution.build_skip_rules([t.function for t in targets], opts.skip)
 
-    epochs = [Epoch(0 if opts.sample is None else opts.sample)]
+    first_n = 0 if opts.sample is None else opts.sample
+    epochs = [Epoch(first_n)]
+    boot = boot_cache.load()
+    functions = [t.function for t in targets]
     with cap:
-        opened = who_calls.open_probe(
-            targets,
-            backend=opts.backend,
-            sample=0 if opts.sample is None else opts.sample,
-            pid=opts.pid,
-            comm=opts.comm,
-            per_process=opts.per_process,
-            allocinfo=os.path.exists(PROC_ALLOCINFO),
-            log=log,
-        )
+        try:
+            opened = who_calls.open_probe(
+                targets,
+                backend=opts.backend,
+                sample=first_n,
+                pid=opts.pid,
+                comm=opts.comm,
+                per_process=opts.per_process,
+                allocinfo=os.path.exists(PROC_ALLOCINFO),
+                facts=_backend_facts(opts, targets, boot),
+                btf_info=boot.btf_facts(),
+                log=log,
+                on_attempt=lambda b, r: boot_cache.record_attempt(boot, b, functions, r),
+            )
+        finally:
+            boot.save()
         probe, backend, read_tag, notes = (
             opened.probe,
             opened.backend,
@@ -333,6 +375,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         threads: list[threading.Thread] = []
 
         def start_during() -> None:
+            keeper.begin()
             if opts.during is not None:
                 th = threading.Thread(target=opts.during, name="who-calls-during", daemon=True)
                 th.start()
@@ -355,7 +398,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
     payload = build_payload(
         raw,
         targets,
-        ksyms,
+        symbols.full(),
         rules,
         opts,
         backend=backend,

@@ -425,3 +425,162 @@ def allocinfo_state(path: str = "/proc/allocinfo") -> AllocinfoState:
 
 def kernel_release() -> str:
     return platform.release()
+
+
+def boot_id(path: str = "/proc/sys/kernel/random/boot_id") -> str | None:
+    """This boot's random id (new at every boot): what a per-boot cache is keyed by, with
+    the release (a kexec into another kernel gets a new id too)."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return text if re.fullmatch(r"[0-9a-f-]{8,64}", text) else None
+
+
+# --- BTF facts the probes compile with, in one small record (cacheable per boot) -----------
+
+# The raw tracepoints whose argument layouts the probes check (kmem_sites.py, who_calls.py).
+RAW_TP_LAYOUTS = (
+    "kmem_cache_alloc",
+    "kmalloc",
+    "mm_page_alloc",
+    "mm_page_free",
+    "kfree",
+    "kmem_cache_free",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BTFFacts:
+    """What the probes take from the kernel's BTF, and nothing else: ``struct kmem_cache``'s
+    size offsets and the argument types of :data:`RAW_TP_LAYOUTS`.
+
+    Parsing ``/sys/kernel/btf/vmlinux`` (5 MB, 126k types) costs about 1 s of Python on the
+    development VM, which every live verb used to pay before attaching; these few numbers
+    do not change within a boot, so the collector caches them per boot id
+    (:mod:`allocscope.collector.boot_cache`) and passes them to the probes' settings.
+    """
+
+    present: bool  # the kernel has BTF and it parsed
+    kmem_cache: dict[str, int] | None  # {"size": n, "object_size": m}, None = unknown
+    raw_tp_args: dict[str, list[str] | None]  # tracepoint -> ctx->args[] types, None = unknown
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "present": self.present,
+            "kmem_cache": self.kmem_cache,
+            "raw_tp_args": self.raw_tp_args,
+        }
+
+    @classmethod
+    def from_dict(cls, d: object) -> BTFFacts | None:
+        """Back from :meth:`to_dict`; None for anything malformed (a cache is then absent)."""
+        if not isinstance(d, dict) or not isinstance(d.get("present"), bool):
+            return None
+        kc = d.get("kmem_cache")
+        if kc is not None and not (
+            isinstance(kc, dict)
+            and set(kc) == {"size", "object_size"}
+            and all(type(v) is int and 0 <= v < 1 << 16 for v in kc.values())
+        ):
+            return None
+        args = d.get("raw_tp_args")
+        if not isinstance(args, dict) or set(args) != set(RAW_TP_LAYOUTS):
+            return None
+        for v in args.values():
+            if v is not None and not (
+                isinstance(v, list) and len(v) < 32 and all(isinstance(t, str) for t in v)
+            ):
+                return None
+        return cls(d["present"], kc, args)
+
+    def raw_args_match(self, tracepoint: str, expect: dict[int, str]) -> bool:
+        """Do the raw tracepoint's ``ctx->args[i]`` have these types? Without BTF the 6.10+
+        layouts the probes document are assumed (as :func:`kmem_sites.raw_args_match`)."""
+        if not self.present:
+            return True
+        args = self.raw_tp_args.get(tracepoint)
+        if args is None:
+            return False
+        return all(i < len(args) and args[i] == t for i, t in expect.items())
+
+
+def btf_facts() -> BTFFacts:
+    """Parse the running kernel's BTF (about 1 s) and keep only :class:`BTFFacts`."""
+    from allocscope.probes import btf
+
+    vm = btf.vmlinux()
+    if vm is None:
+        return BTFFacts(False, None, dict.fromkeys(RAW_TP_LAYOUTS))
+    return BTFFacts(
+        True,
+        btf.kmem_cache_offsets(),
+        {tp: vm.raw_tracepoint_args(tp) for tp in RAW_TP_LAYOUTS},
+    )
+
+
+# --- fentry without a compile ------------------------------------------------------------------
+
+# bpf(2) numbers (include/uapi/linux/bpf.h) and the syscall number per architecture.
+_NR_BPF = {"x86_64": 321, "aarch64": 280}
+_BPF_PROG_LOAD = 5
+_BPF_PROG_TYPE_TRACING = 26
+_BPF_TRACE_FENTRY = 24
+# r0 = 0; exit  (BPF_ALU64|BPF_MOV|BPF_K = 0xb7, BPF_JMP|BPF_EXIT = 0x95)
+_RETURN_ZERO = bytes([0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
+_ATTR_SIZE = 128  # up to attach_btf_id and beyond; the kernel checks unknown tail bytes are 0
+
+
+def fentry_load_check(function: str) -> CheckResult | None:
+    """Can this kernel load an fentry program on ``function`` at all? Asked with bpf(2)
+    directly -- a two-instruction program, no clang -- so a kernel that refuses every fentry
+    program (EPERM, as the 6.18 development VM does) is known in milliseconds instead of
+    after a 0.3-1.5 s compile. The program is loaded, not attached, and closed at once.
+
+    Returns None when it cannot tell (no BTF, the function not in it, another architecture,
+    an answer other than success or EPERM): the caller then finds out by compiling.
+    """
+    import ctypes
+    import errno
+    import struct
+
+    from allocscope.probes import btf
+
+    nr = _NR_BPF.get(platform.machine())
+    vm = btf.vmlinux()
+    if nr is None or vm is None:
+        return None
+    func = vm.func_id(function)
+    if func is None:
+        return None
+    t0 = time.monotonic()
+    insns = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into(
+        "<IIQQ",
+        attr,
+        0,
+        _BPF_PROG_TYPE_TRACING,
+        len(_RETURN_ZERO) // 8,
+        ctypes.addressof(insns),
+        ctypes.addressof(license_),
+    )
+    struct.pack_into("<I", attr, 68, _BPF_TRACE_FENTRY)  # expected_attach_type
+    struct.pack_into("<I", attr, 108, func)  # attach_btf_id
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(nr, _BPF_PROG_LOAD, attr, _ATTR_SIZE)
+    err = ctypes.get_errno()
+    dt = time.monotonic() - t0
+    if fd >= 0:
+        os.close(fd)
+        return CheckResult(True, f"a minimal fentry program on {function} loads", dt)
+    if err == errno.EPERM:
+        return CheckResult(
+            False,
+            "the kernel refused the program (EPERM): a minimal fentry program on "
+            f"{function}, loaded with bpf(2) without a compile",
+            dt,
+        )
+    return None

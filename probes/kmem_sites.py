@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from allocscope.errors import CapabilityError
 from allocscope.probes import btf, maps, tracefs
+from allocscope.probes.capabilities import BTFFacts, btf_facts
 from allocscope.probes.loader import Probe
 
 PROGRAM = "kmem_sites"
@@ -56,6 +57,8 @@ class KmemSitesSettings:
     page_stack_sample: int = DEFAULT_PAGE_STACK_SAMPLE  # 1-in-N page events walk a stack
     addr_shift: int = DEFAULT_ADDR_SHIFT  # live: 1 in 2^addr_shift addresses; 0 = exact
     salt: int = 0  # XORed into addresses before the hash (capture draws one per run)
+    # The kernel's BTF facts (cached per boot by the collector); None = parse BTF now (~1 s)
+    btf: BTFFacts | None = None
 
     def defines(self) -> Defines:
         """The ``-D`` settings on this kernel.
@@ -75,7 +78,9 @@ class KmemSitesSettings:
             "ADDR_SHIFT": self.addr_shift,
             "ADDR_SALT": f"0x{self.salt & 0xFFFFFFFFFFFFFFFF:x}ULL",
         }
-        offs = btf.kmem_cache_offsets()
+        facts = self.btf if self.btf is not None else btf_facts()
+        raw_args_match = facts.raw_args_match
+        offs = facts.kmem_cache
         if offs is not None and raw_args_match("kmem_cache_alloc", {2: "struct kmem_cache *"}):
             defines["KMEM_CACHE_SIZE_OFF"] = offs["size"]
         else:

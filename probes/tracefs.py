@@ -120,6 +120,24 @@ def traceable(function: str, root: str | None = None) -> bool | None:
         return None
 
 
+def traceable_all(functions: Sequence[str], root: str | None = None) -> dict[str, bool | None]:
+    """:func:`traceable` for several functions with one read of the list (~30 ms)."""
+    if not functions:
+        return {}
+    path = os.path.join(root or mount_point() or TRACEFS, "available_filter_functions")
+    wanted = set(functions)
+    found: set[str] = set()
+    try:
+        with open(path) as f:
+            for line in f:
+                name = line.split(None, 1)[0] if line.strip() else ""
+                if name in wanted:
+                    found.add(name)
+    except OSError:
+        return dict.fromkeys(functions)
+    return {fn: fn in found for fn in functions}
+
+
 def kprobes_configured(root: str | None = None) -> bool:
     """Can this kernel create kprobes at all (``kprobe_events`` or debugfs ``kprobes``)?"""
     base = root or mount_point() or TRACEFS

@@ -16,11 +16,13 @@ the development VM) and a hash update.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from allocscope.errors import AllocscopeError, CapabilityError
 from allocscope.probes import btf, maps, tracefs
+from allocscope.probes.capabilities import BTFFacts, CheckResult, btf_facts
 from allocscope.probes.headers import resolve_headers
 from allocscope.probes.loader import Probe, error_line
 
@@ -80,6 +82,8 @@ class WhoCallsSettings:
     comm: str | None = None
     per_process: bool = False
     read_tag: bool = False  # READ_ALLOC_TAG; only the tracepoint backends read it
+    # The kernel's BTF facts (cached per boot by the collector); None = parse BTF now (~1 s)
+    btf: BTFFacts | None = None
 
     def defines(self) -> Defines:
         """The ``-D`` settings. The tracepoint backend reads record offsets from tracefs and
@@ -93,7 +97,7 @@ class WhoCallsSettings:
             d["PER_PROCESS"] = 1
         if self.backend == "raw_tracepoint":
             d["BACKEND_RAW_TP"] = 1
-            offs = btf.kmem_cache_offsets()
+            offs = (self.btf if self.btf is not None else btf_facts()).kmem_cache
             if offs is not None:
                 d["KMEM_CACHE_SIZE_OFF"] = offs["size"]
         elif self.backend == "tracepoint":
@@ -117,13 +121,55 @@ class WhoCallsSettings:
 
 
 # --- backends ------------------------------------------------------------------------------
+#
+# The backend is chosen from facts that cost no compile (a BCC compile is 0.3-1.5 s here and
+# ~10 s under emulation): BTF present, the site function traceable (ftrace's
+# available_filter_functions), kprobes configured, and the verdicts of earlier attempts on
+# this boot (cached by the collector, keyed by boot id and release). Only then is the first
+# candidate compiled; a failure falls through to the next and becomes a verdict.
 
 
-def backend_candidates(sites: Sequence[SiteRanges], requested: str) -> list[tuple[str, str]]:
-    """Backends to try in order, each with why it is (or was not) a candidate.
+@dataclass(frozen=True, slots=True)
+class BackendFacts:
+    """What the backend choice rests on. ``traceable``: site function -> in
+    available_filter_functions (None = that list is unreadable: unknown, not no).
+    ``verdicts``: earlier attempts this boot, keyed ``backend`` (kernel-wide) or
+    ``backend:function`` (see :func:`verdict_keys`)."""
 
-    Returns (backend, note) pairs; only those whose cheap preconditions hold are included,
-    so a kernel without kprobes costs no failed compile. The survivors are then *tried*.
+    btf: bool
+    kprobes: bool
+    traceable: Mapping[str, bool | None]
+    verdicts: Mapping[str, CheckResult] = field(default_factory=dict)
+
+
+def gather_facts(
+    sites: Sequence[SiteRanges], verdicts: Mapping[str, CheckResult] | None = None
+) -> BackendFacts:
+    """The cheap facts (a few file reads, ~30 ms for the ftrace list)."""
+    return BackendFacts(
+        btf=os.path.exists(VMLINUX_BTF),
+        kprobes=tracefs.kprobes_configured(),
+        traceable=tracefs.traceable_all([t.function for t in sites]),
+        verdicts=dict(verdicts or {}),
+    )
+
+
+def refused(verdicts: Mapping[str, CheckResult], backend: str, function: str) -> CheckResult | None:
+    """The cached failure that rules ``backend`` out for ``function``, if any."""
+    for key in (backend, f"{backend}:{function}"):
+        v = verdicts.get(key)
+        if v is not None and not v.ok:
+            return v
+    return None
+
+
+def choose_backends(
+    sites: Sequence[SiteRanges], requested: str, facts: BackendFacts
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(candidates in the order to try, each with why; backends ruled out, each with why).
+
+    Pure: every input is in ``facts``. Never returns an empty candidate list: when cached
+    verdicts rule out everything, the tracepoint backend is tried anyway.
     """
     if requested != "auto":
         if requested not in BACKEND_ORDER:
@@ -132,17 +178,64 @@ def backend_candidates(sites: Sequence[SiteRanges], requested: str) -> list[tupl
             )
         if requested == "fentry" and len(sites) != 1:
             raise AllocscopeError("who-calls: --backend fentry takes exactly one site")
-        return [(requested, "requested")]
+        return [(requested, "requested")], []
     out: list[tuple[str, str]] = []
-    traceable = [tracefs.traceable(t.function) for t in sites]
-    if all(v is not False for v in traceable):
-        if len(sites) == 1 and os.path.exists(VMLINUX_BTF):
-            out.append(("fentry", "site function is traceable"))
-        if tracefs.kprobes_configured():
-            out.append(("kprobe", "site function is traceable"))
-    out.append(("raw_tracepoint", "kmem tracepoints, call_site filter"))
-    out.append(("tracepoint", "kmem tracepoints, call_site filter"))
-    return out
+    skipped: list[tuple[str, str]] = []
+    notrace = [t.function for t in sites if facts.traceable.get(t.function) is False]
+    unknown = any(facts.traceable.get(t.function) is None for t in sites)
+    hook_why = "site function traceable" + (" (unknown: ftrace list unreadable)" if unknown else "")
+
+    def ruled_out(backend: str) -> CheckResult | None:
+        return next((v for t in sites if (v := refused(facts.verdicts, backend, t.function))), None)
+
+    for backend in BACKEND_ORDER:
+        why_not: str | None = None
+        if backend == "fentry" and len(sites) != 1:
+            why_not = "takes exactly one site"
+        elif backend == "fentry" and not facts.btf:
+            why_not = "no BTF"
+        elif backend == "kprobe" and not facts.kprobes:
+            why_not = "no kprobe_events (CONFIG_KPROBE_EVENTS)"
+        elif backend in ("fentry", "kprobe") and notrace:
+            why_not = f"{', '.join(notrace)} not traceable (notrace)"
+        elif (v := ruled_out(backend)) is not None:
+            why_not = f"refused on this boot: {v.detail}"
+        if why_not is not None:
+            skipped.append((backend, why_not))
+        elif backend in TRACEPOINT_FAMILY:
+            out.append((backend, "kmem tracepoints, call_site filter"))
+        else:
+            out.append((backend, hook_why))
+    if not out:
+        out.append(("tracepoint", "last resort: every backend refused on this boot"))
+    return out, skipped
+
+
+def backend_candidates(sites: Sequence[SiteRanges], requested: str) -> list[tuple[str, str]]:
+    """Backends to try in order, each with why (facts read now, no cached verdicts)."""
+    facts = gather_facts(sites) if requested == "auto" else BackendFacts(False, False, {})
+    return choose_backends(sites, requested, facts)[0]
+
+
+# Failures that are a property of the kernel (the same for every site function) or of the
+# function, with a stable cause: only these become verdicts. A transient failure (ENOMEM,
+# EBUSY, a clang crash) is retried next time instead of ruling a backend out for the boot.
+_KERNEL_WIDE = {"EPERM from the kernel", "no kprobe_events"}
+_PER_FUNCTION = {"function not traceable"}
+
+
+def verdict_keys(backend: str, function: str, result: CheckResult) -> list[str]:
+    """The cache keys an attempt's outcome is stored under ([] = not worth remembering).
+    The kmem tracepoints do not depend on the site, so their verdicts are kernel-wide."""
+    cause = "" if result.ok else error_line(result.detail, short=True)
+    stable = result.ok or cause in _KERNEL_WIDE or cause in _PER_FUNCTION
+    if backend in TRACEPOINT_FAMILY:
+        return [backend] if stable else []
+    if result.ok or cause in _PER_FUNCTION:
+        return [f"{backend}:{function}"]
+    if cause in _KERNEL_WIDE:
+        return [backend, f"{backend}:{function}"]
+    return []
 
 
 def attach(probe: Probe, backend: str, sites: Sequence[SiteRanges]) -> None:
@@ -176,6 +269,8 @@ class OpenProbe:
     backend: str
     read_tag: bool  # the probe reads current->alloc_tag (exact allocinfo tags)
     notes: list[str] = field(default_factory=list)
+    # every compile this took, in order: (backend, outcome); one in the common case
+    attempts: list[tuple[str, CheckResult]] = field(default_factory=list)
 
 
 def open_probe(
@@ -187,19 +282,41 @@ def open_probe(
     comm: str | None = None,
     per_process: bool = False,
     allocinfo: bool = False,
+    facts: BackendFacts | None = None,
+    btf_info: BTFFacts | None = None,
     log: Callable[[str], None] = lambda s: None,
+    on_attempt: Callable[[str, CheckResult], object] = lambda b, r: None,
 ) -> OpenProbe:
-    """Compile and attach the first backend that works (each failure costs one compile and is
-    logged, then named in the notes). ``allocinfo``: the kernel has /proc/allocinfo, so the
-    exact tag can be read when the headers match. Raises :class:`CapabilityError` when none
-    attaches."""
+    """Compile and attach the first backend :func:`choose_backends` picks from ``facts``
+    (read now when None); a failure costs one compile, is logged, named in the notes and
+    passed to ``on_attempt`` (successes too) so the caller can remember it. ``allocinfo``:
+    the kernel has /proc/allocinfo, so the exact tag can be read when the headers match.
+    ``btf_info``: the BTF facts (parsed now when None). Raises :class:`CapabilityError`
+    when none attaches."""
     headers = resolve_headers()
     read_tag = headers.matches and allocinfo
+    if facts is None:
+        facts = gather_facts(sites) if backend == "auto" else BackendFacts(False, False, {})
+    candidates, skipped = choose_backends(sites, backend, facts)
     notes: list[str] = []
     failures: list[str] = []
-    for candidate, _why in backend_candidates(sites, backend):
-        settings = WhoCallsSettings(candidate, sites, pid, comm, per_process, read_tag)
+    attempts: list[tuple[str, CheckResult]] = []
+    prefix = "refused on this boot: "
+    cached = [(b, why.removeprefix(prefix)) for b, why in skipped if why.startswith(prefix)]
+    if cached:
+        log(
+            "who-calls: skipping "
+            + ", ".join(f"{b} ({error_line(why, short=True)})" for b, why in cached)
+            + ": refused on this boot (`allocscope doctor --refresh` tries again)"
+        )
+        notes.append(
+            "backends skipped (refused on this boot): "
+            + "; ".join(f"{b}: {why[:160]}" for b, why in cached)
+        )
+    for candidate, _why in candidates:
+        settings = WhoCallsSettings(candidate, sites, pid, comm, per_process, read_tag, btf_info)
         probe = None
+        t0 = time.monotonic()
         try:
             probe = Probe(PROGRAM, settings.defines(), headers=headers)
             set_sampling(probe, sample, 0)
@@ -208,9 +325,15 @@ def open_probe(
             if probe is not None:
                 probe.close()
             msg = error_line(e)
+            outcome = CheckResult(False, msg, time.monotonic() - t0)
+            attempts.append((candidate, outcome))
+            on_attempt(candidate, outcome)
             failures.append(f"{candidate}: {msg[:160]}")
             log(f"who-calls: backend {candidate} unavailable ({msg[:120]}); trying the next")
             continue
+        outcome = CheckResult(True, "loaded and attached", time.monotonic() - t0)
+        attempts.append((candidate, outcome))
+        on_attempt(candidate, outcome)
         if failures:
             notes.append("backends tried first: " + "; ".join(failures))
         if candidate == "raw_tracepoint" and "KMEM_CACHE_SIZE_OFF" not in probe.defines:
@@ -223,7 +346,9 @@ def open_probe(
                 "kernel headers do not match the running kernel: the probe reads no "
                 "kernel struct through them (kmem_cache size offset comes from BTF)"
             )
-        return OpenProbe(probe, candidate, read_tag and candidate in TRACEPOINT_FAMILY, notes)
+        return OpenProbe(
+            probe, candidate, read_tag and candidate in TRACEPOINT_FAMILY, notes, attempts
+        )
     raise CapabilityError("who-calls: no backend could attach: " + "; ".join(failures))
 
 

@@ -235,6 +235,7 @@ def _live(args: argparse.Namespace) -> tuple[AllocinfoSnapshot, str, dict[str, A
         exact_frees=args.exact_frees,
         pid=args.pid,
         workload=args.workload,
+        log=lambda m: print(m, file=sys.stderr),
     )
     what = "live bytes" if cap.bytes_kind == "live" else f"{cap.bytes_kind} bytes"
     if cap.bytes_kind == "live" and not args.exact_frees:

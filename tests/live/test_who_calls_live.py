@@ -283,3 +283,57 @@ def test_bytes_per_event_is_the_slab_object_size(live: None, backend: str) -> No
     assert p["total_calls"] > 0
     assert p["total_bytes"] == p["total_calls"] * _slab_object_size("radix_tree_node")
     assert p["callers"][0]["caller"] == "shmem_add_to_page_cache"
+
+
+def test_one_compile_with_this_boots_verdicts(
+    live: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the verdicts of this boot cached, who-calls compiles exactly one BPF program (a
+    backend known to fail here is not compiled again), and that program counts the opens the
+    test makes. Compiles are counted at the one loader every probe goes through."""
+    from allocscope.collector import boot_cache
+    from allocscope.probes import loader
+
+    monkeypatch.setenv(boot_cache.ENV, str(tmp_path / "run" / "boot-facts.json"))
+    compiled: list[str] = []
+    real = loader.Probe.__post_init__
+
+    def counting(self: loader.Probe) -> None:
+        compiled.append(str(self.defines.get("FENTRY_TARGET", "")) + self.name)
+        real(self)
+
+    monkeypatch.setattr(loader.Probe, "__post_init__", counting)
+
+    def run() -> dict[str, Any]:
+        return capture(
+            Options(
+                sites=["alloc_empty_file"],
+                sample=1,
+                pid=os.getpid(),
+                during=lambda: workloads.open_close(3000),
+            )
+        ).payload
+
+    first = run()  # cold: may try (and remember) backends this kernel refuses
+    tried_first = len(compiled)
+    assert tried_first >= 1 and first["total_calls"] >= 3000
+    cache = boot_cache.load()
+    assert cache.status == "loaded" and cache.btf is not None
+    compiled.clear()
+    second = run()
+    assert len(compiled) == 1, compiled
+    assert second["backend"] == first["backend"]
+    assert second["total_calls"] >= 3000  # one struct file per open, from path_openat
+    assert second["callers"][0]["caller"] == "path_openat"
+
+
+def test_fentry_load_check_agrees_with_the_kernel(live: None) -> None:
+    """The bpf(2) answer (a two-instruction fentry program, no compile) is the compiled one:
+    doctor's capability program with fentry on the same function loads, or both are
+    refused."""
+    from allocscope.probes import capabilities
+
+    quick = capabilities.fentry_load_check(capabilities.DEFAULT_FUNCTION)
+    assert quick is not None, "no BTF or no vfs_read in it"
+    full = capabilities.attach_types()["fentry"]
+    assert quick.ok == full.ok, (quick, full)

@@ -271,10 +271,12 @@ def test_live_path_is_wired(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         exact_frees: bool = False,
         pid: int | None = None,
         workload: str | None = None,
+        log: Any = None,
     ) -> Any:
         seen.update(
             duration=duration, frees=frees, exact_frees=exact_frees, pid=pid, workload=workload
         )
+        assert callable(log)  # the "tracing" line goes to stderr once attached
         recs = [
             AllocRecord(Site("", 0, "alloc_empty_file"), 4096, 16),
             AllocRecord(Site("", 0, "getname_flags", ""), 8192, 2),

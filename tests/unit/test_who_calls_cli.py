@@ -325,7 +325,14 @@ def test_addresses_only_on_request() -> None:
 
 def test_auto_sampler_rises_fast_and_falls_slowly() -> None:
     a = AutoSampler(0.01)
-    assert a.next_rate(0, 1000, 0.5) == 1  # calibration: 2k events/s -> every stack
+    # calibration -> the first sampled epoch, for a quarter of the budget: 2k events/s
+    # walked 1 in 2 (1 in 1 would be 0.4% of a CPU, over 0.25%)
+    assert a.next_rate(0, 1000, 0.5) == 2
+    assert a.next_rate(2, 1000, 1.0) == 1  # then down to the budget's N (1k/s: every stack)
+    first = a.next_rate(0, 500_000, 0.5)  # 1M events/s: the budget's N is 200
+    assert first == 800
+    assert a.next_rate(first, 1_000_000, 1.0) == 400  # halving towards it, one step a period
+    assert a.next_rate(400, 1_000_000, 1.0) == 200
     assert a.next_rate(1, 1_000_000, 1.0) == 200  # a burst: up at once
     assert a.next_rate(200, 0, 1.0) == 100  # idle: at most halve per period
     assert a.next_rate(200, 900_000, 1.0) == 200  # within 25%: no new epoch

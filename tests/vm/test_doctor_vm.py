@@ -29,7 +29,7 @@ from allocscope.probes import capabilities as caps
 def report() -> tuple[int, dict[str, object]]:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = doctor_cli.run(argparse.Namespace(json=True, no_bpf=False))
+        rc = doctor_cli.run(argparse.Namespace(json=True, no_bpf=False, refresh=False))
     return rc, json.loads(buf.getvalue())
 
 
