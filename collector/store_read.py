@@ -34,7 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from allocscope.collector.atomic import write_atomic
-from allocscope.collector.store import DATASETS, SCHEMAS, Store
+from allocscope.collector.store import Store
+from allocscope.collector.store_schemas import DATASETS, SCHEMAS
 from allocscope.errors import AllocscopeError, InputError
 
 NO_SNAPSHOTS = (
