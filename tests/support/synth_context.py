@@ -1,7 +1,7 @@
 """Synthetic ``context`` and ``lifespan`` results for the fleet tests (named queries, export,
 report): raw sampler sums with known totals, turned into payloads by the verbs' own builders
-(collector/context_payload.py, collector/lifespan.py ``build_payload``), so what is stored is exactly
-what a capture would have produced from those sums.
+(collector/context_payload.py, collector/lifespan.py ``build_payload``), so what is stored is
+exactly what a capture would have produced from those sums.
 
 Planted effects: pilot hosts allocate through ``pilot_tag`` at 3x the control rate; tag 0 has
 two callers whose shares differ by host; half of every tag's bytes are memcg-charged on even
