@@ -70,6 +70,11 @@ def open_store(root: str) -> Store:
     return store
 
 
+def fetch(con: Any, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    """All rows of ``sql`` (with ``?`` parameters) on a DuckDB connection, as tuples."""
+    return list(con.execute(sql, params or []).fetchall())
+
+
 def quote(text: str) -> str:
     """A DuckDB string literal."""
     return "'" + text.replace("'", "''") + "'"
