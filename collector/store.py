@@ -84,7 +84,7 @@ def safe_name(text: str) -> str:
 
 class Store:
     """One store root; every file is written by :meth:`write_part` or, streamed, by
-    :class:`BatchWriter` (same options, same atomic temp-fsync-rename)."""
+    collector/store_batch.py :class:`BatchWriter` (same options, same atomic temp-fsync-rename)."""
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
