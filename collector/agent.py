@@ -45,13 +45,9 @@ from allocscope.collector.atomic import write_atomic
 from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.snapshot import snapshot_table
 from allocscope.collector.snapshot_check import read_snapshot_file
-from allocscope.collector.store import (
-    INTERVAL_DATASETS,
-    AgentStats,
-    Store,
-    StoreUnavailable,
-    safe_name,
-)
+from allocscope.collector.store import Store, StoreUnavailable, safe_name
+from allocscope.collector.store_rows import AgentStats
+from allocscope.collector.store_schemas import INTERVAL_DATASETS
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.collector.units import human_bytes
 from allocscope.errors import AllocscopeError, InputError

@@ -31,7 +31,7 @@ from contextlib import ExitStack
 
 import pyarrow as pa
 
-from allocscope.collector import context, lifespan
+from allocscope.collector import context, context_payload, lifespan
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot
 from allocscope.collector.byte_sampling import WeightSums
 from allocscope.collector.capture import Capture
@@ -171,7 +171,7 @@ class ContextStream:
         epoch = context.Epoch(
             rate, seconds, sum(interval.events), sum(interval.bytes), interval.hits
         )
-        payload = context.build_payload(
+        payload = context_payload.build_payload(
             interval,
             self.ksyms,
             self.opts,

@@ -15,8 +15,8 @@ bytes, is what limits ingest speed. The pipeline, for ~2M rows/s on two cores:
    any check is read again alone, the careful way, which names the reason (the checks are
    collector/snapshot_check.py's, the same ``top``/``diff``/``report`` apply);
 3. a writer thread streams each checked chunk into the batch's hidden temp part
-   (store.BatchWriter) while the next chunk is decoded; the batch is published (fsync, rename,
-   then the ``hosts`` commit records) once all its files are in.
+   (store_batch.BatchWriter) while the next chunk is decoded; the batch is published (fsync,
+   rename, then the ``hosts`` commit records) once all its files are in.
 
 Result files become rows of the ``callers``/``overhead`` datasets by collector/store_tables.py.
 """
@@ -46,14 +46,9 @@ from allocscope.collector.snapshot_check import (
     read_chunk,
     read_snapshot_file,
 )
-from allocscope.collector.store import (
-    BatchWriter,
-    Store,
-    day_of_us,
-    hosts_rows,
-    safe_name,
-    to_us,
-)
+from allocscope.collector.store import Store, safe_name
+from allocscope.collector.store_batch import BatchWriter
+from allocscope.collector.store_rows import day_of_us, hosts_rows, to_us
 from allocscope.collector.store_tables import RESULT_DATASETS
 from allocscope.errors import InputError
 

@@ -40,8 +40,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from allocscope.collector.store import DATASETS, Store
+from allocscope.collector.store import Store
 from allocscope.collector.store_read import damaged_part, empty_file, relation_sql
+from allocscope.collector.store_schemas import DATASETS
 from allocscope.collector.units import parse_size
 from allocscope.errors import AllocscopeError, CapabilityError
 

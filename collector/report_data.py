@@ -9,394 +9,49 @@ sites, a few dozen time buckets) come back to Python.
 
 Saved files become Arrow tables in collector/report_inputs.py; the store is read through the
 one store relation (collector/store_read.py), so a damaged part is named here as in query.
-This module is the SQL and the view model the page is drawn from.
+This module is :func:`gather` and the allocinfo SQL (hosts, breakdowns, trend, changes,
+pilot/control groups); the dataclasses it fills are collector/report_model.py's, and the
+store's other datasets are read by report_store.py (hosts labels, callers, overhead) and
+report_fleet.py (context, lifespan).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from allocscope.collector.flame_diff import StackDiff, compare_results
-from allocscope.collector.report_fleet import (
-    FleetContext,
-    FleetLifespan,
-    fleet_context,
-    fleet_lifespan,
-)
+from allocscope.collector.flame_diff import compare_results
 from allocscope.collector.report_inputs import COLUMNS, load_files
-from allocscope.collector.result import Result, read_result
-from allocscope.collector.store import Store
+from allocscope.collector.report_model import (
+    CONTROL,
+    GROUP_LABEL,
+    OTHER_SUBSYSTEMS,
+    PILOT,
+    Breakdown,
+    ChangeRow,
+    GroupCompare,
+    GroupRow,
+    HostRow,
+    ReportData,
+    ResultEntry,
+    SiteRow,
+)
+from allocscope.collector.report_store import store_labels, store_results
+from allocscope.collector.result import read_result
 from allocscope.collector.store_read import (
     NO_SNAPSHOTS,
     damaged_part,
+    fetch,
     open_store,
-    pattern,
-    quote,
     reading,
     relation_sql,
 )
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.errors import AllocscopeError, InputError
 
-GROUP_LABEL = "group"
-PILOT, CONTROL = "pilot", "control"
-OTHER_SUBSYSTEMS = "other subsystems"
-
-
-@dataclass(slots=True)
-class HostRow:
-    """One host's latest snapshot, plus how many snapshots we have of it."""
-
-    hostname: str
-    labels: dict[str, str]
-    kernel_release: str
-    mem_profiling: str | None
-    snapshots: int
-    first_t: float
-    last_t: float
-    bytes: int
-    calls: int
-    sites: int
-
-
-@dataclass(slots=True)
-class Breakdown:
-    """Bytes per subsystem for a list of columns: bars (hosts or snapshots) or time points."""
-
-    columns: list[str]
-    times: list[float]
-    subsystems: list[str]
-    values: dict[str, list[float]]
-    note: str = ""
-
-
-@dataclass(slots=True)
-class SiteRow:
-    site_key: str
-    function: str
-    module: str
-    subsystem: str
-    bytes: int
-    calls: int
-    hosts: int
-
-
-@dataclass(slots=True)
-class ChangeRow:
-    site_key: str
-    function: str
-    module: str
-    subsystem: str
-    first_bytes: int
-    last_bytes: int
-    first_calls: int
-    last_calls: int
-
-    @property
-    def delta_bytes(self) -> int:
-        return self.last_bytes - self.first_bytes
-
-
-@dataclass(slots=True)
-class GroupRow:
-    """Bytes per host of one subsystem (or site) in the pilot and control groups.
-
-    Medians lead (one outlier host does not move them); means are kept next to them because
-    fleet cost adds up by the mean.
-    """
-
-    name: str
-    pilot_median: float
-    control_median: float
-    pilot_mean: float
-    control_mean: float
-    subsystem: str = ""
-    label: str = ""  # what to show for name (a site's file:line; name is its line-free key)
-
-    @property
-    def ratio(self) -> float | None:
-        return self.pilot_median / self.control_median if self.control_median else None
-
-    @property
-    def mean_ratio(self) -> float | None:
-        return self.pilot_mean / self.control_mean if self.control_mean else None
-
-
-@dataclass(slots=True)
-class GroupCompare:
-    pilot_hosts: list[str]
-    control_hosts: list[str]
-    mem_profiling: dict[str, dict[str, int]]  # group -> {vm.mem_profiling value: hosts}
-    total: GroupRow
-    subsystems: list[GroupRow]
-    sites: list[GroupRow]
-
-
-@dataclass(slots=True)
-class ResultEntry:
-    path: str
-    result: Result
-
-
-@dataclass(slots=True)
-class FleetCallers:
-    """who-calls results of many hosts for one site, merged (the store's ``callers`` dataset)."""
-
-    site: str
-    results: int
-    hosts: int
-    total_calls: int
-    backends: str
-    callers: list[dict[str, Any]]
-    folded: dict[str, float]
-
-
-@dataclass(slots=True)
-class FleetOverhead:
-    """overhead results of many hosts (latest per host), per allocator function."""
-
-    hosts: int
-    grouped: bool  # pilot/control columns present
-    rows: list[dict[str, Any]]
-
-
-@dataclass(slots=True)
-class ReportData:
-    title: str
-    generated_at: float
-    sources: list[str] = field(default_factory=list)
-    hosts: list[HostRow] = field(default_factory=list)
-    bars: Breakdown | None = None
-    bars_kind: str = ""  # "host" or "snapshot"
-    subsystem_totals: list[tuple[str, int]] = field(default_factory=list)
-    trend: Breakdown | None = None
-    top_sites: list[SiteRow] = field(default_factory=list)
-    top_changes: list[ChangeRow] = field(default_factory=list)
-    change_hosts: int = 0
-    groups: GroupCompare | None = None
-    results: list[ResultEntry] = field(default_factory=list)
-    diffs: list[StackDiff] = field(default_factory=list)  # report --diff A B
-    fleet_callers: list[FleetCallers] = field(default_factory=list)
-    fleet_overhead: FleetOverhead | None = None
-    fleet_context: FleetContext | None = None
-    fleet_lifespan: FleetLifespan | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def has_allocinfo(self) -> bool:
-        return bool(self.hosts)
-
-
-# --- the store's labels and results ------------------------------------------------------
-
-
-def _labels_from_row(row: dict[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    raw = row.get("labels")
-    if isinstance(raw, str) and raw.strip():
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raw = None
-    if isinstance(raw, dict):
-        out.update({str(k): str(v) for k, v in raw.items()})
-    elif isinstance(raw, list):  # Arrow map read as [(k, v)] or [{"key":..,"value":..}]
-        for item in raw:
-            if isinstance(item, dict) and "key" in item:
-                out[str(item["key"])] = str(item.get("value"))
-            elif isinstance(item, (list, tuple)) and len(item) == 2:
-                out[str(item[0])] = str(item[1])
-    for k, v in row.items():
-        if k.startswith("label_") and v is not None:
-            out[k[len("label_") :]] = str(v)
-    if "group" in row and row["group"] is not None and GROUP_LABEL not in out:
-        out[GROUP_LABEL] = str(row["group"])
-    return out
-
-
-def store_labels(con: Any, store: Store) -> dict[str, dict[str, str]]:
-    """hostname -> labels, from the store's ``hosts`` dataset (latest row per host wins).
-
-    Falls back to the host metadata kept in each snapshot file's Parquet footer when the
-    store has no ``hosts`` dataset.
-    """
-    out: dict[str, dict[str, str]] = {}
-    if store.files("hosts"):
-        tables = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        rel = con.sql(
-            "SELECT * FROM hosts_t"
-            if "hosts_t" in tables
-            else f"SELECT * FROM {relation_sql(store, 'hosts')}"
-        )
-        cols = [
-            c for c in rel.columns if c in ("hostname", "labels", "group") or c.startswith("label_")
-        ]
-        order = next(
-            (c for c in ("taken_at", "collected_at", "stored_at", "dt") if c in rel.columns), None
-        )
-        sql = "SELECT " + ", ".join(f'"{c}"' for c in cols) + " FROM rel"
-        if order:
-            sql += f' ORDER BY "{order}"'
-        for values in con.sql(sql).fetchall():
-            row = dict(zip(cols, values, strict=True))
-            if row.get("hostname") is not None:
-                out[str(row["hostname"])] = _labels_from_row(row)
-        return out
-    parts = quote(pattern(store, "allocinfo"))
-    rows = con.sql(
-        f"SELECT file_name, decode(value) FROM parquet_kv_metadata({parts})"
-        " WHERE decode(key) = 'allocscope.host' ORDER BY file_name"
-    ).fetchall()
-    for _name, text in rows:
-        try:
-            meta = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(meta, dict) and meta.get("hostname"):
-            out[str(meta["hostname"])] = {
-                str(k): str(v) for k, v in (meta.get("labels") or {}).items()
-            }
-    return out
-
-
-MAX_MERGED_RESULTS = 500  # who-calls payloads parsed per site for the merged flame graph
-
-
-def _store_results(con: Any, data: ReportData, store: Store, top_n: int) -> None:
-    """who-calls and overhead results ingested into the store, summarized across hosts."""
-    if store.files("callers"):
-        _fleet_callers(con, data, store, top_n)
-    if store.files("overhead"):
-        _fleet_overhead(con, data, store)
-    data.fleet_context = fleet_context(store, top_n)
-    data.fleet_lifespan = fleet_lifespan(store, top_n)
-
-
-def _fleet_callers(con: Any, data: ReportData, store: Store, top_n: int) -> None:
-    con.execute(
-        "CREATE TEMP VIEW callers AS SELECT *, coalesce(site_function, site) AS s FROM "
-        + relation_sql(store, "callers")
-    )
-    sites = _fetch(
-        con,
-        """
-        SELECT s, count(*), count(DISTINCT hostname), sum(total_calls),
-               string_agg(DISTINCT backend, ', ' ORDER BY backend)
-        FROM (SELECT DISTINCT hostname, taken_at, s, total_calls, backend FROM callers)
-        GROUP BY s ORDER BY sum(total_calls) DESC NULLS LAST, s""",
-    )
-    for site, results, hosts, total, backends in sites:
-        total = int(total or 0)
-        rows = _fetch(
-            con,
-            """
-            SELECT caller, count(DISTINCT hostname), sum(calls), sum(bytes),
-                   min(share), median(share), max(share)
-            FROM callers WHERE s = ? AND caller IS NOT NULL
-            GROUP BY caller ORDER BY sum(calls) DESC NULLS LAST, caller LIMIT ?""",
-            [site, max(top_n, 20)],
-        )
-        callers = [
-            {
-                "caller": c,
-                "hosts": int(h),
-                "calls": int(n or 0),
-                "share": (float(n or 0) / total) if total else None,
-                "host_share_min": lo,
-                "host_share_median": med,
-                "host_share_max": hi,
-                "bytes": int(b or 0),
-            }
-            for c, h, n, b, lo, med, hi in rows
-        ]
-        folded: dict[str, float] = {}
-        for (payload,) in _fetch(
-            con,
-            "SELECT payload_json FROM (SELECT DISTINCT hostname, taken_at, payload_json "
-            "FROM callers WHERE s = ?) ORDER BY taken_at DESC LIMIT ?",
-            [site, MAX_MERGED_RESULTS],
-        ):
-            try:
-                stacks = json.loads(payload or "{}").get("folded") or {}
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(stacks, dict):
-                for k, v in stacks.items():
-                    if isinstance(v, (int, float)):
-                        folded[str(k)] = folded.get(str(k), 0.0) + float(v)
-        data.fleet_callers.append(
-            FleetCallers(
-                str(site), int(results), int(hosts), total, backends or "", callers, folded
-            )
-        )
-
-
-def _fleet_overhead(con: Any, data: ReportData, store: Store) -> None:
-    """Per allocator function, each host's latest overhead result; pilot vs control medians
-    when the results carry ``group`` labels."""
-    con.execute("CREATE TEMP VIEW overhead AS SELECT * FROM " + relation_sql(store, "overhead"))
-    con.execute(
-        f"""
-        CREATE TEMP TABLE oh AS
-        SELECT o.*, lower(coalesce(o.labels['{GROUP_LABEL}'], '')) AS grp
-        FROM overhead o JOIN (SELECT hostname, max(taken_at) AS t FROM overhead
-                              GROUP BY hostname) l
-          ON o.hostname = l.hostname AND o.taken_at = l.t
-        WHERE o.function IS NOT NULL AND coalesce(o.present, true)"""
-    )
-    (hosts,) = _fetch(con, "SELECT count(DISTINCT hostname) FROM oh")[0]
-    if not hosts:
-        return
-    groups = {g for (g,) in _fetch(con, "SELECT DISTINCT grp FROM oh")}
-    grouped = PILOT in groups and CONTROL in groups
-    rows = _fetch(
-        con,
-        f"""
-        SELECT function, any_value(kind), count(DISTINCT hostname),
-               median(inclusive_share), median(self_share), median(ns_per_call),
-               count(DISTINCT hostname) FILTER (WHERE grp = '{PILOT}'),
-               count(DISTINCT hostname) FILTER (WHERE grp = '{CONTROL}'),
-               median(inclusive_share) FILTER (WHERE grp = '{PILOT}'),
-               median(inclusive_share) FILTER (WHERE grp = '{CONTROL}'),
-               median(ns_per_call) FILTER (WHERE grp = '{PILOT}'),
-               median(ns_per_call) FILTER (WHERE grp = '{CONTROL}')
-        FROM oh GROUP BY function ORDER BY median(inclusive_share) DESC NULLS LAST, function""",
-    )
-    out = []
-    for fn, kind, n, inc, slf, ns, np_, nc, pinc, cinc, pns, cns in rows:
-        row: dict[str, Any] = {
-            "function": fn,
-            "kind": kind,
-            "hosts": int(n),
-            "inclusive_share_median": inc,
-            "self_share_median": slf,
-            "ns_per_call_median": ns,
-        }
-        if grouped:
-            row.update(
-                {
-                    "pilot_hosts": int(np_),
-                    "control_hosts": int(nc),
-                    "pilot_inclusive_share": pinc,
-                    "control_inclusive_share": cinc,
-                    "pilot_ns_per_call": pns,
-                    "control_ns_per_call": cns,
-                    "ns_per_call_ratio": (pns / cns) if pns is not None and cns else None,
-                }
-            )
-        out.append(row)
-    data.fleet_overhead = FleetOverhead(int(hosts), grouped, out)
-
-
-# --- the queries ---------------------------------------------------------------------------
-
-
-def _fetch(con: Any, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    return list(con.execute(sql, params or []).fetchall())
+# ReportData is what gather returns; reports/html_diff.py still imports it from here.
+__all__ = ["ReportData", "gather"]
 
 
 def _top_subsystems(totals: list[tuple[str, int]], k: int) -> list[str]:
@@ -466,7 +121,7 @@ def gather(
     store_rows = False
     if st is not None:
         with reading(st, "reading results from store"):
-            _store_results(con, data, st, top_n)
+            store_results(con, data, st, top_n)
         store_rows = bool(st.files("allocinfo"))
         fleet = data.fleet_context or data.fleet_lifespan
         if not store_rows and not (data.fleet_callers or data.fleet_overhead or fleet):
@@ -544,7 +199,7 @@ def _compute(
         CREATE TEMP TABLE latest AS
         SELECT a.* FROM a JOIN (SELECT hostname, max(t) AS t FROM snaps GROUP BY hostname) l
           ON a.hostname = l.hostname AND snap_ms(a.taken_at) = l.t""")
-    for h, n, t0, t1, kr, mp, b, c, sites in _fetch(
+    for h, n, t0, t1, kr, mp, b, c, sites in fetch(
         con,
         """
         SELECT s.hostname, count(*), min(s.t), max(s.t),
@@ -570,7 +225,7 @@ def _compute(
         return
     data.subsystem_totals = [
         (s, int(b))
-        for s, b in _fetch(
+        for s, b in fetch(
             con,
             """
         SELECT subsystem, sum(bytes) AS b FROM latest GROUP BY subsystem ORDER BY b DESC,
@@ -583,7 +238,7 @@ def _compute(
     _trend(con, data, keep_real)
     data.top_sites = [
         SiteRow(*r)
-        for r in _fetch(
+        for r in fetch(
             con,
             """
         SELECT site_key, any_value(function), any_value(module), any_value(subsystem),
@@ -603,13 +258,13 @@ def _bars(
         host = data.hosts[0].hostname
         times = [
             t
-            for (t,) in _fetch(
+            for (t,) in fetch(
                 con,
                 "SELECT t FROM snaps WHERE hostname = ? ORDER BY t DESC LIMIT ?",
                 [host, max_bars],
             )
         ][::-1]
-        rows = _fetch(
+        rows = fetch(
             con,
             "SELECT t, subsystem, sum(b) FROM snap_sub WHERE hostname = ? AND t >= ? GROUP BY ALL",
             [host, times[0]],
@@ -628,7 +283,7 @@ def _bars(
     hostnames = [h.hostname for h in hosts]
     con.execute("CREATE TEMP TABLE bar_hosts (hostname VARCHAR)")
     con.executemany("INSERT INTO bar_hosts VALUES (?)", [[n] for n in hostnames])
-    rows = _fetch(
+    rows = fetch(
         con,
         "SELECT hostname, subsystem, sum(bytes) FROM latest "
         "WHERE hostname IN (SELECT hostname FROM bar_hosts) GROUP BY ALL",
@@ -652,10 +307,10 @@ def _trend(con: Any, data: ReportData, keep: list[str], max_points: int = 60) ->
     host contributes its latest snapshot at or before it (an ASOF join), unless that is older
     than two collection intervals (a host that stopped reporting drops out).
     """
-    t0, t1, distinct = _fetch(con, "SELECT min(t), max(t), count(DISTINCT t) FROM snaps")[0]
+    t0, t1, distinct = fetch(con, "SELECT min(t), max(t), count(DISTINCT t) FROM snaps")[0]
     if distinct < 2:
         return
-    (gap,) = _fetch(
+    (gap,) = fetch(
         con,
         """
         SELECT coalesce(median(gap), 0) FROM (
@@ -681,11 +336,9 @@ def _trend(con: Any, data: ReportData, keep: list[str], max_points: int = 60) ->
     )
     per_point = {
         bk: (int(n), tm / 1000)
-        for bk, n, tm in _fetch(
-            con, "SELECT bk, count(*), max(t) FROM pick GROUP BY bk ORDER BY bk"
-        )
+        for bk, n, tm in fetch(con, "SELECT bk, count(*), max(t) FROM pick GROUP BY bk ORDER BY bk")
     }
-    rows = _fetch(
+    rows = fetch(
         con,
         """
         SELECT p.bk, s.subsystem, sum(s.b) FROM snap_sub s
@@ -725,7 +378,7 @@ def _changes(con: Any, data: ReportData, top_n: int) -> None:
         "arg_min(boot_id, t) AS b0, arg_max(boot_id, t) AS b1 FROM snaps "
         "GROUP BY hostname HAVING count(*) >= 2"
     )
-    n, rebooted = _fetch(con, "SELECT count(*), count(*) FILTER (WHERE b0 <> b1) FROM fl")[0]
+    n, rebooted = fetch(con, "SELECT count(*), count(*) FILTER (WHERE b0 <> b1) FROM fl")[0]
     data.change_hosts = int(n)
     if not n:
         return
@@ -736,7 +389,7 @@ def _changes(con: Any, data: ReportData, top_n: int) -> None:
         )
     data.top_changes = [
         ChangeRow(*r)
-        for r in _fetch(
+        for r in fetch(
             con,
             """
         WITH s AS (
@@ -778,7 +431,7 @@ def _groups(con: Any, data: ReportData, top_n: int) -> None:
 
     def stats(key: str) -> list[GroupRow]:
         """Per-host bytes by ``key``, zero for hosts without it, then median/mean per group."""
-        rows = _fetch(
+        rows = fetch(
             con,
             f"""
             WITH per AS (

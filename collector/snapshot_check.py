@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.snapshot import SNAPSHOT_SCHEMA, SNAPSHOT_SCHEMA_VERSION
-from allocscope.collector.store import to_us
 from allocscope.collector.store_read import connect
+from allocscope.collector.store_rows import to_us
 from allocscope.errors import InputError
 
 _KEY_COLUMNS = (

@@ -20,13 +20,13 @@ from allocscope.collector.payloads import (
     SampleSums,
 )
 from allocscope.collector.result import Result
-from allocscope.collector.store import dumps, to_us
 from allocscope.collector.store_fleet_schemas import (
     CONTEXT_SCHEMA,
     FLEET_SCHEMA_VERSION,
     LIFESPAN_ESTIMATES,
     LIFESPAN_SCHEMA,
 )
+from allocscope.collector.store_rows import dumps, to_us
 from allocscope.errors import InputError
 
 

@@ -34,7 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from allocscope.collector.atomic import write_atomic
-from allocscope.collector.store import DATASETS, SCHEMAS, Store
+from allocscope.collector.store import Store
+from allocscope.collector.store_schemas import DATASETS, SCHEMAS
 from allocscope.errors import AllocscopeError, InputError
 
 NO_SNAPSHOTS = (
@@ -67,6 +68,11 @@ def open_store(root: str) -> Store:
     if not any(store.files(d) for d in DATASETS):
         raise InputError(root, None, NO_SNAPSHOTS)
     return store
+
+
+def fetch(con: Any, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    """All rows of ``sql`` (with ``?`` parameters) on a DuckDB connection, as tuples."""
+    return list(con.execute(sql, params or []).fetchall())
 
 
 def quote(text: str) -> str:

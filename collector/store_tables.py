@@ -1,5 +1,5 @@
 """Result files -> rows of the store's ``callers`` and ``overhead`` datasets (schemas in
-collector/store.py).
+collector/store_schemas.py).
 
 A who-calls or overhead result is a JSON payload; the store keeps it flattened (one row per
 caller, one per allocator function) so fleet queries aggregate it in SQL, plus the whole
@@ -17,8 +17,9 @@ import pyarrow as pa
 from allocscope.collector.payloads import FunctionRow, OverheadPayload, WhoCallsPayload
 from allocscope.collector.result import Result
 from allocscope.collector.site import SiteQuery, canonical_function
-from allocscope.collector.store import CALLERS_SCHEMA, OVERHEAD_SCHEMA, dumps, result_common
 from allocscope.collector.store_fleet import context_table, lifespan_table
+from allocscope.collector.store_rows import dumps, result_common
+from allocscope.collector.store_schemas import CALLERS_SCHEMA, OVERHEAD_SCHEMA
 
 
 def _site_fields(site: Any) -> tuple[str, str | None, str | None]:

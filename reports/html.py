@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib import resources
 
-from allocscope.collector.report_data import ReportData
+from allocscope.collector.report_model import ReportData
 from allocscope.reports import html_allocinfo, html_diff, html_fleet, html_results, svg
 from allocscope.reports.format import utc_datetime
 from allocscope.reports.html_parts import DASH, Block, section

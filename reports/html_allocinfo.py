@@ -1,6 +1,6 @@
 """The HTML report's allocinfo sections: hosts, subsystems, trends, pilot vs control, sites.
 
-Input: the allocinfo half of :class:`~allocscope.collector.report_data.ReportData` (snapshot
+Input: the allocinfo half of :class:`~allocscope.collector.report_model.ReportData` (snapshot
 files or a store's ``allocinfo`` dataset, already reduced to totals, bars, trends, changes and
 groups by :mod:`allocscope.collector.report_data`). Byte cells use
 :func:`~allocscope.reports.format.bytes_compact`, as the charts beside them do; every cell's
@@ -9,7 +9,7 @@ exact value is its sort key (``data-v``) and every bar's is in its tooltip.
 
 from __future__ import annotations
 
-from allocscope.collector.report_data import (
+from allocscope.collector.report_model import (
     CONTROL,
     GROUP_LABEL,
     PILOT,

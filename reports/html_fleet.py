@@ -1,15 +1,15 @@
 """The HTML report's fleet sections: results ingested into a store, merged across hosts.
 
 Input: ``fleet_callers`` and ``fleet_overhead`` of
-:class:`~allocscope.collector.report_data.ReportData` (who-calls callers merged per site;
+:class:`~allocscope.collector.report_model.ReportData` (who-calls callers merged per site;
 each host's latest overhead result, medians across hosts, pilot vs control when the hosts carry
 a ``group`` label). The numbers come from the store queries in
-:mod:`allocscope.collector.report_data`; this module only lays them out.
+:mod:`allocscope.collector.report_store`; this module only lays them out.
 """
 
 from __future__ import annotations
 
-from allocscope.collector.report_data import CONTROL, PILOT, ReportData
+from allocscope.collector.report_model import CONTROL, PILOT, ReportData
 from allocscope.reports import html_context, svg
 from allocscope.reports.flamegraph import render_flamegraph
 from allocscope.reports.format import count_exact, decimal, pct

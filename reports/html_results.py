@@ -1,6 +1,6 @@
 """The HTML report's result sections: one per ``--result`` file (who-calls, overhead, any kind).
 
-Input: :class:`~allocscope.collector.report_data.ResultEntry` (a result file as read by
+Input: :class:`~allocscope.collector.report_model.ResultEntry` (a result file as read by
 :mod:`allocscope.collector.result`). who-calls gets a callers table, a share chart and a flame
 graph per site; overhead a CPU-share chart, the functions table and the fexit histogram; any
 other kind its payload as generic tables (:func:`~allocscope.reports.html_parts.generic`), so a
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from allocscope.collector.payloads import ContextPayload, LifespanPayload
-from allocscope.collector.report_data import ReportData, ResultEntry
+from allocscope.collector.report_model import ReportData, ResultEntry
 from allocscope.reports import html_context, svg
 from allocscope.reports.flamegraph import parse_folded, render_flamegraph
 from allocscope.reports.format import count_exact, duration, pct, utc_datetime

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from allocscope.collector import context as ctx
+from allocscope.collector import context_payload
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.payloads import ContextPayload, ContextTag
 
@@ -110,7 +111,7 @@ def test_two_callers_of_one_site_call_and_byte_shares_and_the_census() -> None:
     assert tag.calls_low <= calls <= tag.calls_high, (tag.calls, calls)
     assert p.counters["hash_full"] == 0
 
-    pc_ = ctx.build_payload(
+    pc_ = context_payload.build_payload(
         raw,
         Kallsyms.load(),
         ctx.Options(rate=1, confidence=CONF),

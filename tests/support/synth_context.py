@@ -1,7 +1,7 @@
 """Synthetic ``context`` and ``lifespan`` results for the fleet tests (named queries, export,
 report): raw sampler sums with known totals, turned into payloads by the verbs' own builders
-(collector/context.py, collector/lifespan.py ``build_payload``), so what is stored is exactly
-what a capture would have produced from those sums.
+(collector/context_payload.py, collector/lifespan.py ``build_payload``), so what is stored is
+exactly what a capture would have produced from those sums.
 
 Planted effects: pilot hosts allocate through ``pilot_tag`` at 3x the control rate; tag 0 has
 two callers whose shares differ by host; half of every tag's bytes are memcg-charged on even
@@ -10,7 +10,7 @@ hosts; one lifespan row keeps old (leaked) objects.
 
 from __future__ import annotations
 
-from allocscope.collector import context, lifespan
+from allocscope.collector import context, context_payload, lifespan
 from allocscope.collector.byte_sampling import SAMPLER_FRAC_BITS, SAMPLER_W2_SHIFT, WeightSums
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.kallsyms import Kallsyms, Symbol
@@ -78,7 +78,7 @@ def context_result(h: int, host: HostMetadata, start: float, duration: float) ->
     nbytes = [int(sum(s.sums.bytes for s in samples)), 0, 0]
     raw = context.RawCapture(samples, tag_addr, events, nbytes, hits=len(samples))
     opts = context.Options(duration=duration, callers=5)
-    payload = context.build_payload(
+    payload = context_payload.build_payload(
         raw,
         KSYMS,
         opts,

@@ -17,12 +17,11 @@ from allocscope.collector.context import (
     RateKeeper,
     RawCapture,
     RawSample,
-    build_payload,
     next_rate,
-    page_site,
     rate_for,
     tag_mode_notes,
 )
+from allocscope.collector.context_payload import build_payload, page_site
 from allocscope.collector.kallsyms import Kallsyms, Symbol
 from allocscope.collector.payloads import ContextPayload
 from allocscope.collector.rollup import Filters

@@ -16,7 +16,7 @@ from conftest import Cli
 from support.synth import FleetSpec, results, write_snapshot_files
 
 from allocscope.collector import snapshot_check as check_mod
-from allocscope.collector import store as store_mod
+from allocscope.collector import store_batch
 from allocscope.collector.allocinfo import read_allocinfo
 from allocscope.collector.host import collect_host_metadata
 from allocscope.collector.ingest import ingest, read_snapshot_file
@@ -260,7 +260,7 @@ def test_batch_spanning_days_is_split_per_day(tmp_path: Path) -> None:
 
 def test_row_groups_as_one_shot_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows streamed chunk by chunk are written in whole row groups, like one write_table."""
-    monkeypatch.setattr(store_mod, "ROW_GROUP_ROWS", 64)
+    monkeypatch.setattr(store_batch, "ROW_GROUP_ROWS", 64)
     spec = FleetSpec(hosts=4, sites=25, snapshots=2)
     paths = write_snapshot_files(str(tmp_path / "in"), spec)
     store = Store(str(tmp_path / "store"))
@@ -295,7 +295,7 @@ def test_failed_batch_write_leaves_nothing(
             raise OSError(28, "No space left on device")
         return real(self, *a, **k)
 
-    monkeypatch.setattr(store_mod, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(store_batch, "ROW_GROUP_ROWS", 16)
     monkeypatch.setattr(pq.ParquetWriter, "write_table", flaky)
     store = Store(str(tmp_path / "store"))
     snaps = [p for p in good if p.endswith(".parquet")]

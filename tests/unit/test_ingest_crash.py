@@ -19,7 +19,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from support.synth import FleetSpec, write_snapshot_files
 
-from allocscope.collector.store import DATASETS, Store
+from allocscope.collector.store import Store
+from allocscope.collector.store_schemas import DATASETS
 
 SPEC = FleetSpec(hosts=40, sites=2000, snapshots=3)
 CHILD = """

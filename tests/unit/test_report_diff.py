@@ -28,7 +28,7 @@ from allocscope.collector.flame_diff import (
     diff_frames,
     newcombe_interval,
 )
-from allocscope.collector.report_data import ReportData
+from allocscope.collector.report_model import ReportData
 from allocscope.collector.result import Result
 from allocscope.reports.html_diff import sections
 

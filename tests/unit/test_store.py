@@ -17,15 +17,9 @@ import pytest
 from allocscope.collector.allocinfo import AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.snapshot import snapshot_table
-from allocscope.collector.store import (
-    HOSTS_SCHEMA,
-    STORE_SCHEMA_VERSION,
-    AgentStats,
-    Store,
-    StoreUnavailable,
-    dt_of,
-    safe_name,
-)
+from allocscope.collector.store import Store, StoreUnavailable, safe_name
+from allocscope.collector.store_rows import AgentStats, dt_of
+from allocscope.collector.store_schemas import HOSTS_SCHEMA, STORE_SCHEMA_VERSION
 
 FIXTURE = "allocinfo-7.3-boot.txt"
 
