@@ -50,8 +50,7 @@ from allocscope.collector.store_read import (
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.errors import AllocscopeError, InputError
 
-# ReportData is what gather returns; reports/html_diff.py still imports it from here.
-__all__ = ["ReportData", "gather"]
+__all__ = ["gather"]
 
 
 def _top_subsystems(totals: list[tuple[str, int]], k: int) -> list[str]:

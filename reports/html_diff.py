@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from allocscope.collector.flame_diff import KeyOnly, ShareChange, StackDiff
-from allocscope.collector.report_data import ReportData
+from allocscope.collector.report_model import ReportData
 from allocscope.reports.flamegraph import render_diff_flamegraph
 from allocscope.reports.format import bytes_compact, pct
 from allocscope.reports.html_parts import DASH, Block, kv, section, table, td
