@@ -17,7 +17,7 @@ import pytest
 from report_samples import HOST, who_calls_result
 from support.synth_context import _ADDR, KSYMS, RATE, TAGS, points
 
-from allocscope.collector import context
+from allocscope.collector import context, context_payload
 from allocscope.collector.flame_diff import ShareRow, compare_results, newcombe_interval
 from allocscope.collector.result import Result, read_result
 from allocscope.collector.site import Site
@@ -44,7 +44,7 @@ def write(path: Path, plan: dict[int, dict[str, int]], **opts: Any) -> Path:
     hits = sum(s.sums.hits for s in samples)
     nbytes = int(sum(s.sums.bytes for s in samples))
     raw = context.RawCapture(samples, tag_addr, [hits * 50, 0, 0], [nbytes, 0, 0], hits=hits)
-    payload = context.build_payload(
+    payload = context_payload.build_payload(
         raw,
         KSYMS,
         context.Options(duration=3.0, callers=5, **opts),
