@@ -206,7 +206,7 @@ def lifespan_result(p: LifespanPayload, idx: int) -> str:
     return "".join(parts)
 
 
-def _fmt_row(row: Mapping[str, Any], fmts: Mapping[str, Fmt]) -> dict[str, Any]:
+def _row_cells(row: Mapping[str, Any], fmts: Mapping[str, Fmt]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in row.items():
         if k.endswith(("_low", "_high")) and k.rsplit("_", 1)[0] in fmts:
@@ -229,7 +229,7 @@ def fleet_context_section(fc: FleetContext) -> str:
         "bytes_per_s": _per_s(bytes_short),
         "calls_per_s": _per_s(count_short),
     }
-    parts.append(rows_table([_fmt_row(t.rate, rate_fmt) for t in fc.tags], caption="tags"))
+    parts.append(rows_table([_row_cells(t.rate, rate_fmt) for t in fc.tags], caption="tags"))
     caller_fmt: dict[str, Fmt] = {
         "calls": count_short,
         "bytes": bytes_short,
@@ -238,7 +238,7 @@ def fleet_context_section(fc: FleetContext) -> str:
     }
     for j, t in enumerate(fc.tags[:TOP_TAGS]):
         parts.append(f"<h3>callers of <code>{esc(t.tag)}</code> (all hosts)</h3>")
-        parts.append(rows_table([_fmt_row(c, caller_fmt) for c in t.callers]))
+        parts.append(rows_table([_row_cells(c, caller_fmt) for c in t.callers]))
         if t.folded:
             parts.append(
                 render_flamegraph(
@@ -258,7 +258,7 @@ def fleet_context_section(fc: FleetContext) -> str:
         }
         parts.append(
             rows_table(
-                [_fmt_row(c, fmts) for c in fc.charged],
+                [_row_cells(c, fmts) for c in fc.charged],
                 caption="charged vs uncharged bytes per subsystem",
             )
         )
@@ -272,7 +272,7 @@ def fleet_lifespan_section(fl: FleetLifespan) -> str:
         "statistics on the summed histogram (lifespan-by-tag, leaks-fleet).</p>"
     ]
     fmts = {"freed_calls": count_short, "mean_ns": ns, "p50_ns": ns, "p90_ns": ns, "p99_ns": ns}
-    shown = [_fmt_row({k: v for k, v in t.items() if k != "hist"}, fmts) for t in fl.tags]
+    shown = [_row_cells({k: v for k, v in t.items() if k != "hist"}, fmts) for t in fl.tags]
     parts.append(rows_table(shown, caption="lifespan distributions per tag"))
     for j, t in enumerate(fl.tags[:TOP_TAGS]):
         parts.append(
@@ -282,7 +282,7 @@ def fleet_lifespan_section(fl: FleetLifespan) -> str:
         )
     parts.append("<h3>leaks across the fleet (each host's latest interval)</h3>")
     if fl.leaks:
-        parts.append(rows_table([_fmt_row(r, {"old_bytes": bytes_short}) for r in fl.leaks]))
+        parts.append(rows_table([_row_cells(r, {"old_bytes": bytes_short}) for r in fl.leaks]))
     else:
         parts.append("<p>No tracked object outlived the threshold.</p>")
     return "".join(parts)

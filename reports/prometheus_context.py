@@ -41,7 +41,8 @@ def _other(rest: Sequence[TagRate]) -> TagRate:
     )
 
 
-def _num(x: float) -> str:
+def _sample_value(x: float) -> str:
+    """A sample value as the text format wants it: a Go-parsable float (repr: no loss)."""
     return repr(float(x))
 
 
@@ -83,13 +84,14 @@ def render_context(
     for name, help_, value in metrics:
         out.append(f"# HELP {name} {help_}")
         out.append(f"# TYPE {name} gauge")
-        out.extend(f"{name}{{{labels(r)}}} {_num(value(r))}" for r in kept)
+        out.extend(f"{name}{{{labels(r)}}} {_sample_value(value(r))}" for r in kept)
     name = "allocscope_context_charged_share"
     out.append(f"# HELP {name} Share of this tag's allocated bytes charged to a memory cgroup.")
     out.append(f"# TYPE {name} gauge")
     for r in kept:
         if r.charged_bytes_per_s is not None and r.bytes_per_s > 0:
-            out.append(f"{name}{{{labels(r)}}} {_num(r.charged_bytes_per_s / r.bytes_per_s)}")
+            share = r.charged_bytes_per_s / r.bytes_per_s
+            out.append(f"{name}{{{labels(r)}}} {_sample_value(share)}")
     tail = extra.lstrip(",")
     brace = f"{{{tail}}}" if tail else ""
     for name, help_, v in (
@@ -103,5 +105,5 @@ def render_context(
     ):
         out.append(f"# HELP {name} {help_}")
         out.append(f"# TYPE {name} gauge")
-        out.append(f"{name}{brace} {_num(v)}")
+        out.append(f"{name}{brace} {_sample_value(v)}")
     return "\n".join(out) + "\n"
