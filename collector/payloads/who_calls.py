@@ -112,7 +112,9 @@ class WhoCallsPayload(Contract):
 
     site: str = req("the sites, comma-separated")
     sites: tuple[SiteBlock, ...] = opt("one block per site", default=())
-    backend: str | None = opt("raw_tracepoint | tracepoint | kprobe | fentry | context/<hook> (page sites)")
+    backend: str | None = opt(
+        "raw_tracepoint | tracepoint | kprobe | fentry | context/<hook> (page sites)"
+    )
     tag_mode: str | None = opt("exact-tag | function-name")
     total_calls: int = req("events over all sites", nonneg=True)
     total_bytes: int | None = opt("bytes over all sites", nonneg=True)
