@@ -237,6 +237,10 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         raise AllocscopeError("who-calls: --depth must be >= 1")
     if opts.sample is not None and opts.sample < 1:
         raise AllocscopeError("who-calls: --sample must be >= 1 (or auto)")
+    if opts.backend != "auto":
+        raise AllocscopeError(
+            "who-calls: --pages runs the context engine's page hook; --backend does not apply"
+        )
     try:
         attribution.build_skip_rules([], opts.skip)
     except ValueError as e:

@@ -111,6 +111,8 @@ def test_bad_skip_and_workload_are_one_line_errors(cli) -> None:  # type: ignore
     assert rc == 2 and "--skip '('" in err and "Traceback" not in err
     rc, _, err = cli("who-calls", "xas_alloc", "--workload", "nope", "-d", "1")
     assert rc == 2 and "unknown workload 'nope'" in err
+    rc, _, err = cli("who-calls", "shmem_alloc_folio", "--pages", "--backend", "kprobe")
+    assert rc == 2 and "--backend does not apply" in err and "Traceback" not in err
 
 
 def test_resolve_function_and_tag() -> None:
