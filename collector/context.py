@@ -317,22 +317,43 @@ def read_raw(probe: object, read_tag: bool) -> RawCapture:
     )
 
 
-def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Result:
-    """Run a context capture; returns the Result (also on Ctrl-C/SIGTERM, marked)."""
+@dataclass(slots=True)
+class LiveRun:
+    """What one live window of the context probe left: the raw maps, the rate epochs, the
+    allocinfo snapshots around it, and the capture (for its result)."""
+
+    cap: object  # collector.capture.Capture (imported lazily)
+    opened: object  # probes.context.OpenProbe
+    raw: RawCapture
+    epochs: list[Epoch]
+    seconds: float
+    before: AllocinfoSnapshot | None
+    after: AllocinfoSnapshot | None
+    mem_profiling: int | None
+    has_allocinfo: bool
+
+
+def run_live(
+    opts: Options,
+    log: Callable[[str], None] = lambda s: None,
+    *,
+    verb: str = "context",
+    slabs: bool = True,
+) -> LiveRun:
+    """The live part of a context capture, shared with ``who-calls`` of a page site
+    (``slabs=False``: only the page hook is attached)."""
     from allocscope.collector.capture import Capture
     from allocscope.collector.context_payload import build_payload  # it imports this module
     from allocscope.probes import context as pc
-    from allocscope.probes.headers import resolve_headers
 
     check_options(opts)
     duration = opts.duration
     if duration is None and opts.workload:
         duration = 10.0  # a built-in workload without -d runs for 10 s
-    cap = Capture("context", duration=duration, workload=opts.workload, pid=opts.pid)
-    ksyms = Kallsyms.load()
+    cap = Capture(verb, duration=duration, workload=opts.workload, pid=opts.pid)
     has_allocinfo = os.path.exists(PROC_ALLOCINFO)
     settings = pc.ContextSettings(
-        pid=opts.pid, comm=opts.comm, read_tag=has_allocinfo, pages=opts.pages
+        pid=opts.pid, comm=opts.comm, read_tag=has_allocinfo, pages=opts.pages, slabs=slabs
     )
     with cap:
         opened = pc.open_probe(settings, opts.rate or START_RATE, log)
@@ -349,7 +370,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
 
         def start_during() -> None:
             if opts.during is not None:
-                th = threading.Thread(target=opts.during, name="context-during", daemon=True)
+                th = threading.Thread(target=opts.during, name=f"{verb}-during", daemon=True)
                 th.start()
                 threads.append(th)
 
@@ -357,13 +378,31 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
             return duration is None and bool(threads) and not threads[0].is_alive()
 
         until = f"for {duration:g}s" if duration is not None else "until Ctrl-C"
-        log(f"context: sampling every allocation by bytes via {opened.backend} {until}")
+        what = "every allocation" if slabs else "every page allocation"
+        log(f"{verb}: sampling {what} by bytes via {opened.backend} {until}")
         with cap.window(on_start=start_during) as w:
             cap.wait(w, tick=keeper.tick, done=during_done)
         probe.detach()
         keeper.close(w.seconds, counts())
         raw = read_raw(probe, opened.read_tag)
         after = _allocinfo_now(opts)
+    return LiveRun(
+        cap, opened, raw, keeper.epochs, w.seconds, before, after, mem_profiling, has_allocinfo
+    )
+
+
+def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Result:
+    """Run a context capture; returns the Result (also on Ctrl-C/SIGTERM, marked)."""
+    from allocscope.collector.capture import Capture
+    from allocscope.probes import context as pc
+    from allocscope.probes.headers import resolve_headers
+
+    ksyms = Kallsyms.load()
+    run = run_live(opts, log)
+    cap, opened, raw = run.cap, run.opened, run.raw
+    assert isinstance(cap, Capture) and isinstance(opened, pc.OpenProbe)
+    has_allocinfo, mem_profiling = run.has_allocinfo, run.mem_profiling
+    before, after = run.before, run.after
     tag_mode, notes = tag_mode_notes(
         opened.read_tag,
         has_allocinfo,
@@ -381,8 +420,8 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         raw,
         ksyms,
         opts,
-        epochs=keeper.epochs,
-        duration=w.seconds,
+        epochs=run.epochs,
+        duration=run.seconds,
         backend=opened.backend,
         tag_mode=tag_mode,
         charge_source=opened.charge_source,

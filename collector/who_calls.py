@@ -74,6 +74,9 @@ class Options:
     addresses: bool = False
     workload: str | None = None
     confidence: float = 0.95
+    # a page site (allocates pages directly): the context engine, not the slab call_site
+    # filter (collector/who_calls_pages.py)
+    pages: bool = False
     # Tests and benchmarks: run this in a thread once the probe is attached; without a
     # duration the capture ends when it returns.
     during: Callable[[], object] | None = None
@@ -82,7 +85,7 @@ class Options:
 # --- site resolution -------------------------------------------------------------------------
 
 
-def _allocinfo_for_resolution(
+def allocinfo_for_resolution(
     opts: Options, log: Callable[[str], None] = lambda s: None
 ) -> AllocinfoSnapshot | None:
     """Strict like ``top``: a malformed line is an error naming file:line, unless --lenient,
@@ -320,6 +323,10 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
     """Run a who-calls capture; returns the Result (also on Ctrl-C/SIGTERM, marked)."""
     from allocscope.collector.capture import Capture
 
+    if opts.pages:
+        from allocscope.collector import who_calls_pages  # it imports this module
+
+        return who_calls_pages.capture(opts, log)
     if opts.depth < 1:
         raise AllocscopeError("who-calls: --depth must be >= 1")
     if opts.sample is not None and opts.sample < 1:
@@ -333,7 +340,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         duration = 10.0  # a built-in workload without -d runs for 10 s
     cap = Capture("who-calls", duration=duration, workload=opts.workload, pid=opts.pid)
     symbols = EarlySymbols.load()
-    resolution_info = _allocinfo_for_resolution(opts, log)
+    resolution_info = allocinfo_for_resolution(opts, log)
     targets = resolve_sites(opts.sites, symbols, resolution_info)
     rules = attribution.build_skip_rules([t.function for t in targets], opts.skip)
 

@@ -281,9 +281,9 @@ def _notes(
         if b.total_calls == 0 and backend in TRACEPOINT_FAMILY:
             notes.append(
                 f"{t.label}: no kmem_cache_alloc/kmalloc had its call_site in "
-                f"{t.function}; if it allocates pages, or only calls another "
-                "allocating function, name that function (or use a kernel with "
-                "kprobes for a function-entry count)"
+                f"{t.function}; if it allocates pages, rerun with --pages (the "
+                "context engine's page sampler); if it only calls another "
+                "allocating function, name that function"
             )
     # compiled in, switched off: 6.14+ never sets current->alloc_tag then (exact_tags.py)
     off = profiling_off_note(tags_seen=any(b.tags_seen for b in blocks) if read_tag else None)

@@ -73,6 +73,7 @@ class ContextSettings:
     read_tag: bool = False
     site_of: str | None = None  # SITE_OF(a) expression: only these slab call sites
     pages: bool = True
+    slabs: bool = True  # False: page events only (who-calls of a page site)
     stack_entries: int = DEFAULT_STACK_ENTRIES
     stack_depth: int = DEFAULT_STACK_DEPTH
     sample_entries: int = DEFAULT_SAMPLE_ENTRIES
@@ -108,7 +109,9 @@ class ContextSettings:
         hooks: list[Hook] = []
         offs = btf.kmem_cache_offsets()
         cache_source = "btf" if charge.gfp_account is not None else "none"
-        if offs is not None and raw_args_match("kmem_cache_alloc"):
+        if not self.slabs:
+            pass  # page events only: no slab hook is compiled in or attached
+        elif offs is not None and raw_args_match("kmem_cache_alloc"):
             d["KMEM_CACHE_SIZE_OFF"] = offs["size"]
             hooks.append(Hook("raw_tracepoint", "kmem_cache_alloc", "on_kmem_cache_alloc"))
             if "SLAB_ACCOUNT_MASK" not in d:
@@ -123,7 +126,9 @@ class ContextSettings:
                 d["TP_KCA_ACCOUNTED"] = acc
                 cache_source = "tracepoint-field"
             hooks.append(Hook("tracepoint", "kmem:kmem_cache_alloc", "on_kmem_cache_alloc_tp"))
-        if raw_args_match("kmalloc"):
+        if not self.slabs:
+            pass
+        elif raw_args_match("kmalloc"):
             hooks.append(Hook("raw_tracepoint", "kmalloc", "on_kmalloc"))
         else:
             f = tracefs.offsets_of("kmem", "kmalloc", ("call_site", "bytes_alloc", "gfp_flags"))

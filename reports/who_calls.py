@@ -24,7 +24,9 @@ def header(payload: WhoCallsPayload, settings: Mapping[str, Any] | None = None) 
     lines = []
     rate = payload.sample_rate if payload.sample_rate is not None else 1
     sampling = "every event" if rate == 1 else f"1 in {rate}"
-    if payload.sample_mode == "auto":
+    if payload.sample_mode == "bytes":  # a page site through the context engine
+        sampling = f"by bytes (mean gap {bytes_short(rate)})"
+    elif payload.sample_mode == "auto":
         ns = [e.n for e in payload.sample_epochs if e.n]
         if len(set(ns)) > 1:
             sampling = f"1 in {min(ns)}..{max(ns)}, now 1 in {rate}"
@@ -35,7 +37,13 @@ def header(payload: WhoCallsPayload, settings: Mapping[str, Any] | None = None) 
         tag = block.tag or "(tag unknown: matched by function name)"
         lines.append(f"site: {block.site}  tag: {tag}")
         lines.append(
-            f"  events: {count_short(block.total_calls)} ({bytes_short(block.total_bytes or 0)})"
+            f"  events: {count_short(block.total_calls)} ({bytes_short(block.total_bytes or 0)}"
+            + (
+                f", {bytes_short(block.bytes_low)}..{bytes_short(block.bytes_high)}"
+                if block.bytes_low is not None and block.bytes_high is not None
+                else ""
+            )
+            + ")"
             f"  stacks sampled: {count_short(block.stacks or 0)}"
             f"  lost: {block.lost or 0} (stack map {block.stack_errors or 0}, "
             f"hash full {block.hash_full or 0})"

@@ -27,6 +27,11 @@ that is not allocator or site-library machinery (e.g. xas_* for xas_alloc). Shar
 confidence interval that accounts for the sampling. With /proc/allocinfo, the tag's bytes and
 calls (before/after the capture) are joined to the callers. Runs until Ctrl-C without -d;
 Ctrl-C and SIGTERM still print and write what was captured.
+
+A function that allocates pages directly (shmem_alloc_folio, do_anonymous_page, pte_alloc_one)
+is no slab call_site and mm_page_alloc carries none, so the slab filter counts 0 events for it:
+name it with --pages, and the context engine's page sampler finds its callers instead (the site
+is the first frame past the page allocator in each sampled stack; estimates by bytes).
 """
 
 EXAMPLES = """\
@@ -40,6 +45,7 @@ EXAMPLES = """\
   allocscope who-calls xas_alloc --skip 'shmem_add_.*' -d 10   # look one level further up
   allocscope who-calls xas_alloc --folded -d 10 > xas.folded   # flame-graph input
   allocscope who-calls alloc_empty_file --per-process -p 1234 -d 10
+  allocscope who-calls shmem_alloc_folio --pages -d 10 --workload tmpfs-write   # a page site
 """
 
 
@@ -115,6 +121,12 @@ def register(sub: Any) -> None:
         choices=["auto", "fentry", "kprobe", "raw_tracepoint", "tracepoint"],
         help="force a hook (default: the first that works: fentry, kprobe, "
         "raw_tracepoint, tracepoint)",
+    )
+    p.add_argument(
+        "--pages",
+        action="store_true",
+        help="SITE allocates pages directly (no slab call_site names it): find its callers "
+        "with the context engine's page sampler",
     )
     p.add_argument(
         "--skip",
@@ -208,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
         addresses=args.addresses,
         workload=args.workload,
         confidence=args.confidence,
+        pages=args.pages,
     )
     result = capture(opts, log=lambda m: print(m, file=sys.stderr))
     payload = result.typed(WhoCallsPayload)

@@ -45,6 +45,8 @@ class CallerRow(Contract):
     ci_low: float | None = opt("share interval, low end", nonneg=True)
     ci_high: float | None = opt("share interval, high end", nonneg=True)
     bytes: int | None = opt("estimated bytes", nonneg=True)
+    bytes_low: int | None = opt("bytes interval, low end (page sites: byte-sampled)", nonneg=True)
+    bytes_high: int | None = opt("bytes interval, high end (page sites)", nonneg=True)
     tag: str | None = opt("the exact allocinfo tag the probe read")
     pid: int | None = opt("thread group id, with --per-process")
     comm: str | None = opt("command name, with --per-process")
@@ -79,8 +81,12 @@ class SiteBlock(Contract):
     tags_seen: tuple[str, ...] = opt("exact tags the probe read", default=())
     ranges: int | None = opt("code ranges traced", nonneg=True)
     symbols: tuple[str, ...] = opt("kallsyms names (clones included)", default=())
-    total_calls: int = req("every matching event counted in kernel", nonneg=True)
+    total_calls: int = req(
+        "every matching event counted in kernel (page sites: estimated)", nonneg=True
+    )
     total_bytes: int | None = opt("bytes of those events", nonneg=True)
+    bytes_low: int | None = opt("bytes interval, low end (page sites: estimated)", nonneg=True)
+    bytes_high: int | None = opt("bytes interval, high end (page sites)", nonneg=True)
     sampled: int | None = opt("events whose stack was walked", nonneg=True)
     stacks: int | None = opt("stacks read back", nonneg=True)
     lost: int | None = opt("stack_errors + hash_full", nonneg=True)
@@ -106,14 +112,16 @@ class WhoCallsPayload(Contract):
 
     site: str = req("the sites, comma-separated")
     sites: tuple[SiteBlock, ...] = opt("one block per site", default=())
-    backend: str | None = opt("raw_tracepoint | tracepoint | kprobe | fentry")
+    backend: str | None = opt(
+        "raw_tracepoint | tracepoint | kprobe | fentry | context/<hook> (page sites)"
+    )
     tag_mode: str | None = opt("exact-tag | function-name")
     total_calls: int = req("events over all sites", nonneg=True)
     total_bytes: int | None = opt("bytes over all sites", nonneg=True)
     lost: int | None = opt("stack walks lost over all sites", nonneg=True)
     sampled: int | None = opt("stacks sampled", nonneg=True)
     sample_rate: int | None = opt("the last 1-in-N", nonneg=True)
-    sample_mode: str | None = opt("auto | fixed")
+    sample_mode: str | None = opt("auto | fixed | bytes (page sites: sample_rate is R in bytes)")
     effective_sample_rate: float | None = opt("events per stack sampled", nullable=True)
     sample_epochs: tuple[SampleEpoch, ...] = opt("the rates used, in order", default=())
     duration: float | None = opt("seconds captured", nonneg=True)

@@ -337,3 +337,45 @@ def test_fentry_load_check_agrees_with_the_kernel(live: None) -> None:
     assert quick is not None, "no BTF or no vfs_read in it"
     full = capabilities.attach_types()["fentry"]
     assert quick.ok == full.ok, (quick, full)
+
+
+def test_page_site_callers_through_the_context_engine(live: None, tmp_path: Path) -> None:
+    """shmem_alloc_folio allocates pages directly: no slab call_site names it, so only the
+    context engine's page sampler (--pages) sees it. Every page the workload writes into its
+    fresh tmpfs files is one page allocated there, in the window, by this process."""
+    mib = 64
+    written: list[int] = []
+    r = capture(
+        Options(
+            sites=["shmem_alloc_folio"],
+            pages=True,
+            pid=os.getpid(),
+            during=lambda: written.append(workloads.tmpfs_write(mib)),
+        )
+    )
+    assert written == [mib << 20]
+    p = r.payload
+    assert p["backend"].startswith("context/") and p["sample_mode"] == "bytes"
+    (block,) = p["sites"]
+    assert p["total_calls"] > 0 and block["stacks"] > 0
+    assert block["bytes_low"] <= written[0] <= block["bytes_high"], block
+    top = p["callers"][0]
+    assert top["caller"] in {"shmem_alloc_and_add_folio", "shmem_get_folio_gfp"}, p["callers"]
+    assert top["share"] >= 0.8 and top["bytes_low"] <= top["bytes"] <= top["bytes_high"]
+    assert any("shmem_alloc_folio" in f for f in p["folded"])
+    assert any(n.startswith("engine: context") for n in p["notes"])
+    out = tmp_path / "r.json"
+    r.write(str(out))
+    assert read_result(str(out), "who-calls").payload["callers"][0]["caller"] == top["caller"]
+
+
+def test_cli_pages_flag(live: None, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "w.json"
+    rc, text, err = cli(
+        "who-calls", "shmem_alloc_folio", "--pages", "-d", "2",
+        "--workload", "tmpfs-write", "-o", str(out),
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "context/" in text and "engine: context" in text
+    p = read_result(str(out), "who-calls").payload
+    assert p["total_calls"] > 0 and p["callers"], p

@@ -111,6 +111,8 @@ def test_bad_skip_and_workload_are_one_line_errors(cli) -> None:  # type: ignore
     assert rc == 2 and "--skip '('" in err and "Traceback" not in err
     rc, _, err = cli("who-calls", "xas_alloc", "--workload", "nope", "-d", "1")
     assert rc == 2 and "unknown workload 'nope'" in err
+    rc, _, err = cli("who-calls", "shmem_alloc_folio", "--pages", "--backend", "kprobe")
+    assert rc == 2 and "--backend does not apply" in err and "Traceback" not in err
 
 
 def test_resolve_function_and_tag() -> None:
@@ -396,7 +398,7 @@ def test_allocinfo_join_modes() -> None:
 def test_allocinfo_file_is_strict_unless_lenient(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A garbage line in --allocinfo is a one-line error naming file:line, before any BPF;
     --lenient skips it and says how many lines it skipped."""
-    from allocscope.collector.who_calls import _allocinfo_for_resolution  # pyright: ignore[reportPrivateUsage]
+    from allocscope.collector.who_calls import allocinfo_for_resolution
 
     p = tmp_path / "a.txt"
     p.write_text(ALLOCINFO + "garbage here\n\x00\x01 nonsense 12\n")
@@ -405,8 +407,8 @@ def test_allocinfo_file_is_strict_unless_lenient(cli, tmp_path: Path) -> None:  
     assert err.startswith(f"allocscope: error: {p}:5: ") and err.count("\n") == 1, err
     logged: list[str] = []
     opts = Options(sites=["lib/xarray.c:376"], allocinfo_file=str(p), lenient=True)
-    snap = _allocinfo_for_resolution(opts, logged.append)
+    snap = allocinfo_for_resolution(opts, logged.append)
     assert snap is not None and len(snap.records) == 2
     assert logged == [f"allocscope: warning: {p}: skipped 2 malformed lines (--lenient)"]
     with pytest.raises(AllocscopeError, match=f"{p}:5: "):
-        _allocinfo_for_resolution(Options(sites=[], allocinfo_file=str(p)), logged.append)
+        allocinfo_for_resolution(Options(sites=[], allocinfo_file=str(p)), logged.append)
