@@ -343,7 +343,6 @@ def run_live(
     """The live part of a context capture, shared with ``who-calls`` of a page site
     (``slabs=False``: only the page hook is attached)."""
     from allocscope.collector.capture import Capture
-    from allocscope.collector.context_payload import build_payload  # it imports this module
     from allocscope.probes import context as pc
 
     check_options(opts)
@@ -394,6 +393,7 @@ def run_live(
 def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Result:
     """Run a context capture; returns the Result (also on Ctrl-C/SIGTERM, marked)."""
     from allocscope.collector.capture import Capture
+    from allocscope.collector.context_payload import build_payload  # it imports this module
     from allocscope.probes import context as pc
     from allocscope.probes.headers import resolve_headers
 

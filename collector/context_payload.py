@@ -135,7 +135,7 @@ def _where(
     return Where(Site(file, 0, fn, module), fn, match), idx
 
 
-def _caller(
+def caller_of(
     frames: Sequence[str], where: Where, site_idx: int, depth: int, skip: tuple[str, ...]
 ) -> str:
     if not frames:
@@ -185,7 +185,7 @@ def group(
         g.sources.add(SOURCES[s.source] if 0 <= s.source < len(SOURCES) else "?")
         if s.charged != CHARGED_UNKNOWN:
             g.charge_known = True
-        caller = _caller(frames, where, site_idx, opts.depth, skip)
+        caller = caller_of(frames, where, site_idx, opts.depth, skip)
         g.callers[caller].add(s.sums)
         if s.charged == CHARGED_YES:
             g.charged.add(s.sums)

@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from allocscope.collector import attribution
+from allocscope.collector import attribution, context_payload
 from allocscope.collector import context as ctx
 from allocscope.collector.allocinfo import AllocinfoSnapshot
 from allocscope.collector.byte_sampling import WeightSums, bytes_estimate, calls_estimate, share
@@ -68,11 +68,11 @@ def _tally(
         if not frames:
             counters["points_without_stack"] += s.sums.hits
             continue
-        fn, idx = ctx.page_site(frames)
+        fn, idx = context_payload.page_site(frames)
         if not fn or fn not in index:
             continue
-        where = ctx.Where(Site("", 0, fn), fn, "page-stack")
-        caller = ctx._caller(frames, where, idx, opts.depth, skip)  # pyright: ignore[reportPrivateUsage]
+        where = context_payload.Where(Site("", 0, fn), fn, "page-stack")
+        caller = context_payload.caller_of(frames, where, idx, opts.depth, skip)
         if caller == attribution.NO_CALLER:
             counters["no_caller"] += s.sums.hits
         t = tallies[index[fn]]
