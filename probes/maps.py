@@ -107,7 +107,7 @@ def drain_hash(table: Any, limit: int) -> int:
 
 def stack_addresses(table: Any, stackid: int) -> tuple[int, ...]:
     """The return addresses of a stack-trace map entry, innermost first; () for a negative
-    id (``bpf_get_stackid`` failed) or an id no longer in the map."""
+    id (the stack-id helper failed) or an id no longer in the map."""
     if stackid < 0:
         return ()
     try:

@@ -178,7 +178,7 @@ def test_stack_addresses_and_cache() -> None:
     t = Stacks()
     assert maps.stack_addresses(t, 1) == (0x11, 0x21)
     assert maps.stack_addresses(t, 7) == ()  # evicted
-    assert maps.stack_addresses(t, -14) == ()  # -EFAULT from bpf_get_stackid
+    assert maps.stack_addresses(t, -14) == ()  # -EFAULT from the stack-id helper
     get = maps.cached_stacks(t)
     assert get(2) == get(2) == (0x12, 0x22) and get(7) == ()
     assert t.walks == 2 + 2  # one walk per distinct id (negative ids never walk)
