@@ -349,7 +349,11 @@ def run_live(
     duration = opts.duration
     if duration is None and opts.workload:
         duration = 10.0  # a built-in workload without -d runs for 10 s
-    cap = Capture(verb, duration=duration, workload=opts.workload, pid=opts.pid)
+    # the kind names the result; a literal per kind, so the lifecycle test finds every one
+    if verb == "who-calls":  # a page site's callers: an ordinary who-calls result
+        cap = Capture("who-calls", duration=duration, workload=opts.workload, pid=opts.pid)
+    else:
+        cap = Capture("context", duration=duration, workload=opts.workload, pid=opts.pid)
     has_allocinfo = os.path.exists(PROC_ALLOCINFO)
     settings = pc.ContextSettings(
         pid=opts.pid, comm=opts.comm, read_tag=has_allocinfo, pages=opts.pages, slabs=slabs

@@ -33,6 +33,7 @@ from allocscope.collector.query import (
     spark_session,
 )
 from allocscope.collector.store import Store
+from allocscope.collector.workloads import open_close
 
 INTERVAL_S = 20
 COUNT = 6  # ~2 minutes
@@ -231,10 +232,12 @@ def test_sigterm_stores_the_interval_cut_short(live: None, tmp_path: Path) -> No
         for line in p.stdout:  # the probe is attached once this is logged
             if "context: sampling every allocation" in line or time.monotonic() > deadline:
                 break
-        with open("/etc/hostname") as f:  # a few allocations of our own in the window
-            for _ in range(2000):
-                f.seek(0)
-                f.read()
+        # allocations of our own in the window: 1.5 s of open/close (~4 KiB names each), so
+        # the interval holds sample points even when R is large on a busy machine (a window
+        # with no point stores no context row)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            open_close(500)
         p.send_signal(signal.SIGTERM)
         rc = p.wait(timeout=120)
     finally:
