@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from allocscope.collector import attribution
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot
 from allocscope.collector.byte_sampling import SAMPLER_RATE_MAX, WeightSums
-from allocscope.collector.kallsyms import Kallsyms
+from allocscope.collector.kallsyms import Kallsyms, hidden_addresses_message
 from allocscope.collector.result import Result
 from allocscope.collector.rollup import GROUP_BY, Filters
 from allocscope.collector.site import Site
 from allocscope.collector.subsystem import SubsystemMap
-from allocscope.errors import AllocscopeError
+from allocscope.errors import AllocscopeError, CapabilityError
+from allocscope.probes.capabilities import kallsyms_state
 
 # Cost of one sample point's slow path: the stack walk (~1.5-2 us on a quiet development VM)
 # plus the hash update's atomics; bench-context measured ~5.8 us per point all in on the busy
@@ -401,8 +402,12 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
     from allocscope.probes import context as pc
     from allocscope.probes.headers import resolve_headers
 
-    ksyms = Kallsyms.load()
+    # Symbols only name what the window saw: the table (0.2-0.4 s) is loaded after it, as
+    # who-calls and top --live do; a host that hides addresses fails before the window.
+    if not kallsyms_state().readable:
+        raise CapabilityError(hidden_addresses_message())
     run = run_live(opts, log)
+    ksyms = Kallsyms.load()
     cap, opened, raw = run.cap, run.opened, run.raw
     assert isinstance(cap, Capture) and isinstance(opened, pc.OpenProbe)
     has_allocinfo, mem_profiling = run.has_allocinfo, run.mem_profiling
