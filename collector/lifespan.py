@@ -238,19 +238,30 @@ def _iv(e: lifespan_stats.Interval) -> Estimate:
     return Estimate(value=e.value, low=e.low, high=e.high)
 
 
-def _lifespan(r: _Row, confidence: float) -> LifespanStats | None:
+def _lifespan(
+    r: _Row, confidence: float, *, clustered: bool, window_ns: int = 0
+) -> LifespanStats | None:
+    """Percentiles and mean; with ``clustered`` (the address stage sampled and addr_sums
+    is complete) on the addresses' effective size when it is the smaller (lifespan_stats).
+    An unbounded percentile runs to ``window_ns``: nothing freed in the window lived longer."""
     if r.freed_n == 0:
         return None
     w = [x / _FRAC for x in r.hist_w]
     w2 = [x / _FRAC for x in r.hist_w2]
     wsum = r.life_w_sum / _FRAC * (1 << probe_lifespan.LIFE_SHIFT)
     wsum += sum(w) * (1 << probe_lifespan.LIFE_SHIFT) / 2  # truncation: half a unit each
+    n_obj = lifespan_stats.n_eff(w, w2)
+    n = n_obj
+    if clustered and r.clusters:
+        n = min(n_obj, lifespan_stats.kish(c.calls for c in r.clusters.values()))
+    deff = n_obj / n if n > 0 else 1.0
+    cap = float(window_ns) if window_ns > 0 else None
     return LifespanStats(
-        n_eff=lifespan_stats.n_eff(w, w2),
-        mean_ns=_iv(lifespan_stats.mean(w, w2, wsum, confidence)),
-        p50_ns=_iv(lifespan_stats.quantile(w, w2, 0.5, confidence)),
-        p90_ns=_iv(lifespan_stats.quantile(w, w2, 0.9, confidence)),
-        p99_ns=_iv(lifespan_stats.quantile(w, w2, 0.99, confidence)),
+        n_eff=n,
+        mean_ns=_iv(lifespan_stats.mean(w, w2, wsum, confidence, design_effect=deff)),
+        p50_ns=_iv(lifespan_stats.quantile(w, w2, 0.5, confidence, n, cap)),
+        p90_ns=_iv(lifespan_stats.quantile(w, w2, 0.9, confidence, n, cap)),
+        p99_ns=_iv(lifespan_stats.quantile(w, w2, 0.99, confidence, n, cap)),
     )
 
 
@@ -349,7 +360,9 @@ def build_payload(
                 live_bytes=_est(byte_sampling.bytes_estimate(r.live, point, confidence)),
                 old_calls=_est(byte_sampling.calls_estimate(r.old, point, confidence)),
                 old_bytes=_est(byte_sampling.bytes_estimate(r.old, point, confidence)),
-                lifespan=_lifespan(r, confidence),
+                lifespan=_lifespan(
+                    r, confidence, clustered=clustered and p_addr < 1, window_ns=window_ns
+                ),
                 lifespan_hist=tuple(
                     HistSlot(
                         low_ns=lifespan_stats.slot_bounds(i)[0],
@@ -396,8 +409,8 @@ def build_payload(
     if c.get("addr_sums_full"):
         notes.append(
             f"{c['addr_sums_full']} tracked allocations not summed per address (map full): "
-            "intervals of allocated and freed totals assume independent objects (too narrow "
-            "for slab caches that reuse a few addresses)"
+            "intervals of allocated and freed totals and of lifespans assume independent "
+            "objects (too narrow for slab caches that reuse a few addresses)"
         )
     if c.get("stack_fail"):
         notes.append(f"{c['stack_fail']} tracked objects have no stack (caller [unknown])")

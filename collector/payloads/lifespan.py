@@ -35,7 +35,11 @@ class Estimate(Contract):
 class LifespanStats(Contract):
     """Lifespans (allocation to free, ns) of the freed objects of one row, calls-weighted."""
 
-    n_eff: float = req("Kish's effective number of sampled objects", nonneg=True)
+    n_eff: float = req(
+        "effective number of independent draws behind the intervals: Kish's over the "
+        "sampled objects, or over the kept addresses when that is smaller",
+        nonneg=True,
+    )
     mean_ns: Estimate = req("mean lifespan")
     p50_ns: Estimate = req("median lifespan")
     p90_ns: Estimate = req("90th percentile")

@@ -130,6 +130,60 @@ def test_independent_object_intervals_would_undercover_clusters() -> None:
     assert covered / 200 < 0.8
 
 
+def _simulate_clustered_lifespans(rng: random.Random, shift: int, rate: int) -> tuple[float, _Row]:
+    """Objects at one address live alike (a LIFO freelist gives an address the same place in
+    each batch): address a's objects live ``L_a`` times a 10% jitter, ``L_a`` log-uniform over
+    1 us..1 ms. Returns the population's true p90 and the row the probe would fill."""
+    size = 256
+    row = _Row()
+    lives: list[float] = []
+    for addr in range(80):
+        base = 2 ** rng.uniform(10, 20)
+        n = int(rng.expovariate(1 / 400)) + 1
+        kept = rng.random() < 1 / (1 << shift)
+        acc = WeightSums()
+        for _ in range(n):
+            life = base * math.exp(rng.gauss(0, 0.1))
+            lives.append(life)
+            k = _poisson(rng, size / rate) if kept else 0
+            if not k:
+                continue
+            w = weights(size, rate, shift, k)
+            acc.add(w)
+            i = min(int(life).bit_length() - 1, NR_SLOTS - 1)
+            row.hist_n[i] += 1
+            row.hist_w[i] += int(w.calls)
+            row.hist_w2[i] += int(w.calls * w.calls) >> 8  # the probe keeps w^2 per slot
+            row.life_w_sum += int(w.calls) * (int(life) >> LIFE_SHIFT)
+            row.freed_n += 1
+        if acc.hits:
+            row.clusters[addr] = acc
+    lives.sort()
+    return lives[int(0.9 * len(lives))], row
+
+
+def test_lifespan_intervals_count_addresses_not_objects() -> None:
+    """The CI failure this guards: object-level n_eff (hundreds) from a few dozen addresses gave
+    a p90 interval that missed the census. Counted per address, the interval covers."""
+    rng = random.Random(7)
+    shift, rate = 2, 4096
+    trials = by_addr = by_obj = 0
+    for _ in range(300):
+        truth, row = _simulate_clustered_lifespans(rng, shift, rate)
+        if row.freed_n < 20:
+            continue
+        trials += 1
+        clustered = lifespan._lifespan(row, 0.95, clustered=True)
+        naive = lifespan._lifespan(row, 0.95, clustered=False)
+        assert clustered is not None and naive is not None
+        assert clustered.n_eff <= naive.n_eff
+        by_addr += clustered.p90_ns.low <= truth <= clustered.p90_ns.high
+        by_obj += naive.p90_ns.low <= truth <= naive.p90_ns.high
+    assert trials > 200
+    assert by_addr / trials >= 0.95, (by_addr, by_obj, trials)
+    assert by_obj / trials < 0.8, (by_addr, by_obj, trials)
+
+
 KS = Kallsyms(
     [
         Symbol(0x1000, "alloc_empty_file", ""),
