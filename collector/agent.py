@@ -66,7 +66,7 @@ class AgentConfig:
     count: int | None = None  # stop after this many snapshots (tests, measurements)
     lenient: bool = False
     context: bool = False  # collect --context: a continuous context capture beside snapshots
-    lifespan: bool = False  # collect --lifespan: a lifespan capture per interval
+    lifespan: bool = False  # collect --lifespan: a continuous lifespan probe beside snapshots
     budget: float | None = None  # --context's CPU budget (None: the verb's default)
 
 
@@ -353,13 +353,8 @@ class Agent:
             self.streams.append(stack.enter_context(agent_capture.LifespanStream(self.log)))
 
     def _wait(self, seconds: float) -> bool:
-        """The time between snapshots; with --lifespan it is that interval's capture window.
+        """The time between snapshots (the streams' probes stay attached through it).
         True when the agent was asked to stop."""
-        life = [s for s in self.streams if s.dataset == "lifespan"]
-        if life and seconds > 0 and not self.stop.is_set():
-            if life[0].run(seconds, self.stop):
-                self.stop.set()  # SIGTERM inside the window: stop after storing it
-            return self.stop.is_set()
         return seconds > 0 and self.stop.wait(seconds)
 
     def _loop(self) -> None:

@@ -15,6 +15,7 @@ Method and its limits: docs/design/lifespan.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 import time
@@ -72,12 +73,17 @@ class RawLifespan:
     start_ns: int  # probe clock when the window began
     end_ns: int  # probe clock when the hooks were detached
     notes: list[str] = field(default_factory=list)
+    # a continuous probe's interval (collect --lifespan): tracked objects allocated before
+    # this are carried from earlier intervals. They are live (and old) now, but not among
+    # this interval's allocations. 0: a one-shot window, every tracked object is its own.
+    carried_before_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Options:
     duration: float | None = None
     sample_rate: int = probe_lifespan.DEFAULT_SAMPLE_RATE
+    page_rate: int = probe_lifespan.DEFAULT_PAGE_RATE
     addr_shift: int = probe_lifespan.DEFAULT_ADDR_SHIFT
     pid: int | None = None
     workload: str | None = None
@@ -91,6 +97,7 @@ class Options:
         return LifespanSettings(
             salt=random.getrandbits(64),
             sample_rate=self.sample_rate,
+            page_rate=self.page_rate,
             addr_shift=self.addr_shift,
             pid=self.pid,
             pages=self.pages,
@@ -175,6 +182,7 @@ RowKey = tuple[str, str | None, str, str]  # site, tag, source, caller
 class _Row:
     freed: byte_sampling.WeightSums = field(default_factory=byte_sampling.WeightSums)
     live: byte_sampling.WeightSums = field(default_factory=byte_sampling.WeightSums)
+    live_new: byte_sampling.WeightSums = field(default_factory=byte_sampling.WeightSums)
     old: byte_sampling.WeightSums = field(default_factory=byte_sampling.WeightSums)
     freed_n: int = 0
     live_n: int = 0
@@ -196,7 +204,13 @@ class _Row:
 
 
 def cluster_estimates(
-    r: _Row, p_addr: float, point: float, confidence: float, *, freed: bool
+    r: _Row,
+    p_addr: float,
+    point: float,
+    confidence: float,
+    *,
+    freed: bool,
+    min_size: int = 8,
 ) -> tuple[byte_sampling.Estimate, byte_sampling.Estimate]:
     """(calls, bytes) allocated -- or, with ``freed``, allocated and no longer live -- with
     the address sample's variance taken over addresses (clusters), not objects: slab objects
@@ -221,7 +235,7 @@ def cluster_estimates(
         var_c += vc + q * yc * yc
         var_b += vb + q * yb * yb
     return (
-        byte_sampling.total(calls, var_c, max(1.0, point / 8), confidence),
+        byte_sampling.total(calls, var_c, max(1.0, point / min_size), confidence),
         byte_sampling.total(bytes_, var_b, point, confidence),
     )
 
@@ -308,7 +322,9 @@ def build_payload(
         rk, folded = key_of(o.key)
         r = rows[rk]
         w = ws(o.weight)
-        r.live_at.setdefault(o.addr, byte_sampling.WeightSums()).add(w)
+        if o.t_alloc >= raw.carried_before_ns:  # allocated in this window
+            r.live_at.setdefault(o.addr, byte_sampling.WeightSums()).add(w)
+            r.live_new.add(w)
         age = max(0, raw.end_ns - o.t_alloc)
         r.live.add(w)
         r.live_n += 1
@@ -323,26 +339,41 @@ def build_payload(
             if folded:
                 r.stacks_old[folded] += 1
 
-    point = float(raw.settings.sample_rate << raw.settings.addr_shift)
+    shift = raw.settings.addr_shift
+    page_size = int(raw.defines.get("PAGE_SIZE_BYTES", 4096))
     p_addr = 1.0 / (1 << raw.settings.addr_shift)
     out: list[LifespanRow] = []
     for (site, tag, source, caller), r in rows.items():
         alloc = byte_sampling.WeightSums()
         alloc.add(r.freed)
-        alloc.add(r.live)
+        alloc.add(r.live_new)
         alloc.add(
             byte_sampling.WeightSums(
                 r.missed_n, r.missed_bytes_w, 0, r.missed_calls_w, 0
             )  # missed frees: allocated in the window, freed unseen
         )
         stacks = r.stacks_old if view == "leaks" else r.stacks_all
+        # one point's weight, for the upper bound when a row saw none: pages have their own R
+        # and are never smaller than a page
+        is_page = source == probe_lifespan.SOURCES[probe_lifespan.SRC_PAGE]
+        point = float((raw.settings.page_rate if is_page else raw.settings.sample_rate) << shift)
+        small = page_size if is_page else 8
+
+        calls_est = functools.partial(
+            byte_sampling.calls_estimate, rate=point, confidence=confidence, min_size=small
+        )
+
         if clustered and r.clusters:
-            alloc_calls, alloc_bytes = cluster_estimates(r, p_addr, point, confidence, freed=False)
-            freed_calls, _ = cluster_estimates(r, p_addr, point, confidence, freed=True)
+            alloc_calls, alloc_bytes = cluster_estimates(
+                r, p_addr, point, confidence, freed=False, min_size=small
+            )
+            freed_calls, _ = cluster_estimates(
+                r, p_addr, point, confidence, freed=True, min_size=small
+            )
         else:
-            alloc_calls = byte_sampling.calls_estimate(alloc, point, confidence)
+            alloc_calls = calls_est(alloc)
             alloc_bytes = byte_sampling.bytes_estimate(alloc, point, confidence)
-            freed_calls = byte_sampling.calls_estimate(r.freed, point, confidence)
+            freed_calls = calls_est(r.freed)
         out.append(
             LifespanRow(
                 site=site,
@@ -356,9 +387,9 @@ def build_payload(
                 allocated_calls=_est(alloc_calls),
                 allocated_bytes=_est(alloc_bytes),
                 freed_calls=_est(freed_calls),
-                live_calls=_est(byte_sampling.calls_estimate(r.live, point, confidence)),
+                live_calls=_est(calls_est(r.live)),
                 live_bytes=_est(byte_sampling.bytes_estimate(r.live, point, confidence)),
-                old_calls=_est(byte_sampling.calls_estimate(r.old, point, confidence)),
+                old_calls=_est(calls_est(r.old)),
                 old_bytes=_est(byte_sampling.bytes_estimate(r.old, point, confidence)),
                 lifespan=_lifespan(
                     r, confidence, clustered=clustered and p_addr < 1, window_ns=window_ns
@@ -420,6 +451,7 @@ def build_payload(
         backend=raw.backend,
         tag_mode="exact-tag" if d.get("READ_ALLOC_TAG") and raw.tags else "call-site",
         sample_rate=raw.settings.sample_rate,
+        page_sample_rate=raw.settings.page_rate,
         addr_shift=raw.settings.addr_shift,
         confidence=confidence,
         older_than_ns=older,
@@ -440,11 +472,21 @@ def build_payload(
 
 
 def read_raw(
-    probe: Probe, settings: LifespanSettings, backend: str, start_ns: int, end_ns: int
+    probe: Probe,
+    settings: LifespanSettings,
+    backend: str,
+    start_ns: int,
+    end_ns: int,
+    *,
+    take_addr_sums: bool = False,
 ) -> RawLifespan:
-    """Read one probe's maps (hooks already detached)."""
-    tracked = probe_lifespan.read_tracked(probe)
+    """Read one probe's maps: after a window (hooks detached), or while attached for the
+    fleet agent's continuous probe (``take_addr_sums``: the per-address sums are emptied as
+    read, so each read holds one interval's; the other maps are cumulative and diffed).
+    Freed objects are read before live ones: one freed in between is then counted live now
+    and freed in the next interval, never in neither."""
     lifespans = probe_lifespan.read_lifespans(probe)
+    tracked = probe_lifespan.read_tracked(probe)
     ids = {o.key.stackid for o in tracked} | {e.key.stackid for e in lifespans}
     return RawLifespan(
         settings=settings,
@@ -455,7 +497,7 @@ def read_raw(
         lifespans=lifespans,
         stacks=probe_lifespan.read_stacks(probe, ids),
         tags=probe_lifespan.read_tags(probe),
-        addr_sums=probe_lifespan.read_addr_sums(probe),
+        addr_sums=probe_lifespan.read_addr_sums(probe, take=take_addr_sums),
         start_ns=start_ns,
         end_ns=end_ns,
     )
@@ -494,14 +536,19 @@ def capture_raw(
         p.detach()
     end_ns = probe_lifespan.now_ns()
     out = [read_raw(p, s, b, start_ns, end_ns) for p, s, b in attached]
-    headers = attached[0][0].headers if attached else None
-    if headers is not None and not headers.matches:
-        for r in out:
-            r.notes.append(
-                "kernel headers do not match the running kernel: sites are call sites "
-                "(functions), not exact allocinfo tags"
-            )
+    for r in out:
+        r.notes.extend(header_notes(attached[0][0]))
     return out
+
+
+def header_notes(probe: Probe) -> list[str]:
+    """What the reader must know about the headers the probe was built with."""
+    if probe.headers is not None and not probe.headers.matches:
+        return [
+            "kernel headers do not match the running kernel: sites are call sites "
+            "(functions), not exact allocinfo tags"
+        ]
+    return []
 
 
 def capture(opts: Options, *, on_start: Callable[[], object] | None = None) -> Result:
@@ -524,6 +571,7 @@ def capture(opts: Options, *, on_start: Callable[[], object] | None = None) -> R
         {
             "duration": opts.duration,
             "sample_rate": opts.sample_rate,
+            "page_rate": opts.page_rate,
             "addr_shift": opts.addr_shift,
             "pid": opts.pid,
             "workload": opts.workload,

@@ -28,8 +28,15 @@
  * its address is allocated again it is counted as a MISSED FREE (CNT_MISSED_FREE, and per
  * key) and dropped, never reported as outstanding.
  *
+ * Pages are sampled by bytes too, but with their own mean gap PAGE_SAMPLE_RATE (4x the slab
+ * gap by default) on their own sampler stream: at R = 4096 a 4 KiB page holds a point 63% of
+ * the time, so nearly every kept page paid a ~2 us stack walk, and on_page_alloc cost 138 ns
+ * per event against the floor's 35 (docs/benchmarks.md, 2026-12-07). A second stream keeps
+ * each renewal process on one R, so both stay unbiased.
+ *
  * Maps:
- *   sampler_state PERCPU_ARRAY[1] struct byte_sampler: the byte sampler (sampler.bpf.h).
+ *   sampler_state PERCPU_ARRAY[2] struct byte_sampler: the byte samplers (sampler.bpf.h),
+ *             [0] slab objects (SAMPLE_RATE), [1] pages (PAGE_SAMPLE_RATE).
  *   tracked   HASH object/page pointer -> struct obj (TRACK_MAX): each tracked object's
  *             key, size, allocation time and weights. Full: CNT_TRACK_FULL. Read at the end
  *             of the window for what is still live (age = now - t_alloc).
@@ -51,6 +58,7 @@
  *
  * Settings (-D; defaults in sync with probes/lifespan.py DEFAULT_*):
  *   SAMPLE_RATE      mean gap R of the byte sampler, bytes (4096); 1 with ADDR_SHIFT 0 = census
+ *   PAGE_SAMPLE_RATE mean gap of the page allocations' byte sampler (16384)
  *   ADDR_SHIFT       keep 1 in 2^ADDR_SHIFT addresses (5)
  *   ADDR_SALT        XORed into the address before hashing (0); user space draws one per
  *                    capture, so which addresses are kept is random across captures
@@ -78,6 +86,9 @@
 
 #ifndef SAMPLE_RATE
 #define SAMPLE_RATE 4096
+#endif
+#ifndef PAGE_SAMPLE_RATE
+#define PAGE_SAMPLE_RATE 16384
 #endif
 #ifndef ADDR_SHIFT
 #define ADDR_SHIFT 5
@@ -212,7 +223,7 @@ struct tag_info {
 	u32 line;
 };
 
-BPF_PERCPU_ARRAY(sampler_state, struct byte_sampler, 1);
+BPF_PERCPU_ARRAY(sampler_state, struct byte_sampler, 2); /* [0] slab, [1] pages */
 BPF_HASH(tracked, u64, struct obj, TRACK_MAX);
 BPF_HASH(lifespans, struct life_key, struct life_val, LIVES_MAX);
 BPF_HASH(addr_sums, struct addr_key, struct sample_weight, ADDR_SUMS_MAX);
@@ -301,15 +312,16 @@ static __always_inline void on_alloc(void *ctx, u64 site, u64 ptr, u64 bytes, u3
 	struct sample_weight w = {};
 	struct byte_sampler *st;
 	struct obj *old;
-	u32 zero = 0;
+	u32 stream = source == SRC_PAGE;
+	u64 rate = stream ? PAGE_SAMPLE_RATE : SAMPLE_RATE;
 	/* a kept address still tracked: the object it held was freed where no hook saw it */
 	old = tracked.lookup(&ptr);
 	if (old) {
 		missed_free(old);
 		tracked.delete(&ptr);
 	}
-	st = sampler_state.lookup(&zero);
-	if (!st || !byte_sampler_hits(st, bytes, SAMPLE_RATE, &w))
+	st = sampler_state.lookup(&stream);
+	if (!st || !byte_sampler_hits(st, bytes, rate, &w))
 		return;
 	allocscope_count(CNT_TRACKED, 1);
 

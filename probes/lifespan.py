@@ -40,6 +40,9 @@ COUNTERS: tuple[str, ...] = (  # index = CNT_*
 NR_SLOTS = 48
 LIFE_SHIFT = 6
 DEFAULT_SAMPLE_RATE = 4096
+# pages: a point per 4 pages on average (lifespan.bpf.c: a point on nearly every kept page
+# made on_page_alloc 4x the floor's cost)
+DEFAULT_PAGE_RATE = 16384
 DEFAULT_ADDR_SHIFT = 5
 DEFAULT_TRACK_MAX = 65536
 DEFAULT_LIVES_MAX = 8192
@@ -64,11 +67,13 @@ SAMPLER_RATE_MAX = 1 << 24  # sampler.bpf.h (collector/byte_sampling.py mirrors 
 class LifespanSettings:
     """Everything ``lifespan.bpf.c`` is compiled with; :meth:`defines` gives the ``-D``s.
 
-    ``sample_rate`` is the byte sampler's mean gap R; ``addr_shift`` keeps 1 in
-    ``2**addr_shift`` addresses. ``census()`` (R = 1, shift 0) tracks every object.
+    ``sample_rate`` is the byte sampler's mean gap R for slab objects and ``page_rate`` its
+    gap for page allocations (their own stream); ``addr_shift`` keeps 1 in ``2**addr_shift``
+    addresses. ``census()`` (R = 1 for both, shift 0) tracks every object.
     """
 
     sample_rate: int = DEFAULT_SAMPLE_RATE
+    page_rate: int = DEFAULT_PAGE_RATE
     addr_shift: int = DEFAULT_ADDR_SHIFT
     pid: int | None = None
     pages: bool = True
@@ -80,24 +85,28 @@ class LifespanSettings:
 
     @classmethod
     def census(cls, **kw: object) -> LifespanSettings:
-        return cls(sample_rate=1, addr_shift=0, **kw)  # type: ignore[arg-type]
+        return cls(sample_rate=1, page_rate=1, addr_shift=0, **kw)  # type: ignore[arg-type]
 
     def check(self) -> None:
         if self.sample_rate < 1:
             raise AllocscopeError("lifespan: --rate must be 1 byte or more")
+        if self.page_rate < 1:
+            raise AllocscopeError("lifespan: --page-rate must be 1 byte or more")
         if not 0 <= self.addr_shift <= 16:
             raise AllocscopeError("lifespan: --addr-shift must be in 0..16")
-        if self.sample_rate << self.addr_shift > SAMPLER_RATE_MAX:
-            raise AllocscopeError(
-                f"lifespan: rate x 2^addr-shift = {self.sample_rate << self.addr_shift} bytes "
-                f"per point is past {SAMPLER_RATE_MAX} (the weights would overflow)"
-            )
+        for what, rate in (("rate", self.sample_rate), ("page-rate", self.page_rate)):
+            if rate << self.addr_shift > SAMPLER_RATE_MAX:
+                raise AllocscopeError(
+                    f"lifespan: {what} x 2^addr-shift = {rate << self.addr_shift} bytes "
+                    f"per point is past {SAMPLER_RATE_MAX} (the weights would overflow)"
+                )
 
     def defines(self) -> Defines:
         """The ``-D`` settings on this kernel (reads BTF and tracefs)."""
         self.check()
         d: Defines = {
             "SAMPLE_RATE": self.sample_rate,
+            "PAGE_SAMPLE_RATE": self.page_rate,
             "ADDR_SHIFT": self.addr_shift,
             "ADDR_SALT": f"0x{self.salt & 0xFFFFFFFFFFFFFFFF:x}ULL",
             "TRACK_MAX": self.track_max,
@@ -316,10 +325,12 @@ class AddrSum:
     weight: Weights
 
 
-def read_addr_sums(probe: Probe) -> list[AddrSum]:
-    return [
-        AddrSum(_key(k.key), int(k.addr), _weights(v)) for k, v in maps.items(probe["addr_sums"])
-    ]
+def read_addr_sums(probe: Probe, *, take: bool = False) -> list[AddrSum]:
+    """The per-address sums; ``take`` empties the map as it reads (the fleet agent's
+    continuous probe: each read is one interval's sums, and the map never fills)."""
+    table = probe["addr_sums"]
+    got = maps.take(table) if take else maps.items(table)
+    return [AddrSum(_key(k.key), int(k.addr), _weights(v)) for k, v in got]
 
 
 def read_counters(probe: Probe) -> dict[str, int]:

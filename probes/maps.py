@@ -16,6 +16,10 @@ array summed 46 us batched versus 72 us with BCC's ``sum(Key(i))`` per slot.
 * :func:`drain_hash` deletes the keys present when it starts (one syscall per key to walk,
   one per key to delete), never BCC's ``clear()``, which restarts its walk on every
   concurrent insert and, with a probe attached, can loop forever.
+* :func:`take` reads and deletes a hash's entries (``BPF_MAP_LOOKUP_AND_DELETE_BATCH``,
+  Linux 5.6+, or a read and then :func:`drain_hash` of the keys read): a map that a long-lived
+  reader empties at each read stays bounded. An update through a pointer a probe looked up
+  just before the delete can be lost (the program adds to the copy being freed).
 * :func:`stack_addresses` is one lookup per stack id; callers cache by id (ids are stable
   until the stack map is cleared).
 """
@@ -103,6 +107,20 @@ def drain_hash(table: Any, limit: int) -> int:
         except KeyError:
             pass
     return deleted
+
+
+def take(table: Any) -> list[tuple[Any, Any]]:
+    """Every (key, value) of a hash, deleted as read (see the module note)."""
+    try:
+        return list(table.items_lookup_and_delete_batch())
+    except Exception:  # noqa: BLE001 - BCC raises bare Exception: no batch ops here
+        got = list(table.items())
+        for k, _ in got:
+            try:
+                del table[k]
+            except KeyError:
+                pass
+        return got
 
 
 def stack_addresses(table: Any, stackid: int) -> tuple[int, ...]:

@@ -30,7 +30,13 @@ def header(p: LifespanPayload) -> str:
     lines = [
         f"{p.view}: backend {p.backend}, window {ns(p.window_ns)}, sites by {p.tag_mode}, "
         f"tracking 1 in 2^{p.addr_shift} addresses x byte points every {p.sample_rate} B "
-        f"(~1 point per {bytes_short(p.sample_rate << p.addr_shift)})",
+        f"(~1 point per {bytes_short(p.sample_rate << p.addr_shift)}"
+        + (
+            f"; pages every {p.page_sample_rate} B"
+            if p.page_sample_rate and p.page_sample_rate != p.sample_rate
+            else ""
+        )
+        + ")",
         f"  objects tracked: {p.sampled}  freed: {p.freed_sampled}  live at end: "
         f"{p.live_sampled}  missed frees: {p.missed_frees}  of "
         f"{count_short(c.get('alloc_events', 0))} allocations, "

@@ -96,8 +96,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--lifespan",
         action="store_true",
-        help="run a lifespan capture over each interval and store its rows (lifespans, "
-        "outstanding and old allocations per site and caller) beside the snapshot",
+        help="keep a lifespan probe attached and store each interval's rows (lifespans of "
+        "what was freed, outstanding and old allocations per site and caller, followed "
+        "across intervals) beside the snapshot",
     )
     p.add_argument(
         "--budget",

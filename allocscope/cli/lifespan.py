@@ -27,8 +27,9 @@ Follow a sample of kernel allocations (kmalloc, kmem_cache_alloc, pages) to thei
 show, per allocation site (or exact allocinfo tag, where the kernel has them) and caller: how
 long the freed ones lived (mean, p50, p90, p99, with intervals), how many are still live at
 the end of the window, and their age. An allocation is tracked when its address passes a hash
-(1 in 2^--addr-shift) and the byte sampler puts a point on it (mean gap --rate bytes), so the
-vast majority of frees are dismissed from the address alone. Estimates are weighted by the
+(1 in 2^--addr-shift) and the byte sampler puts a point on it (mean gap --rate bytes; pages
+on their own sampler, --page-rate), so the vast majority of frees are dismissed from the
+address alone. Estimates are weighted by the
 inverse of that probability, with 95% intervals. Runs until Ctrl-C without -d.
 """
 
@@ -57,7 +58,15 @@ def add_capture_options(p: argparse.ArgumentParser, rows: int = 30) -> None:
         type=int,
         default=None,
         metavar="BYTES",
-        help="mean gap between byte sample points (default: 4096)",
+        help="mean gap between byte sample points on slab objects (default: 4096)",
+    )
+    p.add_argument(
+        "--page-rate",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="mean gap between byte sample points on page allocations (default: 16384: about "
+        "one kept page in four holds a point; at 4096 nearly each does, and pays a stack walk)",
     )
     p.add_argument(
         "--addr-shift",
@@ -118,25 +127,32 @@ def register(sub: Any) -> None:
 def run_view(args: argparse.Namespace, view: str) -> int:
     from allocscope.collector.lifespan import Options, capture
     from allocscope.collector.payloads import LifespanPayload
+    from allocscope.probes.lifespan import (
+        DEFAULT_ADDR_SHIFT,
+        DEFAULT_PAGE_RATE,
+        DEFAULT_SAMPLE_RATE,
+    )
     from allocscope.reports import lifespan as report
 
     if not 0.0 < args.confidence < 1.0:
         raise AllocscopeError(f"{view}: --confidence must be in (0, 1)")
     if args.census:
-        if args.rate is not None or args.addr_shift is not None:
+        if args.rate is not None or args.addr_shift is not None or args.page_rate is not None:
             raise AllocscopeError(
-                f"{view}: --census is --rate 1 --addr-shift 0; give one or the other"
+                f"{view}: --census is --rate 1 --page-rate 1 --addr-shift 0; give one or the other"
             )
-        rate, shift = 1, 0
+        rate, page_rate, shift = 1, 1, 0
     else:
-        rate = 4096 if args.rate is None else args.rate
-        shift = 5 if args.addr_shift is None else args.addr_shift
+        rate = DEFAULT_SAMPLE_RATE if args.rate is None else args.rate
+        page_rate = DEFAULT_PAGE_RATE if args.page_rate is None else args.page_rate
+        shift = DEFAULT_ADDR_SHIFT if args.addr_shift is None else args.addr_shift
     older = None if args.older is None else int(args.older * 1e9)
     if older is not None and older <= 0:
         raise AllocscopeError(f"{view}: --older must be positive")
     opts = Options(
         duration=args.duration,
         sample_rate=rate,
+        page_rate=page_rate,
         addr_shift=shift,
         pid=args.pid,
         workload=args.workload,

@@ -98,6 +98,12 @@ class LifespanPayload(Contract):
     tag_mode: str = req("exact-tag | call-site")
     sample_rate: int = req("mean gap R between byte sample points, bytes", nonneg=True)
     addr_shift: int = req("addresses kept: 1 in 2**addr_shift", nonneg=True)
+    page_sample_rate: int | None = opt(
+        "page allocations' mean gap between byte sample points, bytes (their own sampler; "
+        "null in results before 2026-12-07, when pages used sample_rate)",
+        nullable=True,
+        nonneg=True,
+    )
     confidence: float = req("interval confidence level", nonneg=True)
     older_than_ns: int = req("leaks: outstanding objects older than this", nonneg=True)
     window_ns: int = req("the window's length as the probe's clock saw it", nonneg=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import need
+from support.agent_argv import collect_argv
 
 from allocscope.collector import workloads
 from allocscope.collector.byte_sampling import total
@@ -54,25 +55,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Store:
     child = workloads.start("open-close", INTERVAL_S * (COUNT + 2), wait_ready=30.0)
     try:
         r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "allocscope",
-                "collect",
-                "--store",
-                str(d / "store"),
-                "--spool",
-                str(d / "spool"),
-                "--interval",
-                f"{INTERVAL_S}s",
-                "--count",
-                str(COUNT),
-                "--jitter",
-                "0",
-                "--context",
-                "--label",
-                "group=pilot",
-            ],
+            collect_argv(d, f"{INTERVAL_S}s", "--context", "--label", "group=pilot", count=COUNT),
             capture_output=True,
             text=True,
             timeout=INTERVAL_S * (COUNT + 6),
@@ -207,21 +190,7 @@ def test_sigterm_stores_the_interval_cut_short(live: None, tmp_path: Path) -> No
 
     store = tmp_path / "store"
     p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "allocscope",
-            "collect",
-            "--store",
-            str(store),
-            "--spool",
-            str(tmp_path / "spool"),
-            "--interval",
-            "10m",
-            "--jitter",
-            "0",
-            "--context",
-        ],
+        collect_argv(tmp_path, "10m", "--context", store=store),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

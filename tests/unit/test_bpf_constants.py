@@ -102,6 +102,7 @@ SCALARS = (
     ("who_calls", "MAX_SITES", "MAX_SITES"),
     ("lifespan", "SRC_PAGE", "SRC_PAGE"),
     ("lifespan", "SAMPLE_RATE", "DEFAULT_SAMPLE_RATE"),
+    ("lifespan", "PAGE_SAMPLE_RATE", "DEFAULT_PAGE_RATE"),
     ("lifespan", "ADDR_SHIFT", "DEFAULT_ADDR_SHIFT"),
     ("lifespan", "TRACK_MAX", "DEFAULT_TRACK_MAX"),
     ("lifespan", "LIVES_MAX", "DEFAULT_LIVES_MAX"),

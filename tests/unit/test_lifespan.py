@@ -3,9 +3,12 @@ simulation, and payload building from synthetic map contents (census and sampled
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from typing import Any
+
+import pytest
 
 from allocscope.collector import lifespan, lifespan_stats
 from allocscope.collector.byte_sampling import WeightSums
@@ -323,10 +326,60 @@ def test_tables_show_both_views_and_neutralise_hostile_names() -> None:
 
 def test_cli_usage_errors_before_any_probe(cli: Any) -> None:
     rc, _out, err = cli("lifespan", "--census", "--rate", "8")
-    assert rc != 0 and "--census is --rate 1 --addr-shift 0" in err
+    assert rc != 0 and "--census is --rate 1 --page-rate 1 --addr-shift 0" in err
     rc, _out, err = cli("leaks", "--confidence", "1.5")
     assert rc != 0 and "--confidence must be in (0, 1)" in err
     rc, _out, err = cli("lifespan", "--rate", "1048576", "--addr-shift", "8")
     assert rc != 0 and "overflow" in err
     rc, _out, err = cli("top", "--exact-frees")
     assert rc != 0 and "--exact-frees needs --live" in err
+
+
+def test_a_continuous_probe_s_interval_is_the_growth_and_carries_live_objects() -> None:
+    """collect --lifespan reads one attached probe per interval (agent_capture.diff_lifespan):
+    freed histograms are the growth since the last read; an object allocated before the
+    interval is live and aging in it, but not one of its allocations."""
+    from allocscope.collector.agent_capture import diff_lifespan
+
+    first = census_raw()
+    first.counters.update(free_events=10, free_kept=10)
+    end2 = first.end_ns + 5_000_000_000
+    again = census_raw()
+    again.lifespans = [_entry(CHURN, [1500, 2500, 900, 3000, 700, 40_000], missed=1)]
+    again.counters.update(free_events=25, free_kept=25, alloc_events=50)
+    again.tracked = [dataclasses.replace(o) for o in first.tracked] + [
+        TrackedObject(0xD000, HELD, end2 - 1_000, 256, ONE)  # allocated in interval 2
+    ]
+    again.start_ns, again.end_ns = first.end_ns, end2
+    second = diff_lifespan(again, first)
+    assert second.carried_before_ns == second.start_ns == first.end_ns
+    assert second.counters["free_events"] == 15 and second.counters["free_filtered"] == 0
+    (entry,) = second.lifespans
+    assert entry.freed_n == 2 and entry.missed_n == 0
+    p = build_payload(second, KS, view="leaks", older_ns=2_500_000_000)
+    churn = _row(p, "alloc_empty_file", "path_openat")
+    assert churn.freed_calls.value == 2 and churn.lifespan is not None
+    held = _row(p, "alloc_empty_file", "alloc_file_pseudo")
+    assert held.live_calls.value == 6  # 5 carried + 1 new: all outstanding
+    assert held.old_calls.value == 5  # the carried ones are 8 s old now
+    assert held.allocated_calls.value == 1  # only the new one was allocated in this interval
+    assert diff_lifespan(first, None) is first
+
+
+def test_page_rows_bound_what_they_did_not_see_with_the_page_gap() -> None:
+    """Pages have their own sampler (--page-rate): a page row's 'none seen' upper bound is
+    one page point's weight, (page_rate << shift) / page size calls; a slab row's is
+    (rate << shift) / 8 (the smallest kmalloc)."""
+    raw = census_raw()
+    raw.settings = LifespanSettings(sample_rate=4096, page_rate=16384, addr_shift=5)
+    raw.tracked = []
+    raw.lifespans = [_entry(CHURN, [1500]), _entry(PAGE, [2000])]
+    p = build_payload(raw, KS)
+    assert p.page_sample_rate == 16384 and p.sample_rate == 4096
+    page = _row(p, lifespan.PAGE_SITE, "anon_pipe_write")
+    churn = _row(p, "alloc_empty_file", "path_openat")
+    assert page.live_calls.value == churn.live_calls.value == 0
+    assert page.live_calls.high / churn.live_calls.high == pytest.approx(
+        (16384 / 4096) / (4096 / 8)
+    )
+    assert page.live_bytes.high / churn.live_bytes.high == pytest.approx(4)
