@@ -45,6 +45,7 @@ from allocscope.collector.atomic import write_atomic
 from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.snapshot import snapshot_table
 from allocscope.collector.snapshot_check import read_snapshot_file
+from allocscope.collector.stopflag import StopFlag
 from allocscope.collector.store import Store, StoreUnavailable, safe_name
 from allocscope.collector.store_rows import AgentStats
 from allocscope.collector.store_schemas import INTERVAL_DATASETS
@@ -229,7 +230,7 @@ class Agent:
         self.sub = subsystems or default_map()
         self.stats = SelfStats()
         self.proc = psutil.Process()
-        self.stop = threading.Event()
+        self.stop = StopFlag()  # set by SIGTERM/SIGINT: see collector/stopflag.py
         self.snapshots = 0
         self.streams: list[Any] = []  # ContextStream / LifespanStream (collector/agent_capture.py)
         self._said_no_allocinfo = False
@@ -341,6 +342,7 @@ class Agent:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            self.stop.close()
         return 0
 
     def _open_streams(self, stack: ExitStack) -> None:
