@@ -6,8 +6,9 @@ carries the weights of its inclusion probability (``collector/byte_sampling.py``
 ``2**addr_shift``). Freed objects leave calls-weighted log2 lifespan histograms; objects
 still tracked at the end are the outstanding ones, with their age. Everything here is pure
 given the maps' contents (:class:`RawLifespan`), so every figure is unit-tested without BPF;
-:func:`capture` runs one window through the capture runner and :func:`capture_raw` is the
-clean one-interval entry point the fleet agent calls.
+:func:`capture` runs one window through the capture runner (:func:`capture_raw` is that
+window, also used by the tests' census runs); the fleet agent keeps one probe attached
+instead and reads it with :func:`read_raw` each interval (collector/agent_capture.py).
 
 Method and its limits: docs/design/lifespan.md.
 """
@@ -520,8 +521,7 @@ def capture_raw(
     done: Callable[[], bool] | None = None,
 ) -> list[RawLifespan]:
     """One window inside an entered :class:`Capture`, one probe per settings (a census
-    beside the default sample sees the same events); the fleet agent calls this per interval
-    (``done``: its stop request ends the window early)."""
+    beside the default sample sees the same events); ``done`` ends the window early."""
     probes: list[tuple[Probe, LifespanSettings, str]] = []
     for s in settings:
         p = cap.hold(Probe(probe_lifespan.PROGRAM, s.defines()))
