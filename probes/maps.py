@@ -125,13 +125,24 @@ def take(table: Any) -> list[tuple[Any, Any]]:
 
 def stack_addresses(table: Any, stackid: int) -> tuple[int, ...]:
     """The return addresses of a stack-trace map entry, innermost first; () for a negative
-    id (the stack-id helper failed) or an id no longer in the map."""
+    id (the stack-id helper failed) or an id no longer in the map.
+
+    Read from the entry's own ``ip`` array, not with BCC's ``walk()``: the walker assumes
+    127 frames, so a full stack in a map of fewer frames per entry (context and lifespan keep
+    32) raised IndexError past its end (a CI run lost three live tests to it).
+    """
     if stackid < 0:
         return ()
     try:
-        return tuple(int(a) for a in table.walk(stackid))
+        entry = table[table.Key(stackid)]
     except KeyError:
         return ()
+    out = []
+    for a in entry.ip:
+        if not a:
+            break
+        out.append(int(a))
+    return tuple(out)
 
 
 def cached_stacks(table: Any) -> Callable[[int], tuple[int, ...]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,24 +165,36 @@ def test_drain_hash_deletes_at_most_limit() -> None:
 
 
 class Stacks:
-    def __init__(self) -> None:
-        self.walks = 0
+    """A BCC stack-trace table: ``Key``, and entries whose ``ip`` has the map's own depth."""
 
-    def walk(self, sid: int) -> list[int]:
-        self.walks += 1
+    DEPTH = 4
+    Key = ctypes.c_int
+
+    class Entry(ctypes.Structure):
+        _fields_ = [("ip", ctypes.c_ulonglong * 4)]
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    def __getitem__(self, key: ctypes.c_int) -> Stacks.Entry:
+        self.lookups += 1
+        sid = key.value
         if sid == 7:
             raise KeyError(sid)
-        return [0x10 + sid, 0x20 + sid]
+        if sid == 9:  # a full stack: every slot used, no terminating zero
+            return self.Entry((ctypes.c_ulonglong * 4)(*(0x90 + i for i in range(self.DEPTH))))
+        return self.Entry((ctypes.c_ulonglong * 4)(0x10 + sid, 0x20 + sid))
 
 
 def test_stack_addresses_and_cache() -> None:
     t = Stacks()
     assert maps.stack_addresses(t, 1) == (0x11, 0x21)
+    assert maps.stack_addresses(t, 9) == (0x90, 0x91, 0x92, 0x93)  # no read past the end
     assert maps.stack_addresses(t, 7) == ()  # evicted
     assert maps.stack_addresses(t, -14) == ()  # -EFAULT from the stack-id helper
     get = maps.cached_stacks(t)
     assert get(2) == get(2) == (0x12, 0x22) and get(7) == ()
-    assert t.walks == 2 + 2  # one walk per distinct id (negative ids never walk)
+    assert t.lookups == 3 + 2  # one lookup per distinct id (negative ids never look up)
 
 
 def test_as_int() -> None:
