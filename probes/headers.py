@@ -20,8 +20,13 @@ import glob
 import os
 import platform
 import re
+import shutil
+import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass
+
+from allocscope.errors import CapabilityError
 
 KHEADERS = "/sys/kernel/kheaders.tar.xz"
 CACHE_DIR = os.environ.get(
@@ -71,24 +76,62 @@ def private_tree_path(arch_dir: str) -> str:
     return os.path.join(CACHE_DIR, "kheaders", os.path.basename(arch_dir))
 
 
+def _private_parent(directory: str) -> None:
+    """Create ``directory`` (0755), or refuse one that another user could write into.
+
+    The tree is built by root and handed to clang: a directory others may write to (an
+    ``ALLOCSCOPE_CACHE`` or ``XDG_CACHE_HOME`` under /tmp) would let them swap headers, or plant
+    links where the build writes, between our check and BCC's compile.
+    """
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise CapabilityError(f"{directory}: not a directory (a symlink?); remove it")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise CapabilityError(
+            f"{directory}: owned by uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}: others "
+            "could change the headers BCC compiles; remove it or set ALLOCSCOPE_CACHE to a "
+            "directory only root can write"
+        )
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a file, a link (not what it points to) or a directory tree, if present."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
 def build_private_tree(arch_dir: str, common_dir: str) -> str:
     """Merge a ``-common`` and an ``-amd64`` header dir into one symlink farm (idempotent).
 
     BCC wants one directory with ``include/linux/kconfig.h`` *and* the generated headers; the
-    Debian packages split those between two directories.
+    Debian packages split those between two directories. The farm is built in an unguessable
+    directory made exclusively by :func:`tempfile.mkdtemp` beside its final name, then renamed
+    into place, so a concurrent run or a killed one never leaves a half-built tree in use.
     """
     dest = private_tree_path(arch_dir)
     marker = os.path.join(dest, ".allocscope-complete")
     if os.path.exists(marker):
         return dest
-    tmp = dest + f".tmp{os.getpid()}"
-    subprocess.run(["rm", "-rf", tmp], check=True)
-    os.makedirs(tmp)
-    subprocess.run(["cp", "-rs", os.path.join(common_dir, "."), tmp + "/"], check=True)
-    subprocess.run(["cp", "-rsf", os.path.join(arch_dir, "."), tmp + "/"], check=True)
-    open(os.path.join(tmp, ".allocscope-complete"), "w").close()
-    subprocess.run(["rm", "-rf", dest], check=True)
-    os.rename(tmp, dest)
+    parent = os.path.dirname(dest)
+    _private_parent(os.path.dirname(parent))
+    _private_parent(parent)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.", dir=parent)
+    try:
+        subprocess.run(["cp", "-rs", os.path.join(common_dir, "."), tmp + "/"], check=True)
+        subprocess.run(["cp", "-rsf", os.path.join(arch_dir, "."), tmp + "/"], check=True)
+        os.close(os.open(os.path.join(tmp, ".allocscope-complete"), os.O_CREAT | os.O_EXCL, 0o644))
+        os.chmod(tmp, 0o755)
+        _remove_tree(dest)  # an incomplete tree from an older version
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not os.path.exists(marker):  # not a concurrent run that finished first
+                raise
+    finally:
+        _remove_tree(tmp)
     return dest
 
 
