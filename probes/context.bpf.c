@@ -188,6 +188,11 @@ BPF_HASH(samples, struct sample_key, struct sample_weight, SAMPLE_ENTRIES);
 BPF_HASH(tags, u64, struct tag_info, TAGS_MAX);
 #endif
 
+/*
+ * current->alloc_tag, its codetag copied into tags the first time it is seen. It reads this
+ * program's tags map, so BCC cannot take it from a header: the same text is in who_calls.bpf.c,
+ * context.bpf.c and lifespan.bpf.c (tests/unit/test_bpf_constants.py fails when they differ).
+ */
 static __always_inline u64 current_tag(void)
 {
 #if READ_TAG

@@ -245,6 +245,11 @@ static __always_inline void allocscope_count(u32 idx, u64 by)
 		*c += by;
 }
 
+/*
+ * current->alloc_tag, its codetag copied into tags the first time it is seen. It reads this
+ * program's tags map, so BCC cannot take it from a header: the same text is in who_calls.bpf.c,
+ * context.bpf.c and lifespan.bpf.c (tests/unit/test_bpf_constants.py fails when they differ).
+ */
 static __always_inline u64 current_tag(void)
 {
 #if READ_TAG

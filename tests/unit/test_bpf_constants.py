@@ -5,12 +5,15 @@ slots (``CNT_*``), sources (``SRC_*``), histogram slots, map sizes and defaults.
 them at run time -- a drift silently reads the wrong counter -- so this test parses the C
 ``#define``s (and simple enums) and compares them with the Python mirrors. The mirrors may live
 in ``probes/<name>.py`` or in the collector module; each is looked up in a short list of
-candidate modules, first hit wins.
+candidate modules, first hit wins. ``probes/sampler.bpf.h`` is read as the program "sampler": its
+fixed-point constants are mirrored by ``collector/byte_sampling.py``, which undoes its weights.
 
 It also checks the conventions of ``probes/allocscope.bpf.h``: every program includes it, the
 map helpers copied into programs (BCC rewrites map calls only in the compiled file) match the
-reference text in the header, switches are tested with ``#if`` (not ``#ifdef``), and every file
-starts with the SPDX line and indents with tabs.
+reference text in the header, code that reads a program's own maps and is copied between
+programs (``current_tag()`` and ``struct tag_info`` in the three tag readers) is the same in each,
+switches are tested with ``#if`` (not ``#ifdef``), and every file starts with the SPDX line
+and indents with tabs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pytest
 
 PROBES = Path(__file__).resolve().parents[2] / "probes"
 HEADER = "allocscope.bpf.h"
+SAMPLER_HEADER = "sampler.bpf.h"  # read as program "sampler"
 SPDX = "// SPDX-License-Identifier: GPL-2.0"
 
 # Where each Python mirror lives: the program's Python half, probes/<name>.py (one home each).
@@ -37,6 +41,8 @@ CANDIDATES = {
     "who_calls": ("allocscope.probes.who_calls",),
     "lifespan": ("allocscope.probes.lifespan",),
     "context": ("allocscope.probes.context",),
+    # sampler.bpf.h's estimators live in the collector (probes never import collector)
+    "sampler": ("allocscope.collector.byte_sampling",),
 }
 
 # C index name -> the Python name at that index.
@@ -119,6 +125,9 @@ SCALARS = (
     ("context", "STACK_DEPTH", "DEFAULT_STACK_DEPTH"),
     ("context", "SAMPLE_ENTRIES", "DEFAULT_SAMPLE_ENTRIES"),
     ("context", "TAGS_MAX", "DEFAULT_TAGS_MAX"),
+    ("sampler", "SAMPLER_FRAC_BITS", "SAMPLER_FRAC_BITS"),
+    ("sampler", "SAMPLER_RATE_MAX", "SAMPLER_RATE_MAX"),
+    ("sampler", "SAMPLER_W2_SHIFT", "SAMPLER_W2_SHIFT"),
 )
 
 # (program, C prefix, C count define, C->Python mapping, Python tuple name)
@@ -138,9 +147,16 @@ HELPER_COPIES = {
     "allocscope_wanted": ("oncpu", "alloc_latency"),
 }
 
+# Code that reads a map the program defines, so it cannot live in a header either, and that
+# has no reference copy there: every program's copy must equal the others' (first = model).
+SHARED_COPIES = {
+    "current_tag": ("who_calls", "context", "lifespan"),
+    "struct tag_info": ("who_calls", "context", "lifespan"),
+}
+
 # Settings that name something (no numeric default possible) or guard a header: the only
 # names #ifdef/#ifndef-without-default may test.
-PRESENCE_ONLY = {"FENTRY_TARGET", "FUNC", "ALLOCSCOPE_BPF_H"}
+PRESENCE_ONLY = {"FENTRY_TARGET", "FUNC", "ALLOCSCOPE_BPF_H", "ALLOCSCOPE_SAMPLER_BPF_H"}
 
 
 # --- the C side ----------------------------------------------------------------------------
@@ -217,6 +233,19 @@ def c_function(text: str, name: str) -> str | None:
     return m.group(0) if m else None
 
 
+def c_struct(text: str, name: str) -> str | None:
+    """The text of ``struct name { ... };`` (a definition at column 0)."""
+    m = re.search(rf"^struct {name} {{.*?^}};$", text, re.M | re.S)
+    return m.group(0) if m else None
+
+
+def shared_copy(text: str, item: str) -> str | None:
+    """A function (``name``) or a struct (``struct name``) copied between programs."""
+    if item.startswith("struct "):
+        return c_struct(text, item.removeprefix("struct "))
+    return c_function(text, item)
+
+
 def header_reference(header: str, name: str) -> str | None:
     """A helper's reference copy from the header's doc comment (lines ``' *\\t...'``)."""
     lines = [ln[3:] if ln.startswith(" *\t") else ln[2:] for ln in header.splitlines()]
@@ -226,6 +255,7 @@ def header_reference(header: str, name: str) -> str | None:
 def read_programs() -> dict[str, str]:
     texts = {p.name.removesuffix(".bpf.c"): p.read_text() for p in PROBES.glob("*.bpf.c")}
     texts[HEADER] = (PROBES / HEADER).read_text()
+    texts["sampler"] = (PROBES / SAMPLER_HEADER).read_text()
     return texts
 
 
@@ -303,16 +333,26 @@ def drift(texts: Mapping[str, str], py: PythonLookup = python_value) -> list[str
             copy = c_function(texts[program], helper)
             if copy != ref:
                 problems.append(f"{program}.bpf.c {helper}() differs from {HEADER}'s copy")
+
+    for item, (model, *others) in SHARED_COPIES.items():
+        ref = shared_copy(texts[model], item)
+        if ref is None:
+            problems.append(f"{model}.bpf.c: no {item}")
+            continue
+        for program in others:
+            if shared_copy(texts[program], item) != ref:
+                problems.append(f"{program}.bpf.c {item} differs from {model}.bpf.c's copy")
     return problems
 
 
 def style_problems(texts: Mapping[str, str]) -> list[str]:
     problems = []
     for name, text in texts.items():
-        fname = name if name == HEADER else f"{name}.bpf.c"
+        header = name in (HEADER, "sampler")
+        fname = {HEADER: HEADER, "sampler": SAMPLER_HEADER}.get(name, f"{name}.bpf.c")
         if not text.startswith(SPDX + "\n"):
             problems.append(f"{fname}: first line is not {SPDX!r}")
-        if name != HEADER and f'#include "{HEADER}"' not in text:
+        if not header and f'#include "{HEADER}"' not in text:
             problems.append(f"{fname}: does not include {HEADER}")
         code = strip_comments(text)
         for m in re.finditer(r"^#\s*(?:el)?if\b.*\bdefined\b|^#\s*ifdef\s+(\w+)", code, re.M):
@@ -345,6 +385,7 @@ def test_every_checked_program_exists() -> None:
     texts = read_programs()
     wanted = {p for p, *_ in SCALARS} | {p for p, *_ in INDEXES}
     wanted |= {p for ps in HELPER_COPIES.values() for p in ps}
+    wanted |= {p for ps in SHARED_COPIES.values() for p in ps}
     assert wanted <= texts.keys()
 
 
@@ -364,6 +405,9 @@ def test_every_checked_program_exists() -> None:
         ("who_calls", "#define MAX_SITES 8", "#define MAX_SITES 16", "MAX_SITES"),
         ("oncpu", "\t\t*c += by;", "\t\t*c += by + 1;", "allocscope_count"),
         ("alloc_latency", "if (!ok || !*ok)", "if (!ok)", "allocscope_wanted"),
+        ("sampler", "#define SAMPLER_W2_SHIFT 16", "#define SAMPLER_W2_SHIFT 15", "W2_SHIFT"),
+        ("lifespan", "\tif (addr && !tags.lookup(&addr)) {", "\tif (addr) {", "current_tag"),
+        ("context", "\tchar function[64];", "\tchar function[48];", "struct tag_info"),
     ],
 )
 def test_planted_drift_is_found(program: str, old: str, new: str, expect: str) -> None:
