@@ -231,6 +231,7 @@ class Agent:
         self.stats = SelfStats()
         self.proc = psutil.Process()
         self.stop = StopFlag()  # set by SIGTERM/SIGINT: see collector/stopflag.py
+        self.stopped_by = 0  # the signal that stopped the loop (0: it ran its course)
         self.snapshots = 0
         self.streams: list[Any] = []  # ContextStream / LifespanStream (collector/agent_capture.py)
         self._said_no_allocinfo = False
@@ -317,10 +318,15 @@ class Agent:
             )
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopped_by = self.stopped_by or signum
         self.stop.set()
 
     def run(self) -> int:
-        """The loop (or one snapshot with ``once``); SIGTERM/SIGINT stop it between snapshots."""
+        """The loop (or one snapshot with ``once``); SIGTERM/SIGINT stop it between snapshots.
+
+        Returns 0 when it ran its course, else 128 + the signal (143 after SIGTERM, 130 after
+        SIGINT), as every verb exits after an interruption: what was taken is stored either way
+        (the service file lists 143 as a successful exit, so systemd's stop stays clean)."""
         old = {}
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGTERM, signal.SIGINT):
@@ -334,16 +340,15 @@ class Agent:
                         f"removed {temps} temp file(s) and {orphans} uncommitted snapshot "
                         "part(s) left by a killed writer"
                     )
-            if self.cfg.jitter > 0 and self.stop.wait(random.uniform(0, self.cfg.jitter)):
-                return 0
-            with ExitStack() as streams:
-                self._open_streams(streams)
-                self._loop()
+            if not (self.cfg.jitter > 0 and self.stop.wait(random.uniform(0, self.cfg.jitter))):
+                with ExitStack() as streams:
+                    self._open_streams(streams)
+                    self._loop()
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
             self.stop.close()
-        return 0
+        return 128 + self.stopped_by if self.stopped_by else 0
 
     def _open_streams(self, stack: ExitStack) -> None:
         from allocscope.collector import agent_capture, context

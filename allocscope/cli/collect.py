@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
         "store every --interval (after a random start delay of up to --jitter). When the store "
         "cannot be written, snapshots are spooled locally (at most --spool-max; when full the "
         "newest spooled one is dropped, so the oldest go last; drops are counted) and flushed "
-        "once it is back. SIGTERM/SIGINT stop it between snapshots.",
+        "once it is back. SIGTERM/SIGINT stop it between snapshots (exit 143/130).",
         examples=EXAMPLES,
         func=run,
     )

@@ -74,7 +74,7 @@ def test_two_same_host_writers_race(tmp_path: Path, fixtures_dir: Path) -> None:
     finally:
         daemon.terminate()
         out, err = daemon.communicate(timeout=60)
-    assert daemon.returncode == 0, err
+    assert daemon.returncode == 143, err  # stopped by SIGTERM (128 + 15)
     outputs.append(out)
     assert crons >= 2, "the race needs more than one start-up clean-up"
 
