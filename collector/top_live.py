@@ -36,6 +36,7 @@ from allocscope.collector.capture import Capture
 from allocscope.collector.host import HostMetadata
 from allocscope.collector.kallsyms import Kallsyms, hidden_addresses_message
 from allocscope.collector.payloads import LiveSiteRow, TopLivePayload
+from allocscope.collector.result import Result
 from allocscope.collector.site import Site, canonical_function
 from allocscope.errors import CapabilityError
 from allocscope.probes import kmem_sites
@@ -91,6 +92,8 @@ class LiveCapture:
     bytes_kind: str  # "live" | "allocated"
     settings: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    # the capture runner's Result of this window (kind top-live), for ``top --live -o``
+    result: Result | None = None
 
     def to_payload(self) -> TopLivePayload:
         """The typed body of a ``top-live`` :class:`Result` (``Result.of(payload, ...)``)."""
@@ -322,7 +325,7 @@ def capture_top_live(
         host=host,
     )
     lost = LostCounts({k: counts[k] for k in LOST_KEYS})
-    return LiveCapture(
+    live = LiveCapture(
         snapshot=snapshot,
         duration=elapsed,
         events=counts["alloc_events"] + counts["free_events"],
@@ -349,3 +352,5 @@ def capture_top_live(
         },
         counters=counts,
     )
+    live.result = cap.result(live.settings, live.to_payload().to_dict())
+    return live

@@ -145,26 +145,34 @@ def emit_result(result: Any, args: argparse.Namespace, table: Callable[[], str])
     document, which the table does not hold (folded stacks, settings), goes to stdout after
     the table if ``--json`` did not already put it there, and the one error line says so
     (exit 2)."""
-    from allocscope.collector.atomic import OutputError
-
     as_json = bool(getattr(args, "json", False))
     if as_json:
         print_json(result.to_dict())
     else:
         sys.stdout.write(table())
     sys.stdout.flush()
-    if getattr(args, "output", None):
-        try:
-            result.write(args.output)
-        except OutputError as e:
-            if not as_json:
-                print_json(result.to_dict())
-            sys.stdout.flush()
-            raise OutputError(
-                e.errno or 0, f"{e} (the whole result is on stdout as JSON instead)"
-            ) from None
-        print(f"wrote {args.output}", file=sys.stderr)
+    write_result(result, args, on_stdout=as_json)
     return interrupted_exit_code(result)
+
+
+def write_result(result: Any, args: argparse.Namespace, *, on_stdout: bool) -> None:
+    """``-o``'s half of :func:`emit_result`, for a verb that printed something else first
+    (``top --live`` prints top's own table or JSON): the safe writer, "wrote FILE" on stderr,
+    and on a failed write the whole Result on stdout unless ``on_stdout`` says it is there."""
+    from allocscope.collector.atomic import OutputError
+
+    if not getattr(args, "output", None):
+        return
+    try:
+        result.write(args.output)
+    except OutputError as e:
+        if not on_stdout:
+            print_json(result.to_dict())
+        sys.stdout.flush()
+        raise OutputError(
+            e.errno or 0, f"{e} (the whole result is on stdout as JSON instead)"
+        ) from None
+    print(f"wrote {args.output}", file=sys.stderr)
 
 
 def print_json(data: Any) -> None:

@@ -16,11 +16,13 @@ from allocscope.cli.common import (
     add_output_format,
     add_row_limit,
     add_verb,
+    output_arg,
     pid_arg,
     positive_arg,
     print_json,
     size_arg,
     window_arg,
+    write_result,
 )
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.rollup import GROUP_BY, SORT_KEYS, Filters, rollup
@@ -37,6 +39,7 @@ EXAMPLES = """\
   cat /proc/allocinfo | allocscope top --file - --csv
   allocscope top --live 5 --workload open-close -n 15   # no allocinfo? trace kmem for 5 s
   allocscope top --live 5 --exact-frees     # live bytes exact (every object tracked)
+  allocscope top --live 10 -o live.json     # ... and keep the capture as a result file
   allocscope top -i 2 -s rate               # refresh every 2 s, fastest-growing first
   allocscope top -i 1 --iterations 10 --by subsystem --json > growth.ndjson
 """
@@ -216,11 +219,20 @@ def register(sub: Any) -> None:
         help="with --live: track every object to its free (exact live bytes, ~6x the cost; "
         "default: estimated from 1 in 32 addresses)",
     )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=output_arg,
+        default=None,
+        metavar="FILE",
+        help="with --live: also write the capture as a result file (JSON, kind top-live; "
+        "`allocscope report --result FILE` shows it)",
+    )
     add_common_filters(p)
     add_output_format(p, csv=True)
 
 
-def _live(args: argparse.Namespace) -> tuple[AllocinfoSnapshot, str, dict[str, Any]]:
+def _live(args: argparse.Namespace) -> tuple[AllocinfoSnapshot, str, dict[str, Any], Any]:
     if args.file:
         raise AllocscopeError(
             "--live and --file are exclusive: one reads allocinfo, the other traces"
@@ -255,7 +267,7 @@ def _live(args: argparse.Namespace) -> tuple[AllocinfoSnapshot, str, dict[str, A
             "interrupted": cap.interrupted,
         }
     }
-    return cap.snapshot, title, extra
+    return cap.snapshot, title, extra, cap.result
 
 
 def _watch(args: argparse.Namespace, subsystems: SubsystemMap) -> int:
@@ -291,6 +303,11 @@ def run(args: argparse.Namespace) -> int:
         raise AllocscopeError("--no-frees needs --live SECONDS")
     if args.exact_frees and (args.live is None or not args.frees):
         raise AllocscopeError("--exact-frees needs --live SECONDS (and frees)")
+    if args.output is not None and (args.live is None or args.interval is not None):
+        raise AllocscopeError(
+            "-o needs --live SECONDS (one capture window); a saved allocinfo is kept with "
+            "`allocscope snapshot`"
+        )
     if args.iterations is not None and args.interval is None:
         raise AllocscopeError("--iterations needs --interval SECONDS")
     if args.interval is None and args.sort not in SORT_KEYS:
@@ -299,8 +316,9 @@ def run(args: argparse.Namespace) -> int:
     if args.interval is not None:
         return _watch(args, subsystems)
     extra: dict[str, Any] = {}
+    result = None
     if args.live is not None:
-        snap, title, extra = _live(args)
+        snap, title, extra, result = _live(args)
     else:
         snap = read_source(args)
         title = f"{snap.source}: allocinfo {snap.version or '?'}, {len(snap.records)} tags"
@@ -341,6 +359,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(rep.top_csv(r))
     else:
         sys.stdout.write(rep.top_table(r, human=args.human, title=title))
+    if result is not None:
+        sys.stdout.flush()
+        write_result(result, args, on_stdout=False)
     if extra.get("live", {}).get("interrupted"):
         from allocscope.probes.loader import interrupting_signal
 

@@ -82,7 +82,7 @@ VERBS = {
     "leaks": ["leaks", "-d", "60", "--workload", "leak-pipes"],
     "context": ["context", "-d", "60", "--workload", "tmpfs-write"],
 }
-HAS_OUTPUT = {"who-calls", "overhead", "context", "leaks"}
+HAS_OUTPUT = {"who-calls", "top --live", "overhead", "context", "leaks"}
 
 
 def _argv(verb: str, out: Path) -> list[str]:

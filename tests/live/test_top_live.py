@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -138,6 +139,29 @@ def test_top_live_cli_json(live: None, cli: Callable[..., tuple[int, str, str]])
     assert fn in sites, f"{fn} missing from top --live --json"
     assert sites[fn]["calls"] > 1000
     assert sites[fn]["bytes"] > 0
+
+
+def test_top_live_result_file(
+    live: None, cli: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    """``-o`` keeps the window as a typed top-live Result: the same counts as the table."""
+    from allocscope.collector.payloads import TopLivePayload
+    from allocscope.collector.result import read_result
+
+    fn = file_allocator()
+    out_file = tmp_path / "live.json"
+    argv = ("top", "--live", "2", "--workload", "open-close", "--no-frees", "-o", str(out_file))
+    rc, out, err = cli(*argv)
+    assert rc == 0, err
+    assert f"wrote {out_file}" in err and fn in out
+    result = read_result(str(out_file), "top-live")
+    assert result.kind == "top-live" and result.settings["interrupted"] is False
+    assert 1.5 < result.duration < 10
+    payload = result.typed(TopLivePayload, str(out_file))
+    rows = {r.function: r for r in payload.sites}
+    assert rows[fn].calls > 1000 and rows[fn].bytes > 0
+    assert payload.bytes_kind == "allocated" and payload.events is not None
+    assert payload.events >= rows[fn].calls
 
 
 def test_classic_tracepoint_fallback(live: None, monkeypatch: pytest.MonkeyPatch) -> None:

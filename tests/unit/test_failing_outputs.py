@@ -142,6 +142,7 @@ LIVE: dict[str, Callable[[str, dict[str, str]], list[str]]] = {
         o,
     ],
     "overhead": lambda o, i: ["overhead", "-d", "1", "--workload", "open-close", "-o", o],
+    "top": lambda o, i: ["top", "--live", "1", "--workload", "open-close", "--no-frees", "-o", o],
     "context": lambda o, i: ["context", "-d", "1", "--workload", "open-close", "-o", o],
     "lifespan": lambda o, i: ["lifespan", "-d", "1", "--workload", "open-close", "-o", o],
     "leaks": lambda o, i: ["leaks", "-d", "1", "--workload", "leak-pipes", "-o", o],
@@ -152,6 +153,7 @@ KIND = {
     "overhead": "overhead",
     "lifespan": "lifespan",
     "leaks": "lifespan",
+    "top": "top-live",
 }
 
 

@@ -290,6 +290,7 @@ def test_live_path_is_wired(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
             backend="raw_tracepoint",
             interrupted=False,
             host=None,
+            result=None,
         )
 
     fake = types.ModuleType("allocscope.collector.top_live")
@@ -314,6 +315,13 @@ def test_live_path_is_wired(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     doc = top_json(cli, "--live", "1")
     assert doc["live"]["events"] == 18 and doc["totals"]["bytes"] == 12288
     assert {site["subsystem"] for site in doc["sites"]} == {"unknown"}
+
+
+@pytest.mark.parametrize("extra", [[], ["-i", "1", "--live", "1"]])
+def test_output_needs_one_live_window(cli: Any, tmp_path: Path, extra: list[str]) -> None:
+    rc, _, err = cli("top", *extra, "-o", str(tmp_path / "x.json"))
+    assert rc == 2 and "-o needs --live SECONDS" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_help_text_examples(capsys: pytest.CaptureFixture[str]) -> None:
