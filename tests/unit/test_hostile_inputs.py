@@ -170,11 +170,18 @@ SLOTS: list[Slot] = [
     ),
     Slot(
         "report",
+        "--diff",
+        "json",
+        lambda p, t: ["report", "--diff", p, p, "-o", str(t / "r.html")],
+    ),
+    Slot(
+        "report",
         "--store",
         "store",
         lambda p, t: ["report", "--store", _store_with_part(p, t), "-o", str(t / "r.html")],
     ),
     Slot("export", "--file", "text", lambda p, t: ["export", "--prometheus", "--file", p]),
+    Slot("export", "--result", "json", lambda p, t: ["export", "--prometheus", "--result", p]),
     Slot(
         "export",
         "--store",
