@@ -133,6 +133,43 @@ def test_kill_9_leaves_no_probe_child_mount_or_temp(verb: str, tmp_path: Path) -
             proc.kill()
 
 
+def bpf_or_perf_fds(pid: int) -> list[str]:
+    """The BPF objects (programs, maps, links) and perf events process ``pid`` holds open."""
+    held = []
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir() if fds.is_dir() else []:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(("anon_inode:bpf", "anon_inode:[perf_event]")):
+            held.append(f"fd {fd.name} -> {target}")
+    return held
+
+
+@pytest.mark.usefixtures("live")
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_the_workload_child_holds_no_bpf_or_perf_fd(verb: str, tmp_path: Path) -> None:
+    """The rule, checked in the child's own fd table while the probes are attached: a child
+    holding a program's fd would keep it loaded after its parent died."""
+    proc = subprocess.Popen(
+        _argv(verb, tmp_path / "out.json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV
+    )
+    try:
+        ids = _wait_attached(proc)
+        assert ids, "the parent holds its programs"
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        assert kids, "no workload child"
+        held = {k.pid: bpf_or_perf_fds(k.pid) for k in kids}
+        assert not any(held.values()), f"{verb}: workload child holds {held}"
+        assert bpf_or_perf_fds(proc.pid), "the check sees the parent's own BPF fds"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.usefixtures("live")
 def test_a_normal_tmpfs_run_leaves_no_mount(tmp_path: Path) -> None:
     r = subprocess.run(
