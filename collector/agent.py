@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
+from allocscope.collector.allocinfo_live import read_live
 from allocscope.collector.atomic import write_atomic
 from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.snapshot import snapshot_table
@@ -255,6 +256,14 @@ class Agent:
                 )
                 self._said_no_allocinfo = True
             return AllocinfoSnapshot(None, [], "none", taken_at=time.time())
+        if self.cfg.file is None:
+            # this host's allocinfo: bracketed by the 7.3+ CONTENT_ID and read again when a
+            # module load changed the tag set meanwhile (a read that never settles is kept,
+            # marked); the plain text on older kernels (collector/allocinfo_live.py)
+            snap = read_live(None, lenient=self.cfg.lenient)
+            if snap.consistent is False:
+                self.log(f"warning: {snap.warnings[-1]}")
+            return snap
         return read_allocinfo(self.cfg.file, lenient=self.cfg.lenient)
 
     def take(self) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from allocscope.collector.allocinfo import AllocinfoSnapshot
-from allocscope.collector.rollup import Filters, Rollup, rollup
+from allocscope.collector.rollup import Filters, Rollup, Row, rollup
 from allocscope.collector.subsystem import SubsystemMap
 
 WATCH_SORT_KEYS = ("bytes", "calls", "delta", "rate", "dcalls", "name")
@@ -84,6 +84,15 @@ class Frame:
         return rows if limit is None or limit < 0 else rows[:limit]
 
 
+def row_key(row: Row) -> str:
+    """The row's key; a live site (``top --live``: a function, no file) by its function and
+    module rather than ``:0 func:name``."""
+    site = row.site
+    if site is not None and not site.file:
+        return f"{site.function} [{site.module}]" if site.module else site.function
+    return row.key
+
+
 class Watcher:
     """Reads with ``read`` at each :meth:`step` and diffs against the previous read."""
 
@@ -122,15 +131,16 @@ class Watcher:
         )
         prev = self._prev or {}
         rows: list[WatchRow] = []
-        for row in r.rows:
-            b0, c0, _ = prev.get(row.key, (row.bytes, row.calls, ""))
-            if self._prev is not None and row.key not in prev:
+        keys = [row_key(row) for row in r.rows]
+        for key, row in zip(keys, r.rows, strict=True):
+            b0, c0, _ = prev.get(key, (row.bytes, row.calls, ""))
+            if self._prev is not None and key not in prev:
                 b0, c0 = 0, 0  # new since the last read
-            cum0 = self._prev_cum.get(row.key)
+            cum0 = self._prev_cum.get(key)
             cum = row.cumulative_calls
             rows.append(
                 WatchRow(
-                    row.key,
+                    key,
                     row.bytes,
                     row.calls,
                     row.bytes - b0,
@@ -140,7 +150,7 @@ class Watcher:
                     cum - cum0 if cum is not None and cum0 is not None else None,
                 )
             )
-        seen = {row.key for row in r.rows}
+        seen = set(keys)
         for key, (b0, c0, sub) in prev.items():
             if key not in seen and (b0 or c0):  # gone since the last read: show it once
                 rows.append(WatchRow(key, 0, 0, -b0, -c0, sub))
@@ -159,9 +169,14 @@ class Watcher:
             delta_calls=sum(x.delta_calls for x in rows),
             warnings=list(snap.warnings),
         )
-        self._prev = {row.key: (row.bytes, row.calls, row.subsystem) for row in r.rows}
+        self._prev = {
+            key: (row.bytes, row.calls, row.subsystem)
+            for key, row in zip(keys, r.rows, strict=True)
+        }
         self._prev_cum = {
-            row.key: row.cumulative_calls for row in r.rows if row.cumulative_calls is not None
+            key: row.cumulative_calls
+            for key, row in zip(keys, r.rows, strict=True)
+            if row.cumulative_calls is not None
         }
         self._prev_t = now
         self._index += 1

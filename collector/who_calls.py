@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from allocscope.collector import attribution, boot_cache
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
+from allocscope.collector.allocinfo_live import LiveFilter, read_live
 from allocscope.collector.kallsyms import EarlySymbols, SymbolTable
 from allocscope.collector.result import Result
 from allocscope.collector.site import Site, SiteQuery, canonical_function
@@ -93,7 +94,10 @@ def allocinfo_for_resolution(
     path = opts.allocinfo_file
     if path is None and not os.path.exists(PROC_ALLOCINFO):
         return None
-    snap = read_allocinfo(path, lenient=opts.lenient)
+    if path is None:
+        snap = read_live(resolution_filter(opts.sites), lenient=opts.lenient)
+    else:
+        snap = read_allocinfo(path, lenient=opts.lenient)
     if snap.skipped:
         s = "s" if snap.skipped != 1 else ""
         log(
@@ -101,6 +105,29 @@ def allocinfo_for_resolution(
             f"line{s} (--lenient)"
         )
     return snap
+
+
+def resolution_filter(texts: Sequence[str]) -> LiveFilter | None:
+    """The allocinfo lines site resolution can use, as a 7.3+ ioctl filter: the functions
+    when every SITE names one, the files when every SITE is a file (or file:line) without
+    one; None (the whole text) for a mix, whose filter would be a product of both."""
+    queries: list[SiteQuery] = []
+    for text in texts:
+        for label in text.split(","):
+            if label.strip():
+                try:
+                    queries.append(SiteQuery.parse(label))
+                except ValueError:
+                    return None  # resolve_sites reports it
+    if not queries:
+        return None
+    functions = [q.function for q in queries if q.function is not None]
+    if len(functions) == len(queries):
+        return LiveFilter(functions=tuple(dict.fromkeys(functions)))
+    files = [q.file for q in queries if q.file is not None and q.function is None]
+    if len(files) == len(queries):
+        return LiveFilter(files=tuple(dict.fromkeys(files)))
+    return None
 
 
 def resolve_sites(
@@ -237,13 +264,24 @@ ADJUST_SECONDS = 1.0
 FIRST_CALIBRATION_SECONDS = 0.5
 
 
-def _allocinfo_now(opts: Options) -> AllocinfoSnapshot | None:
+def join_filter(targets: Sequence[SiteTarget], read_tag: bool) -> LiveFilter | None:
+    """The allocinfo lines the join can use: the targets' functions (allocinfo_join matches
+    a tag by its function, or by a line of it). With exact tags read by the probe the tag can
+    belong to any caller's alloc_hooks, so the whole text is read (None)."""
+    if read_tag or not targets:
+        return None
+    return LiveFilter(functions=tuple(dict.fromkeys(t.function for t in targets)))
+
+
+def _allocinfo_now(opts: Options, flt: LiveFilter | None = None) -> AllocinfoSnapshot | None:
+    """This host's allocinfo now, through the 7.3+ ioctl for ``flt`` and bracketed by
+    CONTENT_ID (collector/allocinfo_live.py); the text on older kernels."""
     if opts.allocinfo_file is not None:
         return None  # a file is a fixed snapshot: read once, used as "after"
     if not os.path.exists(PROC_ALLOCINFO):
         return None
     try:
-        return read_allocinfo(None, lenient=True)
+        return read_live(flt, lenient=True)
     except AllocscopeError:
         return None
 
@@ -373,7 +411,8 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
         )
         cap.hold(probe)
         # after the compile (which allocates too), so the delta is the capture window's
-        before = _allocinfo_now(opts)
+        joined = join_filter(targets, read_tag)
+        before = _allocinfo_now(opts, joined)
         until = f"for {duration:g}s" if duration is not None else "until Ctrl-C"
         if opts.during is not None and duration is None:
             until = "while the workload runs"
@@ -398,7 +437,7 @@ def capture(opts: Options, log: Callable[[str], None] = lambda s: None) -> Resul
     after = (
         read_allocinfo(opts.allocinfo_file, lenient=opts.lenient)
         if opts.allocinfo_file
-        else _allocinfo_now(opts)
+        else _allocinfo_now(opts, joined)
     )
     from allocscope.collector.who_calls_payload import build_payload  # it imports this module
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from allocscope.collector.rollup import UNKNOWN_SUBSYSTEM
 from allocscope.collector.top_interval import Frame
 from allocscope.reports.allocinfo import counted_once_line
 from allocscope.reports.format import bytes_short, count_short, integer, signed
@@ -43,7 +44,11 @@ def _rate(frame: Frame, delta: int, human: bool) -> str:
 def frame_title(frame: Frame, sort: str) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(frame.taken_at))
     since = f"Δ over {frame.seconds:.1f}s" if frame.seconds > 0 else "first read: no Δ yet"
-    return f"{when}  refresh {frame.index + 1}, {since}, sorted by {sort}  {frame.source}"
+    title = f"{when}  refresh {frame.index + 1}, {since}, sorted by {sort}  {frame.source}"
+    if frame.warnings:  # e.g. a live watch's lost events, a read that never settled
+        more = len(frame.warnings) - 1
+        title += f"  warning: {frame.warnings[0]}" + (f" (+{more} more)" if more else "")
+    return title
 
 
 def frame_table(frame: Frame, sort: str, limit: int | None, *, human: bool = True) -> str:
@@ -51,9 +56,11 @@ def frame_table(frame: Frame, sort: str, limit: int | None, *, human: bool = Tru
     by = frame.rollup.by
     # allocinfo 1.1 (accumulative calls): allocations per second, a column only then
     cum = frame.rollup.total_cumulative_calls is not None
+    # live sites (top --live) know functions, not files: a column of "unknown" says nothing
+    sub = by != "subsystem" and any(r.subsystem not in ("", UNKNOWN_SUBSYSTEM) for r in frame.rows)
     headers = ["BYTES", "CALLS", "ΔBYTES", "ΔCALLS", "ΔBYTES/S", *["ALLOCS/S"] * cum]
-    headers += ["SUBSYSTEM", {"site": "SITE"}.get(by, by.upper())]
-    align = ["right"] * (5 + cum) + ["left", "left"]
+    headers += [*["SUBSYSTEM"] * sub, {"site": "SITE"}.get(by, by.upper())]
+    align = ["right"] * (5 + cum) + ["left"] * (1 + sub)
 
     def allocs(rate: float | None) -> list[str]:
         if not cum:
@@ -68,7 +75,7 @@ def frame_table(frame: Frame, sort: str, limit: int | None, *, human: bool = Tru
             _delta_calls(r.delta_calls, human) if frame.seconds else "",
             _rate(frame, r.delta_bytes, human),
             *allocs(r.calls_rate(frame.seconds)),
-            r.subsystem,
+            *[r.subsystem] * sub,
             r.key,
         ]
         for r in frame.sorted_rows(sort, limit)
@@ -83,7 +90,7 @@ def frame_table(frame: Frame, sort: str, limit: int | None, *, human: bool = Tru
         _delta_calls(frame.delta_calls, human) if frame.seconds else "",
         _rate(frame, frame.delta_bytes, human),
         *allocs(total_rate),
-        "",
+        *[""] * sub,
         f"total ({ro.total_tags} tags, {len(frame.rows)} rows)",
     ]
     out = [render(headers, rows, align=align, totals=totals)]
@@ -112,6 +119,7 @@ def frame_json(frame: Frame, sort: str, limit: int | None) -> dict[str, Any]:
             "delta_calls": frame.delta_calls,
             "memory_bytes": ro.counted.memory_bytes,
         },
+        **({"warnings": list(frame.warnings)} if frame.warnings else {}),
         "rows": [
             {
                 "key": r.key,

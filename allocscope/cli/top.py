@@ -42,7 +42,12 @@ EXAMPLES = """\
   allocscope top --live 10 -o live.json     # ... and keep the capture as a result file
   allocscope top -i 2 -s rate               # refresh every 2 s, fastest-growing first
   allocscope top -i 1 --iterations 10 --by subsystem --json > growth.ndjson
+  allocscope top --live -i 1 -s dcalls      # no allocinfo: one kmem probe, Δ per second
+  allocscope top --live -i 2 --iterations 5 --workload open-close | less
 """
+
+# `--live` without SECONDS: with --interval, the probe stays attached for the whole watch
+LIVE_WATCH = 0.0
 
 NO_ALLOCINFO = (
     f"{PROC_ALLOCINFO} is not present: this kernel lacks CONFIG_MEM_ALLOC_PROFILING "
@@ -196,8 +201,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--live",
         type=window_arg,
+        nargs="?",
+        const=LIVE_WATCH,
         metavar="SECONDS",
-        help="trace kmem tracepoints for SECONDS and rank call sites (any kernel)",
+        help="trace kmem tracepoints for SECONDS and rank call sites (any kernel); with "
+        "--interval, no SECONDS: one probe stays attached until q, Ctrl-C or --iterations",
     )
     p.add_argument(
         "--workload",
@@ -276,7 +284,7 @@ def _watch(args: argparse.Namespace, subsystems: SubsystemMap) -> int:
     from allocscope.collector.top_interval import Watcher
 
     if args.live is not None:
-        raise AllocscopeError("--interval reads allocinfo again each time; it cannot be --live")
+        return _watch_live(args, subsystems)
     if args.file == "-":
         raise AllocscopeError("--interval re-reads its input: stdin cannot be read twice")
     if args.csv:
@@ -293,6 +301,47 @@ def _watch(args: argparse.Namespace, subsystems: SubsystemMap) -> int:
         slab_objects=slab_objects_bytes if path is None else None,
     )
     return run_watch(args, watcher)
+
+
+def _watch_live(args: argparse.Namespace, subsystems: SubsystemMap) -> int:
+    """``--live --interval``: one kmem_sites probe attached for the whole watch, its
+    cumulative per-site sums read each refresh (collector/top_live_watch.py)."""
+    from allocscope.cli.top_watch import run_watch
+    from allocscope.collector.top_interval import Watcher
+    from allocscope.probes.loader import interrupting_signal
+
+    if args.file:
+        raise AllocscopeError(
+            "--live and --file are exclusive: one reads allocinfo, the other traces"
+        )
+    if args.live != LIVE_WATCH:
+        raise AllocscopeError(
+            "with --interval, --live takes no SECONDS: the watch runs until q, Ctrl-C or "
+            "--iterations N"
+        )
+    if args.csv:
+        raise AllocscopeError("--interval prints tables or --json lines, not --csv")
+    try:
+        from allocscope.collector import top_live_watch
+    except ImportError as e:
+        raise AllocscopeError(f"--live is not available in this build ({e})") from None
+    with top_live_watch.watch_top_live(
+        frees=args.frees,
+        exact_frees=args.exact_frees,
+        pid=args.pid,
+        workload=args.workload,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    ) as reader:
+        watcher = Watcher(
+            reader,
+            by=args.by,
+            filters=Filters.of(args.function, args.path, args.module),
+            subsystems=subsystems,
+            min_bytes=args.min_bytes,
+        )
+        return run_watch(args, watcher)
+    # the window ended on Ctrl-C or SIGTERM outside the refresh loop; the probe is detached
+    return 128 + interrupting_signal()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -312,6 +361,10 @@ def run(args: argparse.Namespace) -> int:
         raise AllocscopeError("--iterations needs --interval SECONDS")
     if args.interval is None and args.sort not in SORT_KEYS:
         raise AllocscopeError(f"-s {args.sort} needs --interval (a change needs two reads)")
+    if args.live == LIVE_WATCH and args.interval is None:
+        raise AllocscopeError(
+            "--live needs SECONDS (a window), or --interval SECONDS to watch until q or Ctrl-C"
+        )
     subsystems = load_subsystems(args.subsystems)
     if args.interval is not None:
         return _watch(args, subsystems)

@@ -84,7 +84,7 @@ def test_cli_plain_tables_and_json_lines(cli: Any, tmp_path: Path) -> None:
         (["--iterations", "2"], "--iterations needs --interval"),
         (["-s", "rate"], "needs --interval"),
         (["-i", "1", "--file", "-"], "stdin cannot be read twice"),
-        (["-i", "1", "--live", "1"], "cannot be --live"),
+        (["-i", "1", "--live"], "--live and --file are exclusive"),
         (["-i", "1", "--csv"], "not --csv"),
     ],
 )
