@@ -50,11 +50,13 @@ def test_two_same_host_writers_race(tmp_path: Path, fixtures_dir: Path) -> None:
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        # unbuffered: communicate() reads the raw pipe, so lines a buffered readline() had
+        # pulled in with the first would be lost from the count (seen once: 485 vs 486)
+        bufsize=0,
         env=ENV,
     )
     assert daemon.stdout is not None
-    first = daemon.stdout.readline()
+    first = daemon.stdout.readline().decode()
     assert first.startswith("stored "), first  # running, and its first snapshot is in
     outputs: list[str] = [first]
     crons = 0
@@ -73,7 +75,8 @@ def test_two_same_host_writers_race(tmp_path: Path, fixtures_dir: Path) -> None:
             crons += 1
     finally:
         daemon.terminate()
-        out, err = daemon.communicate(timeout=60)
+        out_b, err_b = daemon.communicate(timeout=60)
+    out, err = out_b.decode(), err_b.decode()
     assert daemon.returncode == 143, err  # stopped by SIGTERM (128 + 15)
     outputs.append(out)
     assert crons >= 2, "the race needs more than one start-up clean-up"
