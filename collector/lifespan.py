@@ -267,12 +267,17 @@ def _lifespan(
     wsum += sum(w) * (1 << probe_lifespan.LIFE_SHIFT) / 2  # truncation: half a unit each
     n_obj = lifespan_stats.n_eff(w, w2)
     n = n_obj
+    addr_calls = addr_calls_sq = None
     if clustered and r.clusters:
+        addr_calls = sum(c.calls for c in r.clusters.values())
+        addr_calls_sq = sum(c.calls * c.calls for c in r.clusters.values())
         n = min(n_obj, lifespan_stats.kish(c.calls for c in r.clusters.values()))
     deff = n_obj / n if n > 0 else 1.0
     cap = float(window_ns) if window_ns > 0 else None
     return LifespanStats(
         n_eff=n,
+        addr_calls=addr_calls,
+        addr_calls_sq=addr_calls_sq,
         mean_ns=_iv(lifespan_stats.mean(w, w2, wsum, confidence, design_effect=deff)),
         p50_ns=_iv(lifespan_stats.quantile(w, w2, 0.5, confidence, n, cap)),
         p90_ns=_iv(lifespan_stats.quantile(w, w2, 0.9, confidence, n, cap)),
