@@ -15,7 +15,8 @@ and ``lifespan`` datasets (collector/store_fleet.py).
   that stops growing once the workload's stacks have been seen; if it fills, the drops are
   counted (``hash_full``) and said in the payload's notes.
 * **lifespan is continuous too.** One probe (one address salt) attached for the agent's life,
-  compiled once (~2.6 s CPU; one compile per interval was 0.9% of a CPU at 5 minutes). Each
+  compiled once (~1.6 s CPU at start, then ~26.5 ms per interval: 0.009% of a CPU at 5
+  minutes, RSS 290 MB; docs/benchmarks.md 2026-12-07; one compile per interval was 0.9%). Each
   interval reads it while attached (:func:`diff_lifespan`): the freed objects' histograms
   are cumulative and diffed like context's; the per-address sums are emptied as read; the
   tracked objects are read as they are, so an object allocated intervals ago and still live

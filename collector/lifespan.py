@@ -267,16 +267,40 @@ def _lifespan(
     wsum += sum(w) * (1 << probe_lifespan.LIFE_SHIFT) / 2  # truncation: half a unit each
     n_obj = lifespan_stats.n_eff(w, w2)
     n = n_obj
+    addr_calls = addr_calls_sq = None
     if clustered and r.clusters:
+        addr_calls = sum(c.calls for c in r.clusters.values())
+        addr_calls_sq = sum(c.calls * c.calls for c in r.clusters.values())
         n = min(n_obj, lifespan_stats.kish(c.calls for c in r.clusters.values()))
     deff = n_obj / n if n > 0 else 1.0
     cap = float(window_ns) if window_ns > 0 else None
     return LifespanStats(
         n_eff=n,
+        addr_calls=addr_calls,
+        addr_calls_sq=addr_calls_sq,
         mean_ns=_iv(lifespan_stats.mean(w, w2, wsum, confidence, design_effect=deff)),
         p50_ns=_iv(lifespan_stats.quantile(w, w2, 0.5, confidence, n, cap)),
         p90_ns=_iv(lifespan_stats.quantile(w, w2, 0.9, confidence, n, cap)),
         p99_ns=_iv(lifespan_stats.quantile(w, w2, 0.99, confidence, n, cap)),
+    )
+
+
+def _untraced_leaks_note(rows: Sequence[LifespanRow], filtered: bool) -> str:
+    """What missed frees mean for the leaks view: an object freed through an untraced path
+    stays tracked (live, aging) until its address is allocated again, so it can show here."""
+    suspects = [r for r in rows if r.missed_frees and r.live_sampled]
+    named = ", ".join(f"{r.tag or r.site} <- {r.caller}" for r in suspects[:3])
+    more = f" and {len(suspects) - 3} more" if len(suspects) > 3 else ""
+    return (
+        "objects freed through an untraced path stay live here until their address is "
+        "allocated again"
+        + (" by the filtered task" if filtered else "")
+        + ": some outstanding objects may be freed already (false leaks); "
+        + (
+            f"rows whose objects were seen freed that way (missed frees): {named}{more}"
+            if suspects
+            else "no row shown here had a missed free"
+        )
     )
 
 
@@ -432,12 +456,20 @@ def build_payload(
             f"{c['track_full']} sampled objects not tracked: the tracking map was full "
             "(estimates are low; raise --addr-shift or --rate)"
         )
+    if c.get("lives_full"):
+        notes.append(
+            f"{c['lives_full']} freed (or missed-free) tracked objects not recorded: the "
+            "lifespans map was full (freed calls, lifespans and missed frees are low for "
+            "the keys that did not fit; fewer distinct stacks or --addr-shift up)"
+        )
     if c.get("missed_free"):
         notes.append(
             f"{c['missed_free']} tracked objects were allocated again while tracked: their "
             "free went through a path with no tracepoint (see untraced_frees); they count as "
             "allocated, not as live"
         )
+        if view == "leaks":
+            notes.append(_untraced_leaks_note(out, raw.settings.pid is not None))
     if c.get("addr_sums_full"):
         notes.append(
             f"{c['addr_sums_full']} tracked allocations not summed per address (map full): "

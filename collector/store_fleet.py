@@ -137,7 +137,9 @@ def lifespan_table(
     res: Result, path: str, *, taken_at: float | None = None, source: str = "ingest"
 ) -> pa.Table:
     """Rows of the ``lifespan`` dataset: one per (site/tag, caller), plus one per non-empty
-    log2 lifespan bucket of it (combined fleet histograms are sums over those)."""
+    log2 lifespan bucket of it (combined fleet histograms are sums over those), plus one
+    ``addr`` row when its lifespan intervals counted kept addresses (``hist_calls`` = sum of
+    the addresses' calls totals, ``hist_calls_var`` = sum of their squares)."""
     p = res.typed(LifespanPayload, path)
     base = _common(res, taken_at, source)
     base.update(
@@ -173,6 +175,17 @@ def lifespan_table(
             row["lifespan_mean_ns"] = r.lifespan.mean_ns.value
             row["lifespan_calls"] = sum(s.calls for s in r.lifespan_hist)
         rows.append(row)
+        life = r.lifespan
+        if life is not None and life.addr_calls is not None and life.addr_calls_sq is not None:
+            # the kept addresses' Kish sums behind the percentile intervals (fleet report)
+            rows.append(
+                {
+                    **key,
+                    "row_kind": "addr",
+                    "hist_calls": life.addr_calls,
+                    "hist_calls_var": life.addr_calls_sq,
+                }
+            )
         for s in r.lifespan_hist:
             rows.append(
                 {

@@ -93,7 +93,10 @@ LIFESPAN_SCHEMA = pa.schema(
         ("addr_shift", pa.int32()),
         ("older_than_ns", pa.int64()),
         ("window_ns", pa.int64()),
-        ("row_kind", pa.string()),  # row | hist (one freed-lifespan log2 bucket of the row)
+        # row | hist (one freed-lifespan log2 bucket of the row) | addr (the row's kept
+        # addresses' calls sums in hist_calls, their squares in hist_calls_var; added
+        # 2026-12-07, absent when its intervals count objects)
+        ("row_kind", pa.string()),
         ("site", pa.string()),
         ("tag", pa.string()),
         ("alloc_source", pa.string()),  # kmalloc | kmem_cache_alloc | mm_page_alloc

@@ -25,8 +25,9 @@
  *   mm_page_free(page, order), mm_page_free_batched(page)          -> on_page_free(_batched)
  * Frees with no tracepoint (kmem_cache_free_bulk/kfree_bulk, slab frees through RCU sheaves
  * or the kvfree_rcu batch when they bypass kfree's tracepoint) leave the object tracked: when
- * its address is allocated again it is counted as a MISSED FREE (CNT_MISSED_FREE, and per
- * key) and dropped, never reported as outstanding.
+ * its address is allocated again (by a task the filter keeps) it is counted as a MISSED FREE
+ * (CNT_MISSED_FREE, and per key) and dropped. Until that reuse it is still tracked: read as
+ * live (and aging) at the end of the window, so it can show as a false leak.
  *
  * Pages are sampled by bytes too, but with their own mean gap PAGE_SAMPLE_RATE (4x the slab
  * gap by default) on their own sampler stream: at R = 4096 a 4 KiB page holds a point 63% of

@@ -52,7 +52,8 @@ STACK_DEPTH = 32
 
 # Free paths of Linux 6.x that release slab objects or pages without the kmem free
 # tracepoints (mm/slub.c, mm/page_alloc.c, mm/slab_common.c as of 6.18). Objects freed there
-# stay tracked until their address is allocated again (counted as missed frees).
+# stay tracked (outstanding, aging) until their address is allocated again, then are counted
+# as missed frees (docs/design/lifespan.md).
 UNTRACED_FREES: tuple[str, ...] = (
     "kmem_cache_free_bulk / kfree_bulk (slab bulk frees: no per-object kfree/kmem_cache_free)",
     "kvfree_rcu / kfree_rcu batches freed through kmem_cache_free_bulk",

@@ -268,8 +268,14 @@ def fleet_context_section(fc: FleetContext) -> str:
 def fleet_lifespan_section(fl: FleetLifespan) -> str:
     parts = [
         f"<p>lifespan rows of {fl.hosts} host(s), {fl.intervals} committed interval(s): "
-        "histograms summed over hosts and intervals; percentile intervals are order "
-        "statistics on the summed histogram (lifespan-by-tag, leaks-fleet).</p>"
+        "histograms summed over hosts and intervals (lifespan-by-tag, leaks-fleet). "
+        "Percentile intervals are order statistics on n_draws, the smaller of the objects' "
+        "and the kept addresses' effective numbers, as for one capture; the addresses' is "
+        "taken conservatively (a host's intervals count as if they kept the same "
+        "addresses), so these intervals are wide rather than narrow. The mean's interval "
+        "is normal, its variance scaled by the same design effect. rows_by_objects: "
+        "sampled rows stored without address sums (before 2026-12-07, or a full "
+        "addr_sums map), counted by objects.</p>"
     ]
     fmts = {"freed_calls": count_short, "mean_ns": ns, "p50_ns": ns, "p90_ns": ns, "p99_ns": ns}
     shown = [_row_cells({k: v for k, v in t.items() if k != "hist"}, fmts) for t in fl.tags]

@@ -40,6 +40,16 @@ class LifespanStats(Contract):
         "sampled objects, or over the kept addresses when that is smaller",
         nonneg=True,
     )
+    addr_calls: float | None = opt(
+        "sum over the row's kept addresses of their allocated calls totals (Kish's size over "
+        "addresses is addr_calls^2 / addr_calls_sq; the fleet report combines these); null "
+        "when the intervals count objects (no address stage, or addr_sums was full)",
+        nullable=True,
+        nonneg=True,
+    )
+    addr_calls_sq: float | None = opt(
+        "sum of the squares of those per-address totals", nullable=True, nonneg=True
+    )
     mean_ns: Estimate = req("mean lifespan")
     p50_ns: Estimate = req("median lifespan")
     p90_ns: Estimate = req("90th percentile")

@@ -6,8 +6,10 @@
 -- param: label str '' only hosts with this label (KEY=VALUE)
 -- param: limit int 20 how many tags (most freed calls first)
 --
--- Quantile intervals (order statistics over the buckets) are computed from the same sums by
--- the report (collector/fleet_lifespan.py); SQL gives the point values.
+-- The mean's and the quantiles' intervals (order statistics over the buckets on the objects'
+-- or, conservatively, the kept addresses' effective number, from the addr rows) are
+-- computed from the same sums by the report (collector/report_fleet.py); SQL gives the
+-- point values.
 WITH committed AS (
     SELECT DISTINCT hostname, taken_at FROM {hosts}
 ),

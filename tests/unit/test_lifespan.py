@@ -295,6 +295,34 @@ def test_leaks_view_orders_by_old_bytes_and_keeps_only_live_rows() -> None:
     assert held.age_hist and all(s.low_ns <= 3_000_000_000 < s.high_ns for s in held.age_hist)
 
 
+def test_leaks_view_says_missed_frees_can_be_false_leaks_and_names_their_rows() -> None:
+    p = build_payload(census_raw(), KS, view="leaks", older_ns=2_500_000_000)
+    note = next(n for n in p.notes if "false leaks" in n)
+    # path_openat's key had a missed free and has a live object: the one suspect row
+    assert "alloc_empty_file <- path_openat" in note and "alloc_file_pseudo" not in note
+    assert "filtered task" not in note
+    raw = census_raw()
+    raw.settings = dataclasses.replace(raw.settings, pid=42)
+    assert any("by the filtered task" in n for n in build_payload(raw, KS, view="leaks").notes)
+    assert not any("false leaks" in n for n in build_payload(census_raw(), KS).notes)
+    raw = census_raw()
+    raw.counters = {**raw.counters, "missed_free": 0}
+    assert not any("false leaks" in n for n in build_payload(raw, KS, view="leaks").notes)
+
+
+def test_a_full_lifespans_map_is_said_in_notes_and_counters() -> None:
+    raw = census_raw()
+    raw.counters = {**raw.counters, "lives_full": 7}
+    p = build_payload(raw, KS, view="lifespan")
+    assert p.counters["lives_full"] == 7
+    assert p.to_dict()["counters"]["lives_full"] == 7
+    assert any(n.startswith("7 freed (or missed-free) tracked objects") for n in p.notes)
+    from allocscope.reports import lifespan as report
+
+    assert "lifespans map was full" in report.text(p, 5)
+    assert not any("lifespans map" in n for n in build_payload(census_raw(), KS).notes)
+
+
 def test_default_older_is_one_second_or_half_a_short_window() -> None:
     assert lifespan.default_older_ns(60_000_000_000) == 1_000_000_000
     assert lifespan.default_older_ns(1_000_000_000) == 500_000_000
