@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.atomic import write_atomic
+from allocscope.collector.containers import slab_objects_bytes
 from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.snapshot import snapshot_table
 from allocscope.collector.snapshot_check import read_snapshot_file
@@ -190,6 +191,7 @@ class Spool:
                 allocinfo_version=snap.version,
                 source=snap.source,
                 extra=extra,
+                slab_objects=snap.slab_objects,
             )
             _unlink_spooled(path)
             done += 1
@@ -254,7 +256,11 @@ class Agent:
                 )
                 self._said_no_allocinfo = True
             return AllocinfoSnapshot(None, [], "none", taken_at=time.time())
-        return read_allocinfo(self.cfg.file, lenient=self.cfg.lenient)
+        snap = read_allocinfo(self.cfg.file, lenient=self.cfg.lenient)
+        if self.cfg.file is None:
+            # this host, now: /proc/slabinfo's objects make the counted-once total exact
+            snap.slab_objects_bytes = slab_objects_bytes()
+        return snap
 
     def take(self) -> None:
         """One snapshot: read, build rows, flush the spool if any, store (or spool) it."""
@@ -291,6 +297,7 @@ class Agent:
                 source=snap.source,
                 agent=stats,
                 extra=extra,
+                slab_objects=snap.slab_objects_bytes,
             )
             stored = True
         except StoreUnavailable as e:
