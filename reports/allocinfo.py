@@ -320,7 +320,15 @@ def diff_counted_once_line(d: Diff, human: bool = True) -> str:
         parts.append(part)
     bound = ""
     if not (ca.exact and cb.exact):
-        bound = " (at least: free slab space unknown for a saved file)"
+        slab_unknown = any(
+            c.container_bytes("slab") and c.overhead_bytes("slab") is None for c in (ca, cb)
+        )
+        why = (
+            "free slab space unknown for a saved file"
+            if slab_unknown
+            else "free space in per-CPU chunks unknown"
+        )
+        bound = f" (at least: {why})"
     change = signed(size, cb.memory_bytes - ca.memory_bytes)
     return (
         f"memory counted once: A {size(ca.memory_bytes)}, B {size(cb.memory_bytes)}, "

@@ -132,8 +132,10 @@ def _counted_note(hosts: list[HostRow]) -> str:
         if free and all(x is not None for x in free):
             overhead = sum(x or 0 for x in free)
             part += f", of which free or fragmented (container overhead) {bytes_compact(overhead)}"
-        else:
+        elif kind == "slab":
             part += ", container overhead unknown (no /proc/slabinfo figure recorded)"
+        else:
+            part += ", container overhead unknown (no kernel counter splits it)"
         parts.append(part)
     bound = "" if exact else " at least"
     return (

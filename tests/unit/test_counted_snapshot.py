@@ -116,3 +116,16 @@ def test_top_of_a_live_snapshot_uses_its_slabinfo_figure(cli: Any, tmp_path: Pat
     totals = json.loads(out)["totals"]
     assert totals["bytes"] == B_PLAIN and totals["memory_bytes"] == B_OBJECTS + 8248
     assert totals["containers"]["slab"]["overhead_bytes"] == 8248
+
+
+def test_diff_bound_names_what_is_unknown(tmp_path: Path) -> None:
+    from allocscope.reports.allocinfo import diff_counted_once_line
+
+    pa_ = _snapshot(tmp_path, "a", A_TEXT, SLAB_OBJECTS_A, 1_700_000_000.0)
+    pb = _snapshot(tmp_path, "b", B_TEXT, SLAB_OBJECTS_B, 1_700_000_060.0)
+    live = diff_snapshots(read_snapshot(str(pa_)), read_snapshot(str(pb)))
+    line = diff_counted_once_line(live, human=False)
+    assert "(at least: free space in per-CPU chunks unknown)" in line
+    assert "of which free or fragmented 6864 -> 8248" in line
+    saved = diff_snapshots(parse_allocinfo_text(A_TEXT, "a"), read_snapshot(str(pb)))
+    assert "free slab space unknown" in diff_counted_once_line(saved, human=False)
