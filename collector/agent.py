@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from allocscope.collector.allocinfo import PROC_ALLOCINFO, AllocinfoSnapshot, read_allocinfo
 from allocscope.collector.allocinfo_live import read_live
 from allocscope.collector.atomic import write_atomic
+from allocscope.collector.containers import slab_objects_bytes
 from allocscope.collector.host import HostMetadata, collect_host_metadata
 from allocscope.collector.snapshot import snapshot_table
 from allocscope.collector.snapshot_check import read_snapshot_file
@@ -191,6 +192,7 @@ class Spool:
                 allocinfo_version=snap.version,
                 source=snap.source,
                 extra=extra,
+                slab_objects=snap.slab_objects,
             )
             _unlink_spooled(path)
             done += 1
@@ -259,10 +261,12 @@ class Agent:
         if self.cfg.file is None:
             # this host's allocinfo: bracketed by the 7.3+ CONTENT_ID and read again when a
             # module load changed the tag set meanwhile (a read that never settles is kept,
-            # marked); the plain text on older kernels (collector/allocinfo_live.py)
+            # marked); the plain text on older kernels (collector/allocinfo_live.py).
+            # /proc/slabinfo's objects make the counted-once total exact.
             snap = read_live(None, lenient=self.cfg.lenient)
             if snap.consistent is False:
                 self.log(f"warning: {snap.warnings[-1]}")
+            snap.slab_objects_bytes = slab_objects_bytes()
             return snap
         return read_allocinfo(self.cfg.file, lenient=self.cfg.lenient)
 
@@ -301,6 +305,7 @@ class Agent:
                 source=snap.source,
                 agent=stats,
                 extra=extra,
+                slab_objects=snap.slab_objects_bytes,
             )
             stored = True
         except StoreUnavailable as e:

@@ -256,6 +256,9 @@ class AllocinfoSnapshot:
     consistent: bool | None = None
     read_attempts: int = 1
     via: str = "text"  # or "ioctl" (collector/allocinfo_live.py)
+    # /proc/slabinfo's bytes of objects in use when this read was this host's, now (or what a
+    # snapshot file recorded): makes the counted-once total exact (collector/containers.py)
+    slab_objects_bytes: int | None = None
 
     @property
     def columns(self) -> AllocColumns | None:

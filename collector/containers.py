@@ -52,6 +52,8 @@ CONTAINERS: dict[str, tuple[str, str]] = {
     "percpu": ("mm/percpu-vm.c", "pcpu_alloc_pages"),
 }
 LABELS = {"slab": "slab pages", "percpu": "per-CPU chunk pages"}
+# the container functions, for a cheap first look at many rows (:func:`may_be_container`)
+CONTAINER_FUNCTIONS = tuple(function for _, function in CONTAINERS.values())
 
 
 def container_kind(site: Site) -> str | None:
@@ -61,6 +63,12 @@ def container_kind(site: Site) -> str | None:
         if fn == function and (site.file == path or site.file.endswith("/" + path)):
             return kind
     return None
+
+
+def may_be_container(function: str) -> bool:
+    """False for a function that cannot be a container tag's: lets a table of many rows
+    (a store part) send only its few candidates to :func:`container_kind`, which decides."""
+    return any(fn in function for fn in CONTAINER_FUNCTIONS)
 
 
 @dataclass(slots=True)
@@ -114,13 +122,49 @@ class CountedTotals:
     def to_dict(self) -> dict[str, Any]:
         return {kind: c.to_dict() for kind, c in self.containers.items()}
 
+    def totals_dict(self) -> dict[str, Any]:
+        """The plain sums, memory counted once and the containers, as top's JSON ``totals``
+        has them (diff, snapshot metadata and the report use the same keys)."""
+        return {
+            "bytes": self.bytes,
+            "calls": self.calls,
+            "memory_bytes": self.memory_bytes,
+            "memory_exact": self.exact,
+            "containers": self.to_dict(),
+        }
+
+    def container_bytes(self, kind: str) -> int:
+        c = self.containers.get(kind)
+        return c.bytes if c is not None else 0
+
+    def overhead_bytes(self, kind: str) -> int | None:
+        c = self.containers.get(kind)
+        return c.overhead_bytes if c is not None else None
+
+
+def recorded_slab_objects(totals: Any) -> int | None:
+    """The slab object figure a :meth:`CountedTotals.totals_dict` recorded (a snapshot's
+    metadata), or None when it had none or the document is not one."""
+    try:
+        got = totals["containers"]["slab"]["objects_bytes"]
+    except (KeyError, TypeError):
+        return None
+    return got if isinstance(got, int) and not isinstance(got, bool) and got >= 0 else None
+
 
 def counted_once(
-    records: Iterable[AllocRecord], *, slab_objects_bytes: int | None = None
+    records: Iterable[AllocRecord],
+    *,
+    slab_objects_bytes: int | None = None,
+    others: tuple[int, int] = (0, 0),
 ) -> CountedTotals:
     """Split ``records`` into containers and objects; ``slab_objects_bytes`` is the kernel's
-    own object figure (:func:`slab_objects_bytes`) when the records are this host's, now."""
+    own object figure (:func:`slab_objects_bytes`) when the records are this host's, now.
+    ``others`` is (bytes, calls) of tags left out of ``records`` because they are known
+    not to be containers (:func:`may_be_container` said so)."""
     t = CountedTotals(containers={k: Container(k) for k in CONTAINERS})
+    t.bytes, t.calls = others
+    t.object_bytes = others[0]
     for rec in records:
         t.bytes += rec.bytes
         t.calls += rec.calls

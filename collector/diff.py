@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord
-from allocscope.collector.containers import container_kind
+from allocscope.collector.containers import CountedTotals, container_kind, counted_once
 from allocscope.collector.rollup import classify, container_group
 from allocscope.collector.showmem import ROUNDING_KEY
 from allocscope.collector.showmem import VERSION as SHOW_MEM
@@ -93,6 +93,9 @@ class SnapshotInfo:
     tags: int
     bytes: int
     calls: int
+    # the side's tags split into containers and objects (collector/containers.py): memory
+    # counted once, exact when the read recorded /proc/slabinfo's object figure
+    counted: CountedTotals = field(default_factory=CountedTotals)
 
     @classmethod
     def of(cls, snap: AllocinfoSnapshot) -> SnapshotInfo:
@@ -106,6 +109,7 @@ class SnapshotInfo:
             len(snap.records),
             snap.total_bytes,
             snap.total_calls,
+            counted_once(snap.records, slab_objects_bytes=snap.slab_objects_bytes),
         )
 
 
@@ -235,6 +239,9 @@ def _restrict_to_listed(
         base.tags = len(kept)
         base.bytes = sum(getattr(c, bytes_of) for c in kept)
         base.calls = sum(getattr(c, calls_of) for c in kept)
+        # over the tags kept, as the plain sums; a listed slab tag's objects are unknown
+        listed = [AllocRecord(c.site, getattr(c, bytes_of), getattr(c, calls_of)) for c in kept]
+        base.counted = counted_once(listed)
         return base
 
     return Diff(info(a, "bytes_a", "calls_a"), info(b, "bytes_b", "calls_b"), kept, notes)

@@ -277,6 +277,7 @@ def _pieces(accepted: list[Checked]) -> list[tuple[str, pa.Table | None, pa.Tabl
                 )
                 for g in snaps
             ],
+            slab_objects=[g.snap.slab_objects for g in snaps],
         )
         rows = None
         if rows_l:

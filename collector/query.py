@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from allocscope.collector.store import Store
 from allocscope.collector.store_read import damaged_part, empty_file, relation_sql
-from allocscope.collector.store_schemas import DATASETS
+from allocscope.collector.store_schemas import ADDED_COLUMNS, DATASETS
 from allocscope.collector.units import parse_size
 from allocscope.errors import AllocscopeError, CapabilityError
 
@@ -368,7 +368,10 @@ class SparkEngine:
             view = f"allocscope_{dataset}"
             if files:
                 base = self.store.dataset_dir(dataset)
-                df = self.spark.read.option("basePath", base).parquet(base)
+                reader = self.spark.read.option("basePath", base)
+                if dataset in ADDED_COLUMNS:  # older parts lack columns added since
+                    reader = reader.option("mergeSchema", "true")
+                df = reader.parquet(base)
             else:
                 df = self.spark.read.parquet(empty_file(dataset))
             df.createOrReplaceTempView(view)

@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from allocscope.collector.allocinfo import AllocRecord
+from allocscope.collector.containers import CONTAINER_FUNCTIONS, counted_once
 from allocscope.collector.flame_diff import compare_results
 from allocscope.collector.report_inputs import COLUMNS, load_files
 from allocscope.collector.report_model import (
@@ -39,6 +41,7 @@ from allocscope.collector.report_model import (
 )
 from allocscope.collector.report_store import store_labels, store_results
 from allocscope.collector.result import read_result
+from allocscope.collector.site import Site
 from allocscope.collector.store_read import (
     NO_SNAPSHOTS,
     damaged_part,
@@ -115,6 +118,7 @@ def gather(
     parts: list[str] = []
     labels: dict[str, dict[str, str]] = {}
     names: dict[tuple[str, int], str] = {}
+    slab_objects: dict[tuple[str, int], int] = {}  # (host, snapshot ms) -> slabinfo objects
     cols = ", ".join(COLUMNS)
     st = open_store(store) if store else None
     store_rows = False
@@ -141,6 +145,7 @@ def gather(
             con.execute(
                 "CREATE TEMP TABLE committed AS SELECT DISTINCT hostname, taken_at FROM hosts_t"
             )
+            slab_objects.update(_recorded_slab_objects(con))
             parts.append(
                 f"SELECT {', '.join('s.' + c for c in COLUMNS)} FROM {src} s "
                 "SEMI JOIN committed h ON s.hostname = h.hostname AND s.taken_at = h.taken_at"
@@ -153,7 +158,7 @@ def gather(
     if not parts and not files:
         return data
     if files:
-        table, file_labels, names = load_files(files, subsystems or default_map())
+        table, file_labels, names = load_files(files, subsystems or default_map(), slab_objects)
         con.register("file_rows", table)
         parts.append(f"SELECT {cols} FROM file_rows")
         labels.update(file_labels)
@@ -163,6 +168,7 @@ def gather(
         con.execute("CREATE TEMP MACRO snap_ms(ts) AS epoch_us(ts) // 1000")
         con.execute("CREATE TEMP VIEW a AS " + " UNION ALL ".join(parts))
         _compute(con, data, labels, names, top_n, max_bars, max_subsystems)
+        _counted(con, data, slab_objects)
     except duckdb.Error as e:
         hit = damaged_part(st, e) if st is not None else None
         if hit is not None:
@@ -171,6 +177,44 @@ def gather(
             f"reading the allocinfo data failed: {str(e).splitlines()[0]}"
         ) from None
     return data
+
+
+def _recorded_slab_objects(con: Any) -> dict[tuple[str, int], int]:
+    """(host, snapshot ms) -> slab object bytes from the hosts rows that know them (store
+    schema 2: pages minus overhead; an overhead of 0 may be clamped, and gives 0 again)."""
+    have = {r[0] for r in fetch(con, "SELECT column_name FROM (DESCRIBE hosts_t)")}
+    if not {"slab_page_bytes", "slab_overhead_bytes"} <= have:
+        return {}  # every part predates the columns
+    return {
+        (h, int(ms)): int(objects)
+        for h, ms, objects in fetch(
+            con,
+            """
+        SELECT hostname, epoch_us(taken_at) // 1000, slab_page_bytes - slab_overhead_bytes
+        FROM hosts_t WHERE slab_overhead_bytes IS NOT NULL AND slab_page_bytes IS NOT NULL""",
+        )
+    }
+
+
+def _counted(con: Any, data: ReportData, slab_objects: dict[tuple[str, int], int]) -> None:
+    """Each host's latest snapshot counted once (collector/containers.py decides which tags
+    are containers; SQL only picks the few rows whose function may be one)."""
+    if not data.hosts:
+        return
+    like = " OR ".join("function LIKE ?" for _ in CONTAINER_FUNCTIONS)
+    found: dict[str, list[AllocRecord]] = {}
+    for h, file, line, function, nbytes, calls in fetch(
+        con,
+        f"SELECT hostname, file, line, function, bytes, calls FROM latest WHERE {like}",
+        [f"%{fn}%" for fn in CONTAINER_FUNCTIONS],
+    ):
+        site = Site(file or "", int(line or 0), function or "")
+        found.setdefault(h, []).append(AllocRecord(site, int(nbytes or 0), int(calls or 0)))
+    for host in data.hosts:
+        recs = found.get(host.hostname, [])
+        rest = (host.bytes - sum(r.bytes for r in recs), host.calls - sum(r.calls for r in recs))
+        slab = slab_objects.get((host.hostname, round(host.last_t * 1000)))
+        host.counted = counted_once(recs, slab_objects_bytes=slab, others=rest)
 
 
 def _compute(

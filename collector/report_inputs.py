@@ -52,14 +52,17 @@ def _file_host(path: str) -> HostMetadata:
 
 
 def load_files(
-    paths: list[str], subsystems: SubsystemMap
+    paths: list[str],
+    subsystems: SubsystemMap,
+    slab_objects: dict[tuple[str, int], int] | None = None,
 ) -> tuple[Any, dict[str, dict[str, str]], dict[tuple[str, int], str]]:
     """Saved allocinfo (text, .gz, or snapshot Parquet) -> one Arrow table + host labels.
 
     Several text files are read as successive snapshots of one host, in the order given
     (their modification times become the snapshot times), so ``--file before --file after``
     shows the change. Snapshot Parquet files carry their own host and time. Also returns
-    (host, snapshot ms) -> file name, to label each snapshot's bar with its file.
+    (host, snapshot ms) -> file name, to label each snapshot's bar with its file, and fills
+    ``slab_objects`` with (host, snapshot ms) -> the slab object bytes a live snapshot recorded.
     """
     import pyarrow as pa
 
@@ -94,7 +97,10 @@ def load_files(
         if not snap.records:
             raise InputError(path, None, "no allocinfo lines in this file")
         tables.append(snapshot_table(snap, host, subsystems).select(list(COLUMNS)))
-        names[(host.hostname, int(snap.taken_at * 1_000_000) // 1000)] = os.path.basename(path)
+        key = (host.hostname, int(snap.taken_at * 1_000_000) // 1000)
+        names[key] = os.path.basename(path)
+        if slab_objects is not None and snap.slab_objects_bytes is not None:
+            slab_objects[key] = snap.slab_objects_bytes
     table = pa.concat_tables(tables) if tables else None
     return table, labels, names
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from allocscope.collector.containers import CountedTotals
 from allocscope.collector.flame_diff import StackDiff
 from allocscope.collector.report_fleet import FleetContext, FleetLifespan
 from allocscope.collector.result import Result
@@ -30,9 +31,11 @@ class HostRow:
     snapshots: int
     first_t: float
     last_t: float
-    bytes: int
+    bytes: int  # the plain sum of the latest snapshot's tags
     calls: int
     sites: int
+    # the latest snapshot split into containers and objects (collector/containers.py)
+    counted: CountedTotals | None = None
 
 
 @dataclass(slots=True)

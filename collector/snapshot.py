@@ -9,10 +9,13 @@ key-value metadata under ``allocscope.*``.
 
 from __future__ import annotations
 
+# pyright: reportAttributeAccessIssue=false
+# (pyarrow.compute makes its functions at import time and ships no stubs)
 import json
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from allocscope.collector.allocinfo import (
@@ -22,7 +25,16 @@ from allocscope.collector.allocinfo import (
     extras_items,
 )
 from allocscope.collector.atomic import write_atomic
+from allocscope.collector.containers import (
+    CONTAINER_FUNCTIONS,
+    CountedTotals,
+    container_kind,
+    counted_once,
+    may_be_container,
+    recorded_slab_objects,
+)
 from allocscope.collector.host import HostMetadata
+from allocscope.collector.rollup import container_group
 from allocscope.collector.site import Site, exact_key, line_free_key
 from allocscope.collector.subsystem import SubsystemMap, default_map
 from allocscope.errors import InputError
@@ -98,6 +110,45 @@ def _site_columns(snap: AllocinfoSnapshot) -> dict[str, Any]:
     }
 
 
+def counted_of_table(table: pa.Table, slab_objects_bytes: int | None = None) -> CountedTotals:
+    """Memory counted once over a table of allocinfo rows (snapshot or store schema): only
+    the rows whose function may be a container's become records; the rule is
+    collector/containers.py's."""
+    if not table.num_rows:
+        return counted_once([], slab_objects_bytes=slab_objects_bytes)
+    # a vectorized first look (every container's function contains one of these names)
+    mask = None
+    for name in CONTAINER_FUNCTIONS:
+        hit = pc.fill_null(pc.match_substring(table["function"], name), False)
+        mask = hit if mask is None else pc.or_(mask, hit)
+    cand = table.select(["file", "line", "function", "bytes", "calls"]).filter(mask).to_pydict()
+    records = [
+        AllocRecord(Site(file or "", line or 0, function or ""), nbytes or 0, calls or 0)
+        for file, line, function, nbytes, calls in zip(
+            cand["file"], cand["line"], cand["function"], cand["bytes"], cand["calls"], strict=True
+        )
+    ]
+    total_bytes = int(pc.sum(table["bytes"]).as_py() or 0)
+    total_calls = int(pc.sum(table["calls"]).as_py() or 0)
+    rest = (
+        total_bytes - sum(r.bytes for r in records),
+        total_calls - sum(r.calls for r in records),
+    )
+    return counted_once(records, slab_objects_bytes=slab_objects_bytes, others=rest)
+
+
+def subsystem_column(files: list[str], functions: list[str], sub: SubsystemMap) -> list[str]:
+    """Each row's subsystem as top and diff roll up: a container tag (slab or per-CPU chunk
+    pages) is its own group, never ``mm`` (it holds every subsystem's objects)."""
+    out = list(map(sub.classify, files, functions))
+    for i, fn in enumerate(functions):
+        if fn and may_be_container(fn):
+            kind = container_kind(Site(files[i] or "", 0, fn))
+            if kind is not None:
+                out[i] = container_group(kind)
+    return out
+
+
 def snapshot_table(
     snap: AllocinfoSnapshot, host: HostMetadata, subsystems: SubsystemMap | None = None
 ) -> pa.Table:
@@ -118,7 +169,7 @@ def snapshot_table(
         **rows,
         "site_key": list(map(exact_key, files, lines, modules)),
         "loose_key": list(map(line_free_key, files, functions, modules)),
-        "subsystem": list(map(sub.classify, files, functions)),
+        "subsystem": subsystem_column(files, functions, sub),
     }
     table = pa.table(cols, schema=SNAPSHOT_SCHEMA)
     meta = {
@@ -129,6 +180,11 @@ def snapshot_table(
         b"allocscope.source": snap.source.encode(),
         b"allocscope.taken_at": repr(snap.taken_at).encode(),
         b"allocscope.truncated": b"1" if snap.truncated else b"0",
+        # not checked (a file, a kernel before 7.3) / one consistent set / never settled
+        b"allocscope.consistent": {None: b"", True: b"1", False: b"0"}[snap.consistent],
+        b"allocscope.counted": json.dumps(
+            counted_of_table(table, snap.slab_objects_bytes).totals_dict(), sort_keys=True
+        ).encode(),
     }
     return table.replace_schema_metadata(meta)
 
@@ -183,4 +239,24 @@ def read_snapshot(path: str) -> AllocinfoSnapshot:
         taken_at=checked.taken_at,
         host=host,
         truncated=meta.get(b"allocscope.truncated") == b"1",
+        consistent={b"1": True, b"0": False}.get(meta.get(b"allocscope.consistent", b"")),
+        slab_objects_bytes=recorded_counted_slab_objects(meta),
     )
+
+
+def recorded_counted(meta: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """The ``allocscope.counted`` metadata (memory counted once) of a snapshot, or None for
+    a file written before it was recorded (or a damaged value)."""
+    raw = meta.get(b"allocscope.counted")
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def recorded_counted_slab_objects(meta: dict[bytes, bytes]) -> int | None:
+    """/proc/slabinfo's object bytes a live snapshot recorded (None for a saved file's)."""
+    return recorded_slab_objects(recorded_counted(meta))

@@ -31,7 +31,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from allocscope.collector.host import HostMetadata
-from allocscope.collector.snapshot import SNAPSHOT_SCHEMA, SNAPSHOT_SCHEMA_VERSION
+from allocscope.collector.snapshot import (
+    SNAPSHOT_SCHEMA,
+    SNAPSHOT_SCHEMA_VERSION,
+    recorded_counted_slab_objects,
+)
 from allocscope.collector.store_read import connect
 from allocscope.collector.store_rows import to_us
 from allocscope.errors import InputError
@@ -59,13 +63,14 @@ class SnapshotFile:
     version: str | None
     source: str
     table: pa.Table
+    slab_objects: int | None = None  # /proc/slabinfo's object bytes a live read recorded
 
 
 def read_snapshot_file(path: str, *, keep_order: bool = False) -> SnapshotFile:
     """Read and fully validate one snapshot Parquet file (collector/snapshot.py schema).
 
     Rows come in site_key order (the store's), or in the file's with ``keep_order``."""
-    host, taken_at, ver, src, _n, _exact = read_header(path)
+    (host, taken_at, ver, src, _n, _exact), slab = _read_header(path)
     try:
         table = pq.ParquetFile(path).read(use_threads=False)
     except (OSError, pa.ArrowException) as e:
@@ -80,12 +85,20 @@ def read_snapshot_file(path: str, *, keep_order: bool = False) -> SnapshotFile:
     except (pa.ArrowException, ValueError) as e:
         raise InputError(path, None, f"columns have the wrong types: {e}") from None
     rows = _check_rows(path, host, taken_at, table, sort=not keep_order)
-    return SnapshotFile(path, host, taken_at, ver, src, rows)
+    return SnapshotFile(path, host, taken_at, ver, src, rows, slab)
 
 
-def read_header(path: str) -> tuple[HostMetadata, float, str | None, str, int, bool]:
+_HeaderFields = tuple[HostMetadata, float, str | None, str, int, bool]
+
+
+def read_header(path: str) -> _HeaderFields:
     """Validate a snapshot file's footer only: (host, taken_at, version, source, rows, exact)
     where ``exact`` says its columns already have the snapshot schema's types."""
+    return _read_header(path)[0]
+
+
+def _read_header(path: str) -> tuple[_HeaderFields, int | None]:
+    """:func:`read_header`, and the slab object bytes the snapshot recorded (or None)."""
     try:
         pf = pq.ParquetFile(path)
     except FileNotFoundError:
@@ -116,7 +129,8 @@ def read_header(path: str) -> tuple[HostMetadata, float, str | None, str, int, b
     )
     src = meta.get(b"allocscope.source", b"").decode(errors="replace")
     ver = meta.get(b"allocscope.allocinfo_version", b"").decode(errors="replace") or None
-    return host, taken_at, ver, src, pf.metadata.num_rows, exact
+    slab = recorded_counted_slab_objects(meta)
+    return (host, taken_at, ver, src, pf.metadata.num_rows, exact), slab
 
 
 def _check_rows(
@@ -157,10 +171,12 @@ class Header:
     source: str
     rows: int
     exact: bool  # columns already have the snapshot schema's types: eligible for bulk decoding
+    slab_objects: int | None = None  # recorded /proc/slabinfo object bytes (live reads)
 
 
 def header(path: str) -> Header:
-    return Header(path, *read_header(path))
+    fields, slab = _read_header(path)
+    return Header(path, *fields, slab_objects=slab)
 
 
 @dataclass(slots=True)
@@ -219,10 +235,14 @@ def read_chunk(con: Any, heads: list[Header]) -> list[Checked | InputError]:
             stamp = found if found is not None else to_us(h.taken_at)
             if j in unsorted:  # the store keeps rows in site order
                 rows = rows.take(pc.sort_indices(rows["site_key"]))
-                snap = SnapshotFile(h.path, h.host, h.taken_at, h.version, h.source, rows)
+                snap = SnapshotFile(
+                    h.path, h.host, h.taken_at, h.version, h.source, rows, h.slab_objects
+                )
                 out[i] = Checked(snap, stamp)
             else:
-                snap = SnapshotFile(h.path, h.host, h.taken_at, h.version, h.source, rows)
+                snap = SnapshotFile(
+                    h.path, h.host, h.taken_at, h.version, h.source, rows, h.slab_objects
+                )
                 out[i] = Checked(snap, stamp, table, starts[j])
     for i, h in enumerate(heads):
         if out[i] is None:

@@ -191,11 +191,14 @@ class Store:
         source: str = "",
         agent: AgentStats | Callable[[], AgentStats] | None = None,
         extra: Iterable[tuple[str, pa.Table]] = (),
+        slab_objects: int | None = None,
     ) -> tuple[str, str]:
         """Store one snapshot: allocinfo rows first, then the interval's ``extra`` parts
         (``context``/``lifespan`` rows of the agent), then its ``hosts`` row (the commit).
 
-        ``agent`` may be a callable so the agent's own cost includes the allocinfo write.
+        ``agent`` may be a callable so the agent's own cost includes the allocinfo write;
+        ``slab_objects`` is /proc/slabinfo's object bytes of a live read (the hosts row's
+        counted-once total is then exact).
         """
         ts_ns = int(round(taken_at * 1e9))
         day = dt_of(taken_at)
@@ -220,7 +223,10 @@ class Store:
                 )
             if callable(agent):
                 agent = agent()
-            hrow = hosts_rows([(host, taken_at, allocinfo_version, source, rows, agent)])
+            hrow = hosts_rows(
+                [(host, taken_at, allocinfo_version, source, rows, agent)],
+                slab_objects=[slab_objects],
+            )
             h = self.write_part("hosts", hrow, self.part_path("hosts", day, host.hostname, ts_ns))
         finally:
             release_locks(held)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from allocscope.collector.atomic import write_atomic
 from allocscope.collector.store import Store
-from allocscope.collector.store_schemas import DATASETS, SCHEMAS
+from allocscope.collector.store_schemas import ADDED_COLUMNS, DATASETS, SCHEMAS
 from allocscope.errors import AllocscopeError, InputError
 
 NO_SNAPSHOTS = (
@@ -89,7 +89,10 @@ def relation_sql(store: Store, dataset: str) -> str:
     """The DuckDB table expression of ``dataset`` (its ``dt`` partition column included)."""
     if not store.files(dataset):
         return f"read_parquet({quote(empty_file(dataset))})"
-    return f"read_parquet({quote(pattern(store, dataset))}, hive_partitioning = true)"
+    union = ", union_by_name = true" if dataset in ADDED_COLUMNS else ""
+    # union by name: a part written before a column was added reads it as null (without
+    # it DuckDB takes the first file's columns and drops the newer ones)
+    return f"read_parquet({quote(pattern(store, dataset))}, hive_partitioning = true{union})"
 
 
 def store_relation(con: Any, store: Store, dataset: str) -> Any:

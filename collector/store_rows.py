@@ -18,7 +18,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from allocscope.collector.containers import CountedTotals
 from allocscope.collector.host import HostMetadata
+from allocscope.collector.snapshot import counted_of_table
 from allocscope.collector.store_schemas import HOSTS_SCHEMA, LABELS, TS
 
 # pyright: reportAttributeAccessIssue=false
@@ -54,14 +56,24 @@ def hosts_rows(
         tuple[HostMetadata, float, str | None, str, pa.Table | None, AgentStats | None]
     ],
     totals: list[tuple[int, int, int]] | None = None,
+    counted: list[CountedTotals | None] | None = None,
+    slab_objects: list[int | None] | None = None,
 ) -> pa.Table:
     """``hosts`` rows: one per (host metadata, taken_at, allocinfo version, source, rows, stats).
 
-    ``totals`` (sites, bytes, calls) may be given instead of the rows, for batch ingest.
+    ``totals`` (sites, bytes, calls) may be given instead of the rows, for batch ingest, and
+    ``counted`` (memory counted once, collector/containers.py) beside them; otherwise it is
+    computed from the rows, with ``slab_objects`` (/proc/slabinfo's object bytes of a live
+    read, per item) where known. A snapshot without either has null counted columns.
     """
     cols: dict[str, list[Any]] = {name: [] for name in HOSTS_SCHEMA.names}
     stored = to_us(time.time())
     for i, (host, taken_at, version, source, rows, agent) in enumerate(items):
+        got: CountedTotals | None = None
+        if counted is not None:
+            got = counted[i]
+        elif rows is not None:
+            got = counted_of_table(rows, slab_objects[i] if slab_objects else None)
         if totals is not None:
             sites, tbytes, tcalls = totals[i]
         else:
@@ -69,6 +81,11 @@ def hosts_rows(
             sites = rows.num_rows
             tbytes = int(pc.sum(rows["bytes"]).as_py() or 0)
             tcalls = int(pc.sum(rows["calls"]).as_py() or 0)
+        cols["counted_bytes"].append(got.memory_bytes if got else None)
+        cols["counted_exact"].append(got.exact if got else None)
+        cols["slab_page_bytes"].append(got.container_bytes("slab") if got else None)
+        cols["slab_overhead_bytes"].append(got.overhead_bytes("slab") if got else None)
+        cols["percpu_page_bytes"].append(got.container_bytes("percpu") if got else None)
         cols["hostname"].append(host.hostname)
         cols["boot_id"].append(host.boot_id)
         cols["kernel_release"].append(host.kernel_release)

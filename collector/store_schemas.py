@@ -17,7 +17,7 @@ import pyarrow as pa
 from allocscope.collector.snapshot import SNAPSHOT_SCHEMA
 from allocscope.collector.store_fleet_schemas import CONTEXT_SCHEMA, LIFESPAN_SCHEMA
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2  # 2: hosts' counted-once columns (added, null in older parts)
 DATASETS = ("allocinfo", "hosts", "callers", "overhead", "context", "lifespan")
 # Datasets an agent interval writes beside its snapshot, before the commit record.
 INTERVAL_DATASETS = ("context", "lifespan")
@@ -51,8 +51,26 @@ HOSTS_SCHEMA = pa.schema(
         ("agent_cpu_s", pa.float64()),  # the agent's own CPU for this snapshot (null if ingested)
         ("agent_rss_bytes", pa.int64()),
         ("stored_at", TS),
+        # store schema 2, additive (null in parts written before): memory counted once
+        # (collector/containers.py; ``memory_bytes`` above is the host's RAM) and the
+        # containers that the plain ``total_bytes`` counts beside the objects inside them
+        ("counted_bytes", pa.int64()),
+        ("counted_exact", pa.bool_()),  # false: free slab space unknown, a lower bound
+        ("slab_page_bytes", pa.int64()),
+        ("slab_overhead_bytes", pa.int64()),  # null when /proc/slabinfo was not read
+        ("percpu_page_bytes", pa.int64()),
     ]
 )
+# columns a part written by an older store schema may lack (read as null: union by name)
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "hosts": (
+        "counted_bytes",
+        "counted_exact",
+        "slab_page_bytes",
+        "slab_overhead_bytes",
+        "percpu_page_bytes",
+    ),
+}
 
 _RESULT_COMMON: list[tuple[str, pa.DataType]] = [
     ("hostname", pa.string()),

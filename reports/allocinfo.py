@@ -12,9 +12,13 @@ JSON shapes (stable; tests and scripts rely on them):
   "accurate", "subsystem"}]`` instead of ``sites``.
 * top of an allocinfo 1.1 read (accumulative calls printed): every row with them, and
   ``totals``, also have ``"cumulative_calls"``; the key is absent otherwise.
+* top's ``totals`` also hold memory counted once: ``"memory_bytes", "memory_exact",
+  "containers": {"slab": {...}, "percpu": {...}}`` (collector/containers.py).
 * diff: ``{"a": {...}, "b": {...}, "kernels_differ", "totals": {"bytes_a", "bytes_b",
-  "delta_bytes", "calls_a", "calls_b", "delta_calls", "new", "gone", "moved", "changed"},
-  "changes": [...]}`` or ``"groups"`` with ``--by``.
+  "delta_bytes", "calls_a", "calls_b", "delta_calls", "new", "gone", "moved", "changed",
+  "same", "memory_bytes_a", "memory_bytes_b", "delta_memory_bytes", "memory_exact_a",
+  "memory_exact_b", "containers_a", "containers_b"}, "changes": [...]}`` or ``"groups"``
+  with ``--by``. ``bytes_*``/``calls_*`` stay the plain sums.
 """
 
 from __future__ import annotations
@@ -273,7 +277,8 @@ def _side(info: Any) -> str:
     return ", ".join(parts)
 
 
-def _diff_totals(d: Diff) -> dict[str, int]:
+def _diff_totals(d: Diff) -> dict[str, Any]:
+    ca, cb = d.a.counted, d.b.counted
     return {
         "bytes_a": d.a.bytes,
         "bytes_b": d.b.bytes,
@@ -286,7 +291,50 @@ def _diff_totals(d: Diff) -> dict[str, int]:
         "gone": d.count("gone"),
         "moved": d.count("moved"),
         "same": d.count("same"),
+        "memory_bytes_a": ca.memory_bytes,
+        "memory_bytes_b": cb.memory_bytes,
+        "delta_memory_bytes": cb.memory_bytes - ca.memory_bytes,
+        "memory_exact_a": ca.exact,
+        "memory_exact_b": cb.exact,
+        "containers_a": ca.to_dict(),
+        "containers_b": cb.to_dict(),
     }
+
+
+def diff_counted_once_line(d: Diff, human: bool = True) -> str:
+    """top's counted-once line for both sides and the change, when either side holds
+    containers (the plain sums count slab and per-CPU pages and the objects inside them)."""
+    size, _ = _units(human)
+    ca, cb = d.a.counted, d.b.counted
+    kinds = [k for k in ca.containers if ca.container_bytes(k) or cb.container_bytes(k)]
+    if not kinds:
+        return ""
+    parts = []
+    for k in kinds:
+        part = f"{LABELS[k]} {size(ca.container_bytes(k))} -> {size(cb.container_bytes(k))}"
+        oa, ob = ca.overhead_bytes(k), cb.overhead_bytes(k)
+        if oa is not None or ob is not None:
+            free_a = size(oa) if oa is not None else "?"
+            free_b = size(ob) if ob is not None else "?"
+            part += f", of which free or fragmented {free_a} -> {free_b}"
+        parts.append(part)
+    bound = ""
+    if not (ca.exact and cb.exact):
+        slab_unknown = any(
+            c.container_bytes("slab") and c.overhead_bytes("slab") is None for c in (ca, cb)
+        )
+        why = (
+            "free slab space unknown for a saved file"
+            if slab_unknown
+            else "free space in per-CPU chunks unknown"
+        )
+        bound = f" (at least: {why})"
+    change = signed(size, cb.memory_bytes - ca.memory_bytes)
+    return (
+        f"memory counted once: A {size(ca.memory_bytes)}, B {size(cb.memory_bytes)}, "
+        f"change {change}{bound}; the totals also count the objects' containers: "
+        f"{'; '.join(parts)}"
+    )
 
 
 def _change_label(c: SiteChange) -> str:
@@ -389,6 +437,9 @@ def diff_table(
     out.append(render(headers, rows, align=align, totals=totals))
     if hidden > 0:
         out.append(f"({hidden} more rows not shown; see -n, --min-change)")
+    line = diff_counted_once_line(d, human)
+    if line:
+        out.append(line)
     return "\n".join(out) + "\n"
 
 

@@ -9,12 +9,14 @@ exact value is its sort key (``data-v``) and every bar's is in its tooltip.
 
 from __future__ import annotations
 
+from allocscope.collector.containers import LABELS
 from allocscope.collector.report_model import (
     CONTROL,
     GROUP_LABEL,
     PILOT,
     Breakdown,
     GroupRow,
+    HostRow,
     ReportData,
 )
 from allocscope.reports import svg
@@ -67,6 +69,7 @@ def _hosts_section(data: ReportData) -> str:
                 td(utc_datetime(h.first_t, DASH), h.first_t),
                 td(utc_datetime(h.last_t, DASH), h.last_t),
                 td(bytes_compact(h.bytes), h.bytes),
+                _counted_td(h),
                 td(count_exact(h.calls), h.calls),
                 td(count_exact(h.sites), h.sites),
             ]
@@ -77,7 +80,8 @@ def _hosts_section(data: ReportData) -> str:
     total = sum(h.bytes for h in data.hosts)
     intro = (
         f"<p>{len(data.hosts)} host(s), {sum(h.snapshots for h in data.hosts)} "
-        f"snapshot(s); latest snapshots hold {esc(bytes_compact(total))} in total.</p>"
+        f"snapshot(s); latest snapshots hold {esc(bytes_compact(total))} in total "
+        "(allocinfo's plain sum).</p>" + _counted_note(data.hosts)
     )
     return section(
         "hosts",
@@ -93,12 +97,51 @@ def _hosts_section(data: ReportData) -> str:
                 "first",
                 "last",
                 "bytes (latest)",
+                "counted once",
                 "calls (latest)",
                 "sites",
             ],
             rows,
         )
         + more,
+    )
+
+
+def _counted_td(h: HostRow) -> str:
+    c = h.counted
+    if c is None:
+        return td(DASH)
+    text = bytes_compact(c.memory_bytes) + ("" if c.exact else " (at least)")
+    return td(text, c.memory_bytes)
+
+
+def _counted_note(hosts: list[HostRow]) -> str:
+    """Memory counted once over the hosts' latest snapshots, as top says it: the plain sum
+    counts slab and per-CPU chunk pages and the objects inside them (collector/containers.py)."""
+    counted = [h.counted for h in hosts if h.counted is not None]
+    held = {k for c in counted for k, x in c.containers.items() if x.bytes}
+    if not held:
+        return ""
+    memory = sum(c.memory_bytes for c in counted)
+    exact = all(c.exact for c in counted)
+    parts = []
+    for kind in sorted(held):
+        pages = sum(c.container_bytes(kind) for c in counted)
+        free = [c.overhead_bytes(kind) for c in counted if c.container_bytes(kind)]
+        part = f"{LABELS[kind]} {bytes_compact(pages)}"
+        if free and all(x is not None for x in free):
+            overhead = sum(x or 0 for x in free)
+            part += f", of which free or fragmented (container overhead) {bytes_compact(overhead)}"
+        elif kind == "slab":
+            part += ", container overhead unknown (no /proc/slabinfo figure recorded)"
+        else:
+            part += ", container overhead unknown (no kernel counter splits it)"
+        parts.append(part)
+    bound = "" if exact else " at least"
+    return (
+        f"<p class='counted-once'>Memory counted once:{bound} "
+        f"{esc(bytes_compact(memory))}. The plain sum also counts the objects' containers: "
+        f"{esc('; '.join(parts))}.</p>"
     )
 
 

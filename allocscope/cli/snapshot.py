@@ -83,8 +83,12 @@ def run(args: argparse.Namespace) -> int:
         # this host, now: bracketed by CONTENT_ID on 7.3+ (a read that never settles is
         # kept and says so)
         from allocscope.collector.allocinfo_live import read_live
+        from allocscope.collector.containers import slab_objects_bytes
 
         snap = read_live(None, lenient=args.lenient)
+        # this host's slab objects now, as top reads them: the counted-once total recorded in
+        # the metadata is exact (None where /proc/slabinfo is not readable)
+        snap.slab_objects_bytes = slab_objects_bytes()
     else:
         snap = load_source(args.file, lenient=args.lenient)
     print_warnings(snap)
@@ -93,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     host = collect_host_metadata(labels)
     snap.host = host
     rows = write_snapshot(args.output, snap, host, load_subsystems(args.subsystems))
+    from allocscope.collector.containers import counted_once
+
+    counted = counted_once(snap.records, slab_objects_bytes=snap.slab_objects_bytes)
     summary = {
         "output": args.output,
         "schema": SNAPSHOT_SCHEMA_VERSION,
@@ -101,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         "allocinfo_version": snap.version,
         "bytes": snap.total_bytes,
         "calls": snap.total_calls,
+        "memory_bytes": counted.memory_bytes,
+        "memory_exact": counted.exact,
+        "containers": counted.to_dict(),
+        "consistent": snap.consistent,
         "hostname": host.hostname,
         "kernel_release": host.kernel_release,
         "labels": labels,
@@ -114,4 +125,9 @@ def run(args: argparse.Namespace) -> int:
             f"{snap.source} (allocinfo {snap.version or '?'}), host {host.hostname}, "
             f"kernel {host.kernel_release}, schema v{SNAPSHOT_SCHEMA_VERSION}"
         )
+        if counted.bytes != counted.memory_bytes:
+            bound = "" if counted.exact else " at least"
+            print(f"  memory counted once:{bound} {bytes_short(counted.memory_bytes)}")
+        if snap.consistent is False:
+            print("  marked inconsistent: modules changed allocinfo during every read attempt")
     return 0

@@ -380,7 +380,8 @@ def run(args: argparse.Namespace) -> int:
     if limit is None and not (args.json or args.csv):
         limit = 30
     filters = Filters.of(args.function, args.path, args.module)
-    slab_objects = None
+    # what a live snapshot file recorded from /proc/slabinfo (None for text and --live)
+    slab_objects = snap.slab_objects_bytes
     if args.file is None and args.live is None:
         # this host's allocinfo, now: the kernel's own slab object figure makes the
         # counted-once total exact (collector/containers.py)
