@@ -268,6 +268,31 @@ def build_records(
 # --- the capture ---------------------------------------------------------------------------
 
 
+def probe_settings(
+    *, frees: bool, exact_frees: bool, pid: int | None
+) -> tuple[kmem_sites.Defines, int]:
+    """The kmem_sites ``-D`` flags of a top --live capture (window or watch) and its address
+    shift (0 = exact frees, else 1 in ``2**shift`` addresses).
+
+    Symbols are needed only to name what was seen, so the table (0.2-0.4 s) is loaded after
+    the hooks attach; whether kallsyms shows this process addresses at all is checked here, so
+    a restricted host fails before anything is compiled. BTF facts come from this boot's cache
+    (no BTF parse when cached)."""
+    if not kallsyms_state().readable:
+        raise CapabilityError(hidden_addresses_message())
+    boot = boot_cache.load()
+    shift = 0 if exact_frees else kmem_sites.DEFAULT_ADDR_SHIFT
+    defines = kmem_sites.KmemSitesSettings(
+        frees=frees,
+        pid=pid,
+        addr_shift=shift,
+        salt=random.getrandbits(64),
+        btf=boot.btf_facts(),
+    ).defines()
+    boot.save()
+    return defines, shift
+
+
 def capture_top_live(
     duration: float | None,
     *,
@@ -286,21 +311,7 @@ def capture_top_live(
     number of operations inside the window; a BCC compile takes ~10 s in a VM). Live bytes
     are estimated from 1 in 32 addresses unless ``exact_frees`` (see the module docstring)."""
     cap = Capture("top-live", duration=duration, workload=workload, pid=pid, verb="top --live")
-    # Symbols are needed only to name what the window saw, so the table (0.2-0.4 s) is
-    # loaded after the window, not before the hooks attach; whether kallsyms shows this
-    # process addresses at all is checked now, so a restricted host fails before the window.
-    if not kallsyms_state().readable:
-        raise CapabilityError(hidden_addresses_message())
-    boot = boot_cache.load()  # BTF facts of this boot: no BTF parse when cached
-    shift = 0 if exact_frees else kmem_sites.DEFAULT_ADDR_SHIFT
-    defines = kmem_sites.KmemSitesSettings(
-        frees=frees,
-        pid=pid,
-        addr_shift=shift,
-        salt=random.getrandbits(64),
-        btf=boot.btf_facts(),
-    ).defines()
-    boot.save()
+    defines, shift = probe_settings(frees=frees, exact_frees=exact_frees, pid=pid)
     with cap:
         probe = cap.hold(Probe(kmem_sites.PROGRAM, defines))
         backend = kmem_sites.attach_all(probe, frees)

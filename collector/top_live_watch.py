@@ -26,22 +26,18 @@ snapshot's warnings.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from allocscope.collector import boot_cache
 from allocscope.collector.allocinfo import AllocinfoSnapshot
 from allocscope.collector.capture import Capture
 from allocscope.collector.host import HostMetadata
-from allocscope.collector.kallsyms import Kallsyms, hidden_addresses_message
-from allocscope.collector.top_live import LOST_KEYS, LostCounts, read_records
-from allocscope.errors import CapabilityError
+from allocscope.collector.kallsyms import Kallsyms
+from allocscope.collector.top_live import LOST_KEYS, LostCounts, probe_settings, read_records
 from allocscope.probes import kmem_sites
-from allocscope.probes.capabilities import kallsyms_state
 from allocscope.probes.loader import Probe
 
 SOURCE = "kmem tracepoints (live)"
@@ -110,18 +106,7 @@ def watch_top_live(
     cap = Capture(
         "top-live", duration=None, workload=workload, pid=pid, verb="top --live --interval"
     )
-    if not kallsyms_state().readable:
-        raise CapabilityError(hidden_addresses_message())
-    boot = boot_cache.load()
-    shift = 0 if exact_frees else kmem_sites.DEFAULT_ADDR_SHIFT
-    defines = kmem_sites.KmemSitesSettings(
-        frees=frees,
-        pid=pid,
-        addr_shift=shift,
-        salt=random.getrandbits(64),
-        btf=boot.btf_facts(),
-    ).defines()
-    boot.save()
+    defines, shift = probe_settings(frees=frees, exact_frees=exact_frees, pid=pid)
     with cap:
         probe = cap.hold(Probe(kmem_sites.PROGRAM, defines))
         backend = kmem_sites.attach_all(probe, frees)

@@ -135,6 +135,20 @@ def add_output_format(
         )
 
 
+def add_result_file(p: argparse.ArgumentParser, kind: str, *, when: str = "") -> None:
+    """``-o FILE``: the verb's Result document written by the safe writer (:func:`write_result`).
+    ``kind`` names the result kind in the help; ``when`` prefixes a condition ("with --live")."""
+    lead = f"{when}: also write" if when else "also write"
+    p.add_argument(
+        "-o",
+        "--output",
+        type=output_arg,
+        default=None,
+        metavar="FILE",
+        help=f"{lead} the result file (JSON, kind {kind})",
+    )
+
+
 def emit_result(result: Any, args: argparse.Namespace, table: Callable[[], str]) -> int:
     """A verb's result, the same way in every verb: printed first (the whole Result document
     with ``--json``, else the table ``table()`` renders), then written to ``-o`` by the safe

@@ -9,10 +9,10 @@ from typing import Any
 
 from allocscope.cli.common import (
     add_output_format,
+    add_result_file,
     add_row_limit,
     add_verb,
     emit_result,
-    output_arg,
     pid_arg,
     size_arg,
     window_arg,
@@ -156,14 +156,7 @@ def register(sub: Any) -> None:
         metavar="NAME",
         help="run a built-in workload (open-close, tmpfs-write) during the capture",
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        type=output_arg,
-        default=None,
-        metavar="FILE",
-        help="also write the result file (JSON, kind context)",
-    )
+    add_result_file(p, "context")
     add_output_format(p, folded=True)
 
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from allocscope.cli.common import (
     add_output_format,
+    add_result_file,
     add_row_limit,
     add_verb,
     duration_arg,
     emit_result,
-    output_arg,
     pid_arg,
     window_arg,
 )
@@ -93,14 +93,7 @@ def add_capture_options(p: argparse.ArgumentParser, rows: int = 30) -> None:
         metavar="NAME",
         help="run a built-in workload (open-close, tmpfs-write, leak-pipes) during the capture",
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        type=output_arg,
-        default=None,
-        metavar="FILE",
-        help="also write the result file (JSON, kind lifespan)",
-    )
+    add_result_file(p, "lifespan")
     add_row_limit(p, help=f"show the first N rows (default: {rows} in a table, all with --json)")
     add_output_format(p)
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from allocscope.cli.common import (
     add_output_format,
+    add_result_file,
     add_row_limit,
     add_verb,
-    output_arg,
     pid_arg,
     positive_arg,
     print_json,
@@ -227,15 +227,7 @@ def register(sub: Any) -> None:
         help="with --live: track every object to its free (exact live bytes, ~6x the cost; "
         "default: estimated from 1 in 32 addresses)",
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        type=output_arg,
-        default=None,
-        metavar="FILE",
-        help="with --live: also write the capture as a result file (JSON, kind top-live; "
-        "`allocscope report --result FILE` shows it)",
-    )
+    add_result_file(p, "top-live", when="with --live SECONDS")
     add_common_filters(p)
     add_output_format(p, csv=True)
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from allocscope.cli.common import (
     add_output_format,
+    add_result_file,
     add_verb,
     emit_result,
-    output_arg,
     pid_arg,
     window_arg,
 )
@@ -181,14 +181,7 @@ def register(sub: Any) -> None:
         metavar="NAME",
         help="run a built-in workload (open-close, tmpfs-write) during the capture",
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        type=output_arg,
-        default=None,
-        metavar="FILE",
-        help="also write the result file (JSON, kind who-calls)",
-    )
+    add_result_file(p, "who-calls")
     add_output_format(p, folded=True)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from allocscope.collector import boot_cache
+from allocscope.collector import boot_cache, top_live
 from allocscope.collector import top_live_watch as W
 from allocscope.collector.allocinfo import AllocinfoSnapshot, AllocRecord
 from allocscope.collector.kallsyms import Kallsyms, Symbol
@@ -189,7 +189,7 @@ def fake_bpf(monkeypatch: pytest.MonkeyPatch) -> list[FakeProbe]:
 
     boot = types.SimpleNamespace(btf_facts=lambda: None, save=lambda: None)
     monkeypatch.setattr(W, "Probe", FakeProbe)
-    monkeypatch.setattr(W, "kallsyms_state", lambda: types.SimpleNamespace(readable=True))
+    monkeypatch.setattr(top_live, "kallsyms_state", lambda: types.SimpleNamespace(readable=True))
     monkeypatch.setattr(boot_cache, "load", lambda: boot)
     monkeypatch.setattr(Kallsyms, "load", classmethod(lambda cls: KS))
     monkeypatch.setattr(kmem_sites, "KmemSitesSettings", Settings)
@@ -228,7 +228,7 @@ def test_hidden_addresses_fail_before_any_probe(
 ) -> None:
     from allocscope.errors import CapabilityError
 
-    monkeypatch.setattr(W, "kallsyms_state", lambda: types.SimpleNamespace(readable=False))
+    monkeypatch.setattr(top_live, "kallsyms_state", lambda: types.SimpleNamespace(readable=False))
     with pytest.raises(CapabilityError), W.watch_top_live():
         pass
     assert fake_bpf == []
