@@ -24,7 +24,13 @@ from functools import lru_cache
 
 from allocscope.collector import attribution
 from allocscope.collector.allocinfo import AllocinfoSnapshot
-from allocscope.collector.byte_sampling import WeightSums, bytes_estimate, calls_estimate, share
+from allocscope.collector.byte_sampling import (
+    WeightSums,
+    bytes_estimate,
+    calls_estimate,
+    mean_rate,
+    share,
+)
 from allocscope.collector.context import Epoch, Options, RawCapture, RawSample
 from allocscope.collector.kallsyms import Kallsyms
 from allocscope.collector.payloads import (
@@ -235,7 +241,9 @@ def _index(snap: AllocinfoSnapshot | None) -> tuple[dict[str, tuple[int, int]], 
     return by_key, dict(by_fn)
 
 
-def _callers(g: _Group, rate: int, opts: Options) -> tuple[ContextCaller, ...]:
+def _callers(
+    g: _Group, rate: int, opts: Options, wrate: float | None = None
+) -> tuple[ContextCaller, ...]:
     conf = opts.confidence
     ranked = sorted(g.callers.items(), key=lambda kv: (-kv[1].calls, kv[0]))
     shown = ranked[: max(0, opts.callers)]
@@ -251,8 +259,8 @@ def _callers(g: _Group, rate: int, opts: Options) -> tuple[ContextCaller, ...]:
         rows.append(("other", other, len(rest), other_charged))
     out: list[ContextCaller] = []
     for name, sums, n, charged in rows:
-        c = calls_estimate(sums, rate, conf)
-        b = bytes_estimate(sums, rate, conf)
+        c = calls_estimate(sums, rate, conf, window_rate=wrate)
+        b = bytes_estimate(sums, rate, conf, window_rate=wrate)
         cs = share(sums, g.sums, "calls", conf)
         bs = share(sums, g.sums, "bytes", conf)
         out.append(
@@ -300,14 +308,16 @@ def build_payload(
     """The payload from the raw map contents: pure, so it is unit-tested without BPF."""
     conf = opts.confidence
     rate = epochs[-1].rate if epochs else 1
+    # the window's byte-weighted mean R: variance floor of keys seen in few rate epochs
+    wrate = mean_rate((e.rate, e.bytes) for e in epochs)
     groups, everything, counters = group(raw, ksyms, opts, after or before)
     secs = max(duration, 1e-9)
     after_idx = _index(after)
     before_idx = _index(before) if before is not None else ({}, {})
     rows: list[ContextTag] = []
     for key, g in groups.items():
-        c = calls_estimate(g.sums, rate, conf)
-        b = bytes_estimate(g.sums, rate, conf)
+        c = calls_estimate(g.sums, rate, conf, window_rate=wrate)
+        b = bytes_estimate(g.sums, rate, conf, window_rate=wrate)
         bs = share(g.sums, everything, "bytes", conf)
         charged: tuple[float | None, float | None, float | None, float | None] = (
             None,
@@ -354,7 +364,7 @@ def build_payload(
                 charged_share_low=charged[1],
                 charged_share_high=charged[2],
                 charged_call_share=charged[3],
-                callers=_callers(g, rate, opts),
+                callers=_callers(g, rate, opts, wrate),
                 folded=dict(g.folded) if opts.folded else {},
                 sums=raw_sums(g.sums),
                 charged_sums=raw_sums(g.charged) if g.charge_known else None,
@@ -366,8 +376,8 @@ def build_payload(
         rows = [r for r in rows if r.bytes >= opts.min_bytes]
     if opts.limit is not None:
         rows = rows[: opts.limit]
-    ce = calls_estimate(everything, rate, conf)
-    be = bytes_estimate(everything, rate, conf)
+    ce = calls_estimate(everything, rate, conf, window_rate=wrate)
+    be = bytes_estimate(everything, rate, conf, window_rate=wrate)
     all_counters = {
         "stack_err": raw.stack_err,
         "hash_full": raw.hash_full,
